@@ -1,0 +1,58 @@
+# lending-grpc developer commands. `make run` and `make test` set themselves up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+BUF_VERSION := 1.75.0
+PROTOS := $(wildcard protos/lending/v1/*.proto)
+
+.PHONY: help setup run test proto proto-check lint buf-lint bench clean
+
+help:
+	@echo "make run          serve on 127.0.0.1:50051 (SQLite under ./var/)"
+	@echo "make test         run the whole test suite"
+	@echo "make proto        regenerate generated/ from protos/"
+	@echo "make proto-check  fail when generated/ is stale"
+	@echo "make lint         ruff + buf lint"
+	@echo "make clean        remove the virtualenv, caches and ./var"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/lending-grpc serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+proto: $(STAMP)
+	rm -rf generated/lending
+	mkdir -p generated
+	$(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=generated --pyi_out=generated --grpc_python_out=generated $(PROTOS)
+	touch generated/lending/__init__.py generated/lending/v1/__init__.py
+
+proto-check: proto
+	@git diff --exit-code --stat -- generated || \
+		(echo "generated/ is stale: run 'make proto' and commit the result" >&2; exit 1)
+	@test -z "$$(git status --porcelain -- generated)" || \
+		(echo "generated/ has untracked files: run 'make proto' and commit the result" >&2; exit 1)
+
+buf-lint:
+	npx --yes @bufbuild/buf@$(BUF_VERSION) lint
+
+lint: $(STAMP) buf-lint
+	$(BIN)/ruff check lending_grpc tests
+
+bench: $(STAMP)
+	@echo "benchmarks arrive with the scale-out issue" >&2; exit 1
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

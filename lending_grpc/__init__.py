@@ -1,0 +1,1 @@
+"""lending-grpc: a loan billing service over gRPC."""
