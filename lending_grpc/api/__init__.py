@@ -1,0 +1,1 @@
+"""gRPC edge: servicers, interceptors and proto <-> core conversion."""

@@ -1,0 +1,1 @@
+"""Billing core: money, schedule rules, storage and the billing and auth operations. Never imports grpc."""

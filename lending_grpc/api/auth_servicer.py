@@ -1,0 +1,24 @@
+"""AuthService: register, login and refresh, delegated to AuthCore."""
+
+from __future__ import annotations
+
+from lending.v1 import auth_pb2_grpc
+
+from lending_grpc.api import convert
+from lending_grpc.core.auth import AuthCore
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    """Thin adapter: fields in, core call, message out. Errors are mapped by the interceptor."""
+
+    def __init__(self, auth: AuthCore) -> None:
+        self._auth = auth
+
+    def Register(self, request, context):
+        return convert.user(self._auth.register(request.username, request.password, request.email))
+
+    def Login(self, request, context):
+        return convert.tokens(self._auth.login(request.username, request.password))
+
+    def RefreshToken(self, request, context):
+        return convert.tokens(self._auth.refresh(request.refresh_token))

@@ -1,0 +1,71 @@
+"""BillingService, delegated to BillingCore for the authenticated caller."""
+
+from __future__ import annotations
+
+from lending.v1 import billing_pb2, billing_pb2_grpc
+
+from lending_grpc.api import convert
+from lending_grpc.api.context import principal
+from lending_grpc.core.billing import BillingCore
+
+
+class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
+    """Thin adapter: the caller comes from the auth interceptor, rules from the core."""
+
+    def __init__(self, billing: BillingCore) -> None:
+        self._billing = billing
+
+    def CreateLoan(self, request, context):
+        return convert.loan(
+            self._billing.create_loan(
+                principal().id,
+                loan_id=request.loan_id,
+                principal_amount=request.principal_amount,
+                start_date=request.start_date,
+                term_weeks=request.term_weeks,
+                interest_rate=request.interest_rate,
+            )
+        )
+
+    def GetLoan(self, request, context):
+        return convert.loan(self._billing.get_loan(principal().id, request.loan_id))
+
+    def ListLoans(self, request, context):
+        page = self._billing.list_loans(principal().id, request.page_size, request.page_token)
+        return billing_pb2.ListLoansResponse(
+            loans=[convert.loan(view) for view in page.items], next_page_token=page.next_page_token
+        )
+
+    def GetSchedule(self, request, context):
+        return convert.schedule(self._billing.get_schedule(principal().id, request.loan_id))
+
+    def GetOutstanding(self, request, context):
+        return convert.outstanding(self._billing.get_loan(principal().id, request.loan_id))
+
+    def MakePayment(self, request, context):
+        return convert.payment(
+            self._billing.make_payment(principal().id, request.loan_id, request.amount, request.request_id)
+        )
+
+    def ListPayments(self, request, context):
+        page = self._billing.list_payments(
+            principal().id, request.loan_id, request.page_size, request.page_token
+        )
+        return billing_pb2.ListPaymentsResponse(
+            payments=[convert.payment(view) for view in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    def GetDelinquencyStatus(self, request, context):
+        return convert.delinquency(
+            self._billing.get_delinquency(principal().id, request.loan_id, request.as_of)
+        )
+
+    def ListDelinquentLoans(self, request, context):
+        page = self._billing.list_delinquent(
+            principal().id, request.as_of, request.page_size, request.page_token
+        )
+        return billing_pb2.ListDelinquentLoansResponse(
+            loans=[convert.delinquency(view) for view in page.items],
+            next_page_token=page.next_page_token,
+        )

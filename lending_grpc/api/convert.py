@@ -1,0 +1,107 @@
+"""Core views -> protobuf messages. The only place that knows both shapes."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from lending.v1 import auth_pb2, billing_pb2
+
+from lending_grpc.core.auth import TokenPair, UserView
+from lending_grpc.core.money import format_cents, format_rate
+from lending_grpc.core.views import DelinquencyView, LoanView, PaymentView, ScheduleView
+
+
+def timestamp(micros: int) -> Timestamp:
+    """A protobuf Timestamp from microseconds since the Unix epoch."""
+    seconds, rest = divmod(micros, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=rest * 1000)
+
+
+def user(view: UserView) -> auth_pb2.User:
+    return auth_pb2.User(
+        user_id=view.user_id,
+        username=view.username,
+        email=view.email,
+        create_time=timestamp(view.create_time_us),
+    )
+
+
+def tokens(pair: TokenPair) -> auth_pb2.Tokens:
+    return auth_pb2.Tokens(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        token_type="Bearer",
+        expires_in=pair.expires_in,
+        refresh_expires_in=pair.refresh_expires_in,
+    )
+
+
+def loan(view: LoanView) -> billing_pb2.Loan:
+    terms = view.terms
+    return billing_pb2.Loan(
+        loan_id=view.loan_id,
+        principal_amount=format_cents(terms.principal_cents),
+        interest_rate=format_rate(terms.rate_e4),
+        term_weeks=terms.term_weeks,
+        weekly_payment=format_cents(terms.weekly_cents),
+        final_payment=format_cents(terms.final_cents),
+        total_amount=format_cents(terms.total_cents),
+        outstanding_balance=format_cents(view.outstanding_cents),
+        paid_amount=format_cents(view.paid_cents),
+        installments_paid=view.paid_weeks,
+        start_date=terms.start_date.isoformat(),
+        maturity_date=terms.maturity_date.isoformat(),
+        state=billing_pb2.LOAN_STATE_PAID_OFF if view.is_paid_off else billing_pb2.LOAN_STATE_ACTIVE,
+        create_time=timestamp(view.create_time_us),
+    )
+
+
+def outstanding(view: LoanView) -> billing_pb2.Outstanding:
+    return billing_pb2.Outstanding(
+        loan_id=view.loan_id,
+        outstanding_balance=format_cents(view.outstanding_cents),
+        paid_amount=format_cents(view.paid_cents),
+        total_amount=format_cents(view.terms.total_cents),
+        installments_paid=view.paid_weeks,
+        installments_remaining=view.terms.term_weeks - view.paid_weeks,
+    )
+
+
+def payment(view: PaymentView) -> billing_pb2.Payment:
+    return billing_pb2.Payment(
+        payment_id=view.payment_id,
+        loan_id=view.loan_id,
+        amount=format_cents(view.amount_cents),
+        payment_time=timestamp(view.payment_time_us),
+        first_week=view.first_week,
+        last_week=view.last_week,
+        outstanding_balance=format_cents(view.outstanding_after_cents),
+        request_id=view.request_id or "",
+    )
+
+
+def schedule(view: ScheduleView) -> billing_pb2.Schedule:
+    message = billing_pb2.Schedule(loan_id=view.loan_id, total_amount=format_cents(view.total_cents))
+    for item in view.installments:
+        entry = message.installments.add(
+            week=item.week,
+            due_date=item.due_date.isoformat(),
+            due_amount=format_cents(item.due_cents),
+            paid=item.paid,
+            payment_id=item.payment_id or "",
+        )
+        if item.payment_time_us is not None:
+            entry.payment_time.CopyFrom(timestamp(item.payment_time_us))
+    return message
+
+
+def delinquency(view: DelinquencyView) -> billing_pb2.DelinquencyStatus:
+    standing = view.standing
+    return billing_pb2.DelinquencyStatus(
+        loan_id=view.loan_id,
+        is_delinquent=standing.is_delinquent,
+        missed_payments=standing.missed_payments,
+        overdue_amount=format_cents(standing.overdue_cents),
+        days_past_due=standing.days_past_due,
+        next_due_date=standing.next_due_date.isoformat() if standing.next_due_date else "",
+        as_of=standing.as_of.isoformat(),
+    )

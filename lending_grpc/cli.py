@@ -1,0 +1,85 @@
+"""Command line: `lending-grpc serve` and `lending-grpc migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from lending_grpc.config import ConfigError, Settings, load_settings
+
+_TYPES = {bool: None, int: int, float: float, str: str}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    for field in dataclasses.fields(Settings):
+        if names is not None and field.name not in names:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        help_text = (
+            f"{field.metadata['help']} (env {Settings.env_name(field.name)}, default {field.default!r})"
+        )
+        if isinstance(field.default, bool):
+            parser.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                type=_TYPES[type(field.default)],
+                default=None,
+                metavar=field.name.upper(),
+                help=help_text,
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lending-grpc", description="Loan billing service over gRPC.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
+    _add_setting_flags(serve)
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level"))
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `lending-grpc` console script."""
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = load_settings(flags)
+    except ConfigError as exc:
+        print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    if args.command == "migrate":
+        from lending_grpc.core.database import migrate, open_database
+
+        db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+        applied = migrate(db)
+        db.close()
+        print(f"applied migrations: {applied}" if applied else "schema is up to date")
+        return 0
+    from lending_grpc.server import serve
+
+    try:
+        serve(settings)
+    except (ConfigError, OSError) as exc:
+        print(f"lending-grpc: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""Settings from command-line flags, then LENDING_* environment variables, then `.env`, then defaults."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lending_grpc.core.database import sqlite_path
+from lending_grpc.core.tokens import MIN_KEY_BYTES
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "LENDING_"
+DEFAULT_DATABASE_URL = "sqlite:///var/lending.db"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or unsafe; the message says which and why."""
+
+
+def _flag(default: Any, help_text: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every setting of the service. The environment name is LENDING_ + the field name in capitals."""
+
+    listen: str = _flag("127.0.0.1:50051", "address to serve on, host:port (port 0 picks a free one)")
+    database_url: str = _flag(
+        DEFAULT_DATABASE_URL, "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    )
+    secret_key: str = _flag("", "JWT signing key (at least 32 bytes)")
+    secret_key_file: str = _flag("", "file holding the JWT signing key")
+    time_zone: str = _flag("Asia/Jakarta", "IANA time zone that defines 'today'")
+    access_token_ttl_seconds: int = _flag(900, "access token lifetime")
+    refresh_token_ttl_seconds: int = _flag(7 * 86400, "refresh token lifetime")
+    max_workers: int = _flag(16, "threads serving RPCs")
+    max_concurrent_rpcs: int = _flag(256, "RPCs in progress before new ones get RESOURCE_EXHAUSTED")
+    max_message_bytes: int = _flag(1024 * 1024, "largest request or response message")
+    db_busy_timeout_ms: int = _flag(10_000, "how long a write waits for the SQLite lock")
+    shutdown_grace_seconds: float = _flag(10.0, "how long in-flight RPCs may finish after SIGTERM")
+    log_level: str = _flag("INFO", "DEBUG, INFO, WARNING or ERROR")
+    insecure_fast_password_hash: bool = _flag(False, "TESTS ONLY: cheap argon2 parameters")
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        return ENV_PREFIX + field_name.upper()
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file; blank lines and # comments skipped, quotes stripped."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def _convert(field: dataclasses.Field, text: str, source: str) -> Any:
+    kind = type(field.default)
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(text)
+            return lowered in {"1", "true", "yes", "on"}
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{source}: {text!r} is not a valid {kind.__name__}") from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv: Path | None = Path(".env"),
+) -> Settings:
+    """Merge flags (already typed, None = not given), environment, .env and defaults."""
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    file_values = read_dotenv(dotenv) if dotenv else {}
+    chosen: dict[str, Any] = {}
+    for field in dataclasses.fields(Settings):
+        env = Settings.env_name(field.name)
+        if flags.get(field.name) is not None:
+            chosen[field.name] = flags[field.name]
+        elif env in environ:
+            chosen[field.name] = _convert(field, environ[env], env)
+        elif env in file_values:
+            chosen[field.name] = _convert(field, file_values[env], f"{dotenv}: {env}")
+    settings = Settings(**chosen)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Refuse settings that cannot work, before anything starts."""
+    for name in (
+        "access_token_ttl_seconds",
+        "refresh_token_ttl_seconds",
+        "max_workers",
+        "max_concurrent_rpcs",
+        "max_message_bytes",
+        "db_busy_timeout_ms",
+    ):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{Settings.env_name(name)} must be positive")
+    if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"{Settings.env_name('log_level')} must be DEBUG, INFO, WARNING or ERROR")
+    if settings.secret_key and settings.secret_key_file:
+        raise ConfigError("set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE, not both")
+
+
+def resolve_secret_key(settings: Settings) -> bytes:
+    """The JWT signing key: given inline, read from a file, or generated once beside the SQLite file."""
+    if settings.secret_key:
+        key = settings.secret_key.encode("utf-8")
+    elif settings.secret_key_file:
+        try:
+            key = Path(settings.secret_key_file).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read LENDING_SECRET_KEY_FILE: {exc.strerror}") from None
+    else:
+        key = _generated_key(settings.database_url)
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(f"the JWT secret key must be at least {MIN_KEY_BYTES} bytes")
+    return key
+
+
+def _generated_key(database_url: str) -> bytes:
+    db_path = sqlite_path(database_url)
+    if db_path is None or str(db_path) == ":memory:":
+        raise ConfigError("set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE for this database")
+    key_path = db_path.with_name(db_path.name + ".jwt-key")
+    if key_path.exists():
+        if key_path.stat().st_mode & 0o077:
+            log.warning("JWT key file %s is readable by others; chmod 600 it", key_path)
+        return key_path.read_bytes().strip()
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    # Written to a private temporary file, then hard-linked into place, so a
+    # process starting at the same moment never reads a half-written key.
+    tmp_path = key_path.with_name(f"{key_path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(base64.urlsafe_b64encode(secrets.token_bytes(48)) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp_path, key_path)
+    except FileExistsError:
+        return key_path.read_bytes().strip()  # another process won the race: use its key
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    log.warning(
+        "no LENDING_SECRET_KEY set: generated a JWT signing key in %s (mode 0600); "
+        "set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE in production",
+        key_path,
+    )
+    return key_path.read_bytes().strip()

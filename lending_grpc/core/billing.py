@@ -1,0 +1,293 @@
+"""BillingCore: loans, payments, schedules and delinquency, each operation one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from peewee import Database
+
+from lending_grpc.core import fields, pagination
+from lending_grpc.core.clock import Clock
+from lending_grpc.core.database import run_in_write_transaction
+from lending_grpc.core.errors import AlreadyExists, NotFound
+from lending_grpc.core.models import Loan, Payment
+from lending_grpc.core.money import parse_money, parse_rate
+from lending_grpc.core.schedule import (
+    MAX_PRINCIPAL_CENTS,
+    MAX_TOTAL_CENTS,
+    LoanTerms,
+    delinquency,
+    weeks_paid_by,
+)
+from lending_grpc.core.views import (
+    DelinquencyView,
+    InstallmentView,
+    LoanView,
+    Page,
+    PaymentView,
+    ScheduleView,
+)
+
+DEFAULT_TERM_WEEKS = 50
+DEFAULT_RATE_E4 = 1000  # 0.10
+
+
+def _loan_view(row: Loan) -> LoanView:
+    terms = LoanTerms(
+        principal_cents=row.principal_cents,
+        rate_e4=row.rate_e4,
+        term_weeks=row.term_weeks,
+        start_date=row.start_date,
+        total_cents=row.total_cents,
+        weekly_cents=row.weekly_cents,
+        final_cents=row.final_cents,
+    )
+    return LoanView(row.loan_id, terms, row.paid_weeks, row.paid_cents, row.create_time_us)
+
+
+def _payment_view(row: Payment, loan_id: str) -> PaymentView:
+    return PaymentView(
+        payment_id=row.payment_id,
+        loan_id=loan_id,
+        amount_cents=row.amount_cents,
+        payment_time_us=row.payment_time_us,
+        first_week=row.first_week,
+        last_week=row.last_week,
+        outstanding_after_cents=row.outstanding_after_cents,
+        request_id=row.request_id,
+    )
+
+
+class BillingCore:
+    """The billing rules over the database. ``owner`` is always the caller's internal user id."""
+
+    def __init__(self, db: Database, clock: Clock, page_tokens: pagination.PageTokens) -> None:
+        self._db = db
+        self._clock = clock
+        self._page_tokens = page_tokens
+
+    # -- loans ---------------------------------------------------------------
+
+    def create_loan(
+        self,
+        owner: int,
+        loan_id: str,
+        principal_amount: str,
+        start_date: str = "",
+        term_weeks: int = 0,
+        interest_rate: str = "",
+    ) -> LoanView:
+        """Create a loan, or return the existing one when ``loan_id`` is reused with the same terms."""
+        loan_id = fields.loan_id(loan_id)
+        principal = parse_money(principal_amount, "principal_amount", max_cents=MAX_PRINCIPAL_CENTS)
+        if term_weeks < 0:
+            raise fields.InvalidArgument("term_weeks", "must be between 1 and 520 (0 means 50)")
+        rate = parse_rate(interest_rate, "interest_rate") if interest_rate else DEFAULT_RATE_E4
+        start = fields.optional_date(
+            start_date,
+            "start_date",
+            self._clock.today(),
+            low=fields.MIN_START_DATE,
+            high=fields.MAX_START_DATE,
+        )
+        terms = LoanTerms.build(principal, rate, term_weeks or DEFAULT_TERM_WEEKS, start)
+
+        def create() -> LoanView:
+            existing = Loan.get_or_none((Loan.owner == owner) & (Loan.loan_id == loan_id))
+            if existing is not None:
+                same = (
+                    existing.principal_cents == principal
+                    and (not term_weeks or existing.term_weeks == term_weeks)
+                    and (not interest_rate or existing.rate_e4 == rate)
+                    and (not start_date or existing.start_date == start)
+                )
+                if not same:
+                    raise AlreadyExists(f"loan {loan_id!r} already exists with different terms")
+                return _loan_view(existing)
+            row = Loan.create(
+                owner=owner,
+                loan_id=loan_id,
+                principal_cents=terms.principal_cents,
+                rate_e4=terms.rate_e4,
+                term_weeks=terms.term_weeks,
+                start_date=terms.start_date,
+                total_cents=terms.total_cents,
+                weekly_cents=terms.weekly_cents,
+                final_cents=terms.final_cents,
+                paid_weeks=0,
+                paid_cents=0,
+                second_unpaid_due_date=terms.second_unpaid_due_date(0),
+                create_time_us=self._clock.now_us(),
+            )
+            return _loan_view(row)
+
+        return run_in_write_transaction(self._db, create)
+
+    def _loan_row(self, owner: int, loan_id: str) -> Loan:
+        row = Loan.get_or_none((Loan.owner == owner) & (Loan.loan_id == fields.loan_id(loan_id)))
+        if row is None:
+            raise NotFound(f"loan {loan_id!r} not found")
+        return row
+
+    def get_loan(self, owner: int, loan_id: str) -> LoanView:
+        """One of the owner's loans, or NotFound (also for other users' loans)."""
+        return _loan_view(self._loan_row(owner, loan_id))
+
+    def list_loans(self, owner: int, page_size: int = 0, page_token: str = "") -> Page:
+        """The owner's loans, oldest first, keyset-paginated."""
+        size = pagination.page_size(page_size)
+        scope = f"loans|{owner}"
+        query = Loan.select().where(Loan.owner == owner)
+        if page_token:
+            after = self._page_tokens.decode(page_token, scope)
+            query = query.where(Loan.id > int(after["id"]))
+        rows = list(query.order_by(Loan.id).limit(size + 1))
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._page_tokens.encode(scope, {"id": rows[-1].id})
+        return Page([_loan_view(row) for row in rows], token)
+
+    def get_schedule(self, owner: int, loan_id: str) -> ScheduleView:
+        """Every installment with its due date, amount and covering payment."""
+        loan = self._loan_row(owner, loan_id)
+        terms = _loan_view(loan).terms
+        covered: dict[int, Payment] = {}
+        for payment in Payment.select().where(Payment.loan == loan.id).order_by(Payment.first_week):
+            for week in range(payment.first_week, payment.last_week + 1):
+                covered[week] = payment
+        installments = []
+        for week in range(1, terms.term_weeks + 1):
+            payment = covered.get(week)
+            installments.append(
+                InstallmentView(
+                    week=week,
+                    due_date=terms.due_date(week),
+                    due_cents=terms.installment_cents(week),
+                    payment_id=payment.payment_id if payment else None,
+                    payment_time_us=payment.payment_time_us if payment else None,
+                )
+            )
+        return ScheduleView(loan.loan_id, terms.total_cents, installments)
+
+    # -- payments ------------------------------------------------------------
+
+    def make_payment(self, owner: int, loan_id: str, amount: str, request_id: str = "") -> PaymentView:
+        """Record a payment of the next whole installments; idempotent on ``request_id``."""
+        loan_id = fields.loan_id(loan_id)
+        amount_cents = parse_money(amount, "amount", max_cents=MAX_TOTAL_CENTS)
+        key = fields.request_id(request_id)
+        today = self._clock.today()
+
+        def pay() -> PaymentView:
+            if key is not None:
+                earlier = (
+                    Payment.select(Payment, Loan.loan_id)
+                    .join(Loan)
+                    .where((Payment.owner == owner) & (Payment.request_id == key))
+                    .first()
+                )
+                if earlier is not None:
+                    if earlier.loan.loan_id != loan_id or earlier.amount_cents != amount_cents:
+                        raise AlreadyExists(f"request_id {key!r} was already used for a different payment")
+                    return _payment_view(earlier, loan_id)
+            loan = self._loan_row(owner, loan_id)
+            view = _loan_view(loan)
+            weeks = weeks_paid_by(view.terms, loan.paid_weeks, amount_cents, today)
+            paid_weeks = loan.paid_weeks + weeks
+            paid_cents = loan.paid_cents + amount_cents
+            payment = Payment.create(
+                payment_id=str(uuid.uuid4()),
+                loan=loan.id,
+                owner=owner,
+                request_id=key,
+                amount_cents=amount_cents,
+                first_week=loan.paid_weeks + 1,
+                last_week=paid_weeks,
+                outstanding_after_cents=view.terms.total_cents - paid_cents,
+                payment_time_us=self._clock.now_us(),
+            )
+            # Guarded on the summary read above, so a lost update is impossible
+            # even where the transaction does not hold an exclusive lock.
+            updated = (
+                Loan.update(
+                    paid_weeks=paid_weeks,
+                    paid_cents=paid_cents,
+                    second_unpaid_due_date=view.terms.second_unpaid_due_date(paid_weeks),
+                )
+                .where((Loan.id == loan.id) & (Loan.paid_weeks == loan.paid_weeks))
+                .execute()
+            )
+            if updated != 1:
+                raise RuntimeError("loan summary changed during a payment transaction")
+            return _payment_view(payment, loan_id)
+
+        return run_in_write_transaction(self._db, pay)
+
+    def list_payments(self, owner: int, loan_id: str, page_size: int = 0, page_token: str = "") -> Page:
+        """A loan's payments, oldest first, keyset-paginated."""
+        size = pagination.page_size(page_size)
+        loan = self._loan_row(owner, loan_id)
+        scope = f"payments|{owner}|{loan.id}"
+        query = Payment.select().where(Payment.loan == loan.id)
+        if page_token:
+            after = self._page_tokens.decode(page_token, scope)
+            query = query.where(Payment.id > int(after["id"]))
+        rows = list(query.order_by(Payment.id).limit(size + 1))
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._page_tokens.encode(scope, {"id": rows[-1].id})
+        return Page([_payment_view(row, loan.loan_id) for row in rows], token)
+
+    # -- delinquency ---------------------------------------------------------
+
+    def _as_of(self, as_of: str) -> dt.date:
+        return fields.optional_date(as_of, "as_of", self._clock.today())
+
+    def get_delinquency(self, owner: int, loan_id: str, as_of: str = "") -> DelinquencyView:
+        """A loan's standing as of a date (default today): missed installments and overdue amount."""
+        day = self._as_of(as_of)
+        view = _loan_view(self._loan_row(owner, loan_id))
+        return DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day))
+
+    def list_delinquent(self, owner: int, as_of: str = "", page_size: int = 0, page_token: str = "") -> Page:
+        """The owner's loans delinquent as of a date, most overdue first.
+
+        Delinquent as of D means the second unpaid installment fell due before D,
+        so this is one range scan on the stored ``second_unpaid_due_date``.
+        """
+        size = pagination.page_size(page_size)
+        scope = f"delinquent|{owner}"
+        day = self._as_of(as_of)
+        query = Loan.select().where(Loan.owner == owner)
+        if page_token:
+            after = self._page_tokens.decode(page_token, scope)
+            token_day = dt.date.fromisoformat(after["as_of"])
+            if as_of and token_day != day:
+                raise fields.InvalidArgument("as_of", "differs from the as_of of the page token")
+            day = token_day
+            last_due = dt.date.fromisoformat(after["due"])
+            query = query.where(
+                (Loan.second_unpaid_due_date > last_due)
+                | ((Loan.second_unpaid_due_date == last_due) & (Loan.id > int(after["id"])))
+            )
+        rows = list(
+            query.where(Loan.second_unpaid_due_date < day)
+            .order_by(Loan.second_unpaid_due_date, Loan.id)
+            .limit(size + 1)
+        )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            last = rows[-1]
+            token = self._page_tokens.encode(
+                scope,
+                {"as_of": day.isoformat(), "due": last.second_unpaid_due_date.isoformat(), "id": last.id},
+            )
+        statuses = []
+        for row in rows:
+            view = _loan_view(row)
+            statuses.append(DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day)))
+        return Page(statuses, token)

@@ -1,0 +1,102 @@
+"""Peewee models: users, loans and payments.
+
+A loan row carries its terms plus a running summary (installments paid,
+amount paid, due date of the second unpaid installment), so every read is one
+indexed lookup and the portfolio delinquency query is one index range scan.
+Payments are the ledger the summary is checked against.
+"""
+
+from __future__ import annotations
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    CharField,
+    Check,
+    DatabaseProxy,
+    DateField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+)
+
+database = DatabaseProxy()
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class User(BaseModel):
+    """An account. ``user_id`` is the public id; ``id`` never leaves the service."""
+
+    id = AutoField()
+    user_id = CharField(max_length=36, unique=True)
+    username = CharField(max_length=150)
+    username_key = CharField(max_length=150, unique=True)  # lower-cased for uniqueness
+    email = CharField(max_length=254)
+    password_hash = CharField(max_length=255)
+    create_time_us = BigIntegerField()  # microseconds since the Unix epoch, UTC
+
+
+class Loan(BaseModel):
+    """A loan: agreed terms (amounts in cents) and a summary of what has been paid."""
+
+    id = AutoField()
+    owner = ForeignKeyField(User, on_delete="RESTRICT", index=False)
+    loan_id = CharField(max_length=64)
+    principal_cents = BigIntegerField()
+    rate_e4 = IntegerField()  # flat interest in 1/10000ths
+    term_weeks = IntegerField()
+    start_date = DateField()
+    total_cents = BigIntegerField()
+    weekly_cents = BigIntegerField()
+    final_cents = BigIntegerField()
+    paid_weeks = IntegerField(default=0)
+    paid_cents = BigIntegerField(default=0)
+    # Due date of the second unpaid installment: delinquent on any later day.
+    # NULL once fewer than two installments remain.
+    second_unpaid_due_date = DateField(null=True)
+    create_time_us = BigIntegerField()
+
+    class Meta:
+        indexes = (
+            (("owner", "loan_id"), True),
+            (("owner", "second_unpaid_due_date", "id"), False),
+        )
+        constraints = [
+            Check("paid_weeks >= 0 AND paid_weeks <= term_weeks"),
+            Check("paid_cents >= 0 AND paid_cents <= total_cents"),
+        ]
+
+
+class Payment(BaseModel):
+    """One accepted payment covering installments first_week..last_week."""
+
+    id = AutoField()
+    payment_id = CharField(max_length=36, unique=True)
+    loan = ForeignKeyField(Loan, on_delete="RESTRICT", index=False)
+    owner = ForeignKeyField(User, on_delete="RESTRICT", index=False)
+    request_id = CharField(max_length=128, null=True)
+    amount_cents = BigIntegerField()
+    first_week = IntegerField()
+    last_week = IntegerField()
+    outstanding_after_cents = BigIntegerField()
+    payment_time_us = BigIntegerField()
+
+    class Meta:
+        indexes = (
+            # AIP-155 idempotency: one payment per (owner, request_id).
+            (("owner", "request_id"), True),
+            # No installment can be paid twice, whatever the application does.
+            (("loan", "first_week"), True),
+        )
+        constraints = [
+            Check("amount_cents > 0"),
+            Check("first_week >= 1 AND last_week >= first_week"),
+        ]
+
+
+ALL_MODELS = (User, Loan, Payment)

@@ -1,0 +1,69 @@
+"""AIP-158 pagination: page sizes and opaque, tamper-proof keyset page tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from lending_grpc.core.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+_MAX_TOKEN_CHARS = 512
+
+
+def page_size(requested: int, field: str = "page_size") -> int:
+    """0 means the default; above the maximum is lowered to it; negative is an error."""
+    if requested < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class PageTokens:
+    """Signs keyset positions so a client can neither read nor forge them.
+
+    A token is bound to its ``scope`` (the method, the caller and the query):
+    a token from another query or another user is refused like a forged one.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hashlib.sha256(b"lending-grpc page token\x00" + key).digest()
+
+    def _sign(self, scope: str, payload: bytes) -> bytes:
+        return hmac.new(self._key, scope.encode() + b"\x00" + payload, hashlib.sha256).digest()[:16]
+
+    def encode(self, scope: str, position: dict[str, Any]) -> str:
+        """Make the token that resumes ``scope`` after ``position``."""
+        payload = json.dumps(position, separators=(",", ":"), sort_keys=True).encode()
+        return f"{_b64(payload)}.{_b64(self._sign(scope, payload))}"
+
+    def decode(self, token: str, scope: str, field: str = "page_token") -> dict[str, Any]:
+        """Return the position in ``token``, or InvalidArgument if it was not issued for ``scope``."""
+        invalid = InvalidArgument(field, "is not a page token this server issued for this query")
+        if len(token) > _MAX_TOKEN_CHARS or token.count(".") != 1:
+            raise invalid
+        payload_text, signature_text = token.split(".")
+        try:
+            payload = _unb64(payload_text)
+            signature = _unb64(signature_text)
+        except ValueError:
+            raise invalid from None
+        if not hmac.compare_digest(signature, self._sign(scope, payload)):
+            raise invalid
+        position = json.loads(payload)
+        if not isinstance(position, dict):
+            raise invalid
+        return position

@@ -1,0 +1,81 @@
+"""JWT access and refresh tokens: HS256 only, every registered claim required and checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+
+import jwt
+
+from lending_grpc.core.errors import Unauthenticated
+
+ALGORITHM = "HS256"
+ISSUER = "lending-grpc"
+AUDIENCE = "lending-grpc"
+ACCESS = "access"
+REFRESH = "refresh"
+MIN_KEY_BYTES = 32
+_REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud", "jti", "typ"]
+
+
+class WeakSecretKey(ValueError):
+    """The signing key is too short to be safe for HS256."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claims:
+    """The verified claims the service uses."""
+
+    user_id: str
+    token_type: str
+    token_id: str
+    expires_at: int
+
+
+class TokenSigner:
+    """Issues and verifies tokens with one secret key; the algorithm is pinned to HS256."""
+
+    def __init__(self, key: bytes, *, access_ttl_s: int = 900, refresh_ttl_s: int = 7 * 86400) -> None:
+        if len(key) < MIN_KEY_BYTES:
+            raise WeakSecretKey(f"the JWT secret key must be at least {MIN_KEY_BYTES} bytes")
+        self._key = key
+        self.access_ttl_s = access_ttl_s
+        self.refresh_ttl_s = refresh_ttl_s
+
+    def issue(self, user_id: str, token_type: str) -> str:
+        """A signed token of ``token_type`` (access or refresh) for ``user_id``."""
+        now = int(time.time())
+        ttl = self.access_ttl_s if token_type == ACCESS else self.refresh_ttl_s
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": user_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+            "typ": token_type,
+        }
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+
+    def verify(self, token: str, expected_type: str) -> Claims:
+        """The claims of a valid token of ``expected_type``, else Unauthenticated."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                issuer=ISSUER,
+                audience=AUDIENCE,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("the token is malformed or its signature is invalid") from None
+        if claims.get("typ") != expected_type:
+            raise Unauthenticated(f"a {expected_type} token is required here")
+        if not isinstance(claims["sub"], str) or not isinstance(claims["jti"], str):
+            raise Unauthenticated("the token is malformed or its signature is invalid")
+        return Claims(claims["sub"], claims["typ"], claims["jti"], int(claims["exp"]))

@@ -1,0 +1,81 @@
+"""Read-only results of core operations, free of database and transport types."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from lending_grpc.core.schedule import Delinquency, LoanTerms
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoanView:
+    """A loan with its terms and payment summary."""
+
+    loan_id: str
+    terms: LoanTerms
+    paid_weeks: int
+    paid_cents: int
+    create_time_us: int
+
+    @property
+    def outstanding_cents(self) -> int:
+        return self.terms.total_cents - self.paid_cents
+
+    @property
+    def is_paid_off(self) -> bool:
+        return self.paid_weeks >= self.terms.term_weeks
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PaymentView:
+    """One recorded payment."""
+
+    payment_id: str
+    loan_id: str
+    amount_cents: int
+    payment_time_us: int
+    first_week: int
+    last_week: int
+    outstanding_after_cents: int
+    request_id: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InstallmentView:
+    """One week of a schedule, with the payment that covered it, if any."""
+
+    week: int
+    due_date: dt.date
+    due_cents: int
+    payment_id: str | None
+    payment_time_us: int | None
+
+    @property
+    def paid(self) -> bool:
+        return self.payment_id is not None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleView:
+    """A loan's full schedule."""
+
+    loan_id: str
+    total_cents: int
+    installments: list[InstallmentView]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DelinquencyView:
+    """A loan's delinquency standing as of a date."""
+
+    loan_id: str
+    standing: Delinquency
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list and the token for the next (empty on the last page)."""
+
+    items: list
+    next_page_token: str

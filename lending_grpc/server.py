@@ -1,0 +1,126 @@
+"""Builds the gRPC server: servicers, interceptors, health and reflection.
+
+`create_server` returns a started server and its bound port, so tests can
+serve on 127.0.0.1:0; `serve` adds signal handling and graceful draining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from peewee import Database
+
+from lending_grpc.api.auth_interceptor import AuthInterceptor
+from lending_grpc.api.auth_servicer import AuthServicer
+from lending_grpc.api.billing_servicer import BillingServicer
+from lending_grpc.api.errors import ErrorMappingInterceptor
+from lending_grpc.api.logging_interceptor import AccessLogInterceptor
+from lending_grpc.config import Settings, resolve_secret_key
+from lending_grpc.core.auth import AuthCore
+from lending_grpc.core.billing import BillingCore
+from lending_grpc.core.clock import Clock
+from lending_grpc.core.database import migrate, open_database
+from lending_grpc.core.pagination import PageTokens
+from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.tokens import TokenSigner
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+)
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A started server with what its owner needs to stop it."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    database: Database
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish within ``grace``, close the database."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.database.close()
+
+
+def create_server(settings: Settings) -> RunningServer:
+    """Open and migrate the database, build the server, bind ``settings.listen`` and start it."""
+    key = resolve_secret_key(settings)
+    db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+    migrate(db)
+    clock = Clock(settings.time_zone)
+    signer = TokenSigner(
+        key,
+        access_ttl_s=settings.access_token_ttl_seconds,
+        refresh_ttl_s=settings.refresh_token_ttl_seconds,
+    )
+    if settings.insecure_fast_password_hash:
+        log.warning("LENDING_INSECURE_FAST_PASSWORD_HASH is on: password hashes are weak (tests only)")
+    auth = AuthCore(db, clock, Passwords(fast_insecure=settings.insecure_fast_password_hash), signer)
+    billing = BillingCore(db, clock, PageTokens(key))
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        interceptors=[AccessLogInterceptor(), ErrorMappingInterceptor(), AuthInterceptor(auth)],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    server.start()
+    # The database is open and migrated: ready.
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer, db)
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain gracefully."""
+    running = create_server(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info(
+        "lending-grpc serving on %s:%d (database %s)",
+        host,
+        running.port,
+        settings.database_url.split("://", 1)[0],
+    )
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info(
+            "received %s: draining (grace %.0fs)",
+            signal.Signals(signum).name,
+            settings.shutdown_grace_seconds,
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stop.wait()
+    running.stop(settings.shutdown_grace_seconds)
+    log.info("lending-grpc stopped")

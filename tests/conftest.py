@@ -1,0 +1,79 @@
+"""Shared fixtures: a real lending-grpc server on an ephemeral port over a temporary SQLite file."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2_grpc
+
+from lending_grpc.config import Settings
+from lending_grpc.server import RunningServer, create_server
+
+TEST_SECRET_KEY = "test-secret-key-of-at-least-32-bytes-000000"
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    """Settings for a test server: port 0, a fresh database file, cheap password hashing."""
+    values = dict(
+        listen="127.0.0.1:0",
+        database_url=f"sqlite:///{tmp_path / 'lending.db'}",
+        secret_key=TEST_SECRET_KEY,
+        insecure_fast_password_hash=True,
+        shutdown_grace_seconds=1.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclasses.dataclass
+class Api:
+    """Stubs bound to one channel, plus helpers to create users."""
+
+    channel: grpc.Channel
+    auth: auth_pb2_grpc.AuthServiceStub
+    billing: billing_pb2_grpc.BillingServiceStub
+    server: RunningServer
+    db_path: Path
+
+    def register_and_login(
+        self, username: str | None = None, password: str = "correct horse battery"
+    ) -> tuple:
+        """Register a fresh user and return (auth metadata, tokens, user)."""
+        username = username or f"user-{uuid.uuid4().hex[:10]}"
+        user = self.auth.Register(
+            auth_pb2.RegisterRequest(username=username, password=password, email=f"{username}@example.com")
+        )
+        tokens = self.auth.Login(auth_pb2.LoginRequest(username=username, password=password))
+        return (("authorization", f"Bearer {tokens.access_token}"),), tokens, user
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = create_server(make_settings(tmp_path))
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def api(server: RunningServer, tmp_path: Path) -> Iterator[Api]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield Api(
+        channel,
+        auth_pb2_grpc.AuthServiceStub(channel),
+        billing_pb2_grpc.BillingServiceStub(channel),
+        server,
+        tmp_path / "lending.db",
+    )
+    channel.close()
+
+
+@pytest.fixture
+def alice(api: Api):
+    """Auth metadata of a freshly registered user."""
+    metadata, _tokens, _user = api.register_and_login()
+    return metadata
