@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         serve(settings)
-    except (ConfigError, OSError) as exc:
+    except ConfigError as exc:
+        print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
         print(f"lending-grpc: {exc}", file=sys.stderr)
         return 1
     return 0

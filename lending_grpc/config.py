@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lending_grpc.core.database import sqlite_path
 from lending_grpc.core.tokens import MIN_KEY_BYTES
@@ -125,6 +126,12 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{Settings.env_name(name)} must be positive")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{Settings.env_name('log_level')} must be DEBUG, INFO, WARNING or ERROR")
+    if sqlite_path(settings.database_url) is None:
+        raise ConfigError("LENDING_DATABASE_URL must be sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    try:
+        ZoneInfo(settings.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"LENDING_TIME_ZONE {settings.time_zone!r} is not an IANA time zone") from None
     if settings.secret_key and settings.secret_key_file:
         raise ConfigError("set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE, not both")
 

@@ -1,0 +1,68 @@
+"""Run `lending-grpc serve` as a real child process, for tests that signal or kill it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import TEST_SECRET_KEY
+
+_SERVING = re.compile(r"serving on [^\s]+:(\d+)")
+
+
+class ServerProcess:
+    """A `python -m lending_grpc serve` child on an ephemeral port; its log is collected."""
+
+    def __init__(self, db_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+        child_env = {
+            **os.environ,
+            "LENDING_SECRET_KEY": TEST_SECRET_KEY,
+            "LENDING_INSECURE_FAST_PASSWORD_HASH": "true",
+            **(env or {}),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lending_grpc", "serve", "--listen", "127.0.0.1:0",
+             "--database-url", f"sqlite:///{db_path}", *extra_args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env,
+        )
+        self.log: list[str] = []
+        self._port: int | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self._ready.wait(30) or self._port is None:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.log))
+        self.port = self._port
+        self.target = f"127.0.0.1:{self.port}"
+
+    def _read_log(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line)
+            match = _SERVING.search(line)
+            if match:
+                self._port = int(match.group(1))
+                self._ready.set()
+        self._ready.set()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, like a power cut of the process."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        """SIGTERM and wait for the graceful exit; returns the exit code."""
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def wait_gone(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
