@@ -86,7 +86,9 @@ def _create_initial_tables(db: Database) -> None:
     db.create_tables(ALL_MODELS)
 
 
-# Append only: a released migration never changes.
+# Append only: a released migration never changes. Version 1 is the baseline
+# built from the models; once a later version alters a table, the baseline
+# must be frozen (explicit DDL) so fresh and upgraded databases stay identical.
 MIGRATIONS: tuple[tuple[int, Callable[[Database], None]], ...] = ((1, _create_initial_tables),)
 
 
