@@ -1,0 +1,60 @@
+"""Settings precedence, validation and the generated JWT key."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from lending_grpc.config import ConfigError, Settings, load_settings, resolve_secret_key
+
+
+def test_precedence_is_flags_then_environment_then_dotenv_then_default(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "# comment\nLENDING_LISTEN=127.0.0.1:1111\nLENDING_TIME_ZONE='UTC'\n"
+        'export LENDING_MAX_WORKERS="3"\n'
+    )
+    env = {"LENDING_LISTEN": "127.0.0.1:2222"}
+    settings = load_settings({"listen": None, "max_workers": None}, env, dotenv)
+    assert (settings.listen, settings.time_zone, settings.max_workers) == ("127.0.0.1:2222", "UTC", 3)
+    settings = load_settings({"listen": "127.0.0.1:3333"}, env, dotenv)
+    assert settings.listen == "127.0.0.1:3333"
+    settings = load_settings({}, {}, tmp_path / "missing.env")
+    assert settings == Settings()
+    assert settings.listen == "127.0.0.1:50051" and settings.time_zone == "Asia/Jakarta"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LENDING_MAX_WORKERS": "many"}, "LENDING_MAX_WORKERS: 'many' is not a valid int"),
+        ({"LENDING_MAX_WORKERS": "0"}, "LENDING_MAX_WORKERS must be positive"),
+        ({"LENDING_INSECURE_FAST_PASSWORD_HASH": "maybe"}, "is not a valid bool"),
+        ({"LENDING_DATABASE_URL": "mysql://x"}, "LENDING_DATABASE_URL must be sqlite"),
+        ({"LENDING_TIME_ZONE": "Mars/Olympus"}, "is not an IANA time zone"),
+        ({"LENDING_SECRET_KEY": "k" * 40, "LENDING_SECRET_KEY_FILE": "/x"}, "not both"),
+    ],
+)
+def test_invalid_settings_are_refused_with_the_setting_named(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings({}, env, None)
+
+
+def test_generated_key_is_private_stable_and_beside_the_database(tmp_path):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'data' / 'l.db'}")
+    key = resolve_secret_key(settings)
+    key_file = tmp_path / "data" / "l.db.jwt-key"
+    assert len(key) >= 32
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert resolve_secret_key(settings) == key
+
+
+def test_key_from_file_and_short_keys_refused(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("f" * 32 + "\n")
+    assert resolve_secret_key(Settings(secret_key_file=str(key_file))) == b"f" * 32
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        resolve_secret_key(Settings(secret_key="s" * 31))
+    with pytest.raises(ConfigError, match="cannot read LENDING_SECRET_KEY_FILE"):
+        resolve_secret_key(Settings(secret_key_file=str(tmp_path / "absent")))

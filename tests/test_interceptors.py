@@ -1,0 +1,72 @@
+"""Error mapping at the edge: unexpected errors, undecodable requests, random bytes to every method."""
+
+from __future__ import annotations
+
+import random
+
+import grpc
+import pytest
+from lending.v1 import auth_pb2, billing_pb2
+
+from lending_grpc.core.billing import BillingCore
+
+METHODS = [
+    f"/{service.full_name}/{method.name}"
+    for descriptor in (auth_pb2.DESCRIPTOR, billing_pb2.DESCRIPTOR)
+    for service in descriptor.services_by_name.values()
+    for method in service.methods
+]
+
+
+def _raw_call(channel, method: str, payload: bytes, metadata=()):
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    try:
+        call(payload, metadata=metadata, timeout=10)
+    except grpc.RpcError as err:
+        return err.code(), err.details()
+    return grpc.StatusCode.OK, ""
+
+
+def test_unexpected_exception_is_internal_without_internals(api, alice, monkeypatch, caplog):
+    def explode(*_args, **_kwargs):
+        raise RuntimeError("SELECT secret FROM internals")
+
+    monkeypatch.setattr(BillingCore, "get_loan", explode)
+    with pytest.raises(grpc.RpcError) as raised:
+        api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id="L1"), metadata=alice)
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert raised.value.details() == "internal error"
+    logged = [r for r in caplog.records if r.exc_info and "unexpected error" in r.getMessage()]
+    assert logged and "SELECT secret FROM internals" in str(logged[0].exc_info[1])
+
+
+def test_undecodable_request_is_invalid_argument(api, alice):
+    # Field 1 (loan_id) as a length-delimited string holding invalid UTF-8.
+    payload = b"\x0a\x02\xff\xfe"
+    code, details = _raw_call(api.channel, "/lending.v1.BillingService/GetLoan", payload, alice)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == "request: is not a valid protobuf message"
+
+
+def test_random_bytes_to_every_method_never_unknown_or_internal(api, alice):
+    rng = random.Random(20261126)
+    seen = set()
+    for method in METHODS:
+        for n in range(60):
+            payload = rng.randbytes(rng.randint(0, 64))
+            metadata = alice if n % 2 else ()
+            code, details = _raw_call(api.channel, method, payload, metadata)
+            seen.add(code)
+            assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (method, payload, details)
+            assert "Traceback" not in details and "SELECT" not in details
+    assert grpc.StatusCode.INVALID_ARGUMENT in seen and grpc.StatusCode.UNAUTHENTICATED in seen
+    # The server still serves normally afterwards.
+    loan = api.billing.CreateLoan(
+        billing_pb2.CreateLoanRequest(loan_id="after-fuzz", principal_amount="2000000"), metadata=alice
+    )
+    assert loan.weekly_payment == "44000.00"
+
+
+def test_oversized_message_is_resource_exhausted(api):
+    code, _ = _raw_call(api.channel, "/lending.v1.AuthService/Login", b"\x0a" + b"\xff\xff\x3f" + b"a" * 1_100_000)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
