@@ -127,7 +127,9 @@ def validate(settings: Settings) -> None:
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{Settings.env_name('log_level')} must be DEBUG, INFO, WARNING or ERROR")
     if sqlite_path(settings.database_url) is None:
-        raise ConfigError("LENDING_DATABASE_URL must be sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        raise ConfigError(
+            "LENDING_DATABASE_URL must be sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
     try:
         ZoneInfo(settings.time_zone)
     except (ZoneInfoNotFoundError, ValueError):

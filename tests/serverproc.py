@@ -26,8 +26,17 @@ class ServerProcess:
             **(env or {}),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lending_grpc", "serve", "--listen", "127.0.0.1:0",
-             "--database-url", f"sqlite:///{db_path}", *extra_args],
+            [
+                sys.executable,
+                "-m",
+                "lending_grpc",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                f"sqlite:///{db_path}",
+                *extra_args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -34,9 +34,9 @@ def test_fifty_concurrent_payments_pay_fifty_installments(api, alice):
     _create(api, alice, "race")
     target = f"127.0.0.1:{api.server.port}"
     with ThreadPoolExecutor(max_workers=50) as pool:
-        results = list(pool.map(
-            lambda i: _pay_on_own_channel(target, alice, "race", "110000.00", f"pay-{i}"), range(50)
-        ))
+        results = list(
+            pool.map(lambda i: _pay_on_own_channel(target, alice, "race", "110000.00", f"pay-{i}"), range(50))
+        )
     assert all(isinstance(r, billing_pb2.Payment) for r in results), results
     weeks = sorted(r.first_week for r in results)
     assert weeks == list(range(1, 51))
@@ -53,13 +53,15 @@ def test_more_payments_than_installments_never_overpay(api, alice):
     _create(api, alice, "over", principal="100000")  # 110000.00 over 50 weeks: 2200.00 a week
     target = f"127.0.0.1:{api.server.port}"
     with ThreadPoolExecutor(max_workers=30) as pool:
-        results = list(pool.map(
-            lambda i: _pay_on_own_channel(target, alice, "over", "4400.00", f"two-{i}"), range(30)
-        ))
+        results = list(
+            pool.map(lambda i: _pay_on_own_channel(target, alice, "over", "4400.00", f"two-{i}"), range(30))
+        )
     accepted = [r for r in results if isinstance(r, billing_pb2.Payment)]
     refused = [r for r in results if not isinstance(r, billing_pb2.Payment)]
     assert len(accepted) == 25 and set(refused) == {grpc.StatusCode.FAILED_PRECONDITION}
-    outstanding = api.billing.GetOutstanding(billing_pb2.GetOutstandingRequest(loan_id="over"), metadata=alice)
+    outstanding = api.billing.GetOutstanding(
+        billing_pb2.GetOutstandingRequest(loan_id="over"), metadata=alice
+    )
     assert (outstanding.outstanding_balance, outstanding.paid_amount) == ("0.00", "110000.00")
 
 
@@ -68,15 +70,19 @@ def test_twenty_concurrent_retries_of_one_request_make_one_payment(api, alice):
     target = f"127.0.0.1:{api.server.port}"
     request_id = str(uuid.uuid4())
     with ThreadPoolExecutor(max_workers=20) as pool:
-        results = list(pool.map(
-            lambda _: _pay_on_own_channel(target, alice, "retry", "220000.00", request_id), range(20)
-        ))
+        results = list(
+            pool.map(
+                lambda _: _pay_on_own_channel(target, alice, "retry", "220000.00", request_id), range(20)
+            )
+        )
     assert all(isinstance(r, billing_pb2.Payment) for r in results), results
     assert len({r.payment_id for r in results}) == 1
     assert {(r.first_week, r.last_week, r.outstanding_balance) for r in results} == {(1, 2, "5280000.00")}
     payments = api.billing.ListPayments(billing_pb2.ListPaymentsRequest(loan_id="retry"), metadata=alice)
     assert len(payments.payments) == 1
-    outstanding = api.billing.GetOutstanding(billing_pb2.GetOutstandingRequest(loan_id="retry"), metadata=alice)
+    outstanding = api.billing.GetOutstanding(
+        billing_pb2.GetOutstandingRequest(loan_id="retry"), metadata=alice
+    )
     assert outstanding.installments_paid == 2 and outstanding.paid_amount == "220000.00"
 
 

@@ -20,7 +20,9 @@ KILL_AFTER_ACKS = 60
 def _login(target: str):
     with grpc.insecure_channel(target) as channel:
         auth = auth_pb2_grpc.AuthServiceStub(channel)
-        auth.Register(auth_pb2.RegisterRequest(username="crash", password="crash-test-pw", email="c@example.com"))
+        auth.Register(
+            auth_pb2.RegisterRequest(username="crash", password="crash-test-pw", email="c@example.com")
+        )
         tokens = auth.Login(auth_pb2.LoginRequest(username="crash", password="crash-test-pw"))
     return (("authorization", f"Bearer {tokens.access_token}"),)
 
@@ -53,7 +55,9 @@ def test_sigkill_mid_burst_keeps_every_acknowledged_payment(tmp_path):
         with grpc.insecure_channel(server.target) as ch:
             try:
                 payment = billing_pb2_grpc.BillingServiceStub(ch).MakePayment(
-                    billing_pb2.MakePaymentRequest(loan_id=loan_id, amount="110000.00", request_id=request_id),
+                    billing_pb2.MakePaymentRequest(
+                        loan_id=loan_id, amount="110000.00", request_id=request_id
+                    ),
                     metadata=metadata,
                     timeout=10,
                 )
@@ -96,7 +100,9 @@ def test_sigkill_mid_burst_keeps_every_acknowledged_payment(tmp_path):
             newly_paid = 0
             for request_id, loan_id in sent.items():
                 again = billing.MakePayment(
-                    billing_pb2.MakePaymentRequest(loan_id=loan_id, amount="110000.00", request_id=request_id),
+                    billing_pb2.MakePaymentRequest(
+                        loan_id=loan_id, amount="110000.00", request_id=request_id
+                    ),
                     metadata=metadata,
                 )
                 if request_id in stored:
@@ -104,9 +110,11 @@ def test_sigkill_mid_burst_keeps_every_acknowledged_payment(tmp_path):
                 else:
                     newly_paid += 1
             total_payments = sum(
-                len(billing.ListPayments(
-                    billing_pb2.ListPaymentsRequest(loan_id=f"loan-{n}", page_size=500), metadata=metadata
-                ).payments)
+                len(
+                    billing.ListPayments(
+                        billing_pb2.ListPaymentsRequest(loan_id=f"loan-{n}", page_size=500), metadata=metadata
+                    ).payments
+                )
                 for n in range(LOANS)
             )
             assert total_payments == before + newly_paid == len(sent)

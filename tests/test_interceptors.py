@@ -68,5 +68,7 @@ def test_random_bytes_to_every_method_never_unknown_or_internal(api, alice):
 
 
 def test_oversized_message_is_resource_exhausted(api):
-    code, _ = _raw_call(api.channel, "/lending.v1.AuthService/Login", b"\x0a" + b"\xff\xff\x3f" + b"a" * 1_100_000)
+    code, _ = _raw_call(
+        api.channel, "/lending.v1.AuthService/Login", b"\x0a" + b"\xff\xff\x3f" + b"a" * 1_100_000
+    )
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED

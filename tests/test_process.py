@@ -7,11 +7,10 @@ import sys
 
 import grpc
 import pytest
+from conftest import TEST_SECRET_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serverproc import ServerProcess
-
-from conftest import TEST_SECRET_KEY
 
 
 def _list_services(channel) -> set[str]:
@@ -52,7 +51,9 @@ def test_access_log_has_one_line_per_rpc_without_secrets(api, caplog):
     from lending.v1 import auth_pb2
 
     caplog.set_level("INFO", logger="lending_grpc.access")
-    api.auth.Register(auth_pb2.RegisterRequest(username="logme", password="s3cret-password", email="l@example.com"))
+    api.auth.Register(
+        auth_pb2.RegisterRequest(username="logme", password="s3cret-password", email="l@example.com")
+    )
     tokens = api.auth.Login(auth_pb2.LoginRequest(username="logme", password="s3cret-password"))
     with pytest.raises(grpc.RpcError):
         api.auth.Login(auth_pb2.LoginRequest(username="logme", password="wrong-password"))
@@ -66,19 +67,39 @@ def test_access_log_has_one_line_per_rpc_without_secrets(api, caplog):
 
 def test_migrate_command_is_idempotent(tmp_path):
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    first = subprocess.run([sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url],
-                           capture_output=True, text=True, timeout=60)
+    first = subprocess.run(
+        [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert first.returncode == 0 and "applied migrations: [1]" in first.stdout
-    second = subprocess.run([sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url],
-                            capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 0 and "schema is up to date" in second.stdout
 
 
 def test_serve_refuses_a_short_secret_key(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "lending_grpc", "serve", "--listen", "127.0.0.1:0",
-         "--database-url", f"sqlite:///{tmp_path / 'k.db'}", "--secret-key", "too-short"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "lending_grpc",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'k.db'}",
+            "--secret-key",
+            "too-short",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "at least 32 bytes" in result.stderr and "too-short" not in result.stderr

@@ -10,11 +10,12 @@ from peewee import Database
 from lending_grpc.core import fields, pagination
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.database import run_in_write_transaction
-from lending_grpc.core.errors import AlreadyExists, NotFound
+from lending_grpc.core.errors import AlreadyExists, InvalidArgument, NotFound
 from lending_grpc.core.models import Loan, Payment
 from lending_grpc.core.money import parse_money, parse_rate
 from lending_grpc.core.schedule import (
     MAX_PRINCIPAL_CENTS,
+    MAX_TERM_WEEKS,
     MAX_TOTAL_CENTS,
     LoanTerms,
     delinquency,
@@ -81,30 +82,36 @@ class BillingCore:
         """Create a loan, or return the existing one when ``loan_id`` is reused with the same terms."""
         loan_id = fields.loan_id(loan_id)
         principal = parse_money(principal_amount, "principal_amount", max_cents=MAX_PRINCIPAL_CENTS)
-        if term_weeks < 0:
-            raise fields.InvalidArgument("term_weeks", "must be between 1 and 520 (0 means 50)")
-        rate = parse_rate(interest_rate, "interest_rate") if interest_rate else DEFAULT_RATE_E4
-        start = fields.optional_date(
-            start_date,
-            "start_date",
-            self._clock.today(),
-            low=fields.MIN_START_DATE,
-            high=fields.MAX_START_DATE,
+        if not 0 <= term_weeks <= MAX_TERM_WEEKS:
+            raise InvalidArgument("term_weeks", f"must be between 1 and {MAX_TERM_WEEKS} (0 means 50)")
+        rate = parse_rate(interest_rate, "interest_rate") if interest_rate else None
+        start = (
+            fields.calendar_date(
+                start_date, "start_date", low=fields.MIN_START_DATE, high=fields.MAX_START_DATE
+            )
+            if start_date
+            else None
         )
-        terms = LoanTerms.build(principal, rate, term_weeks or DEFAULT_TERM_WEEKS, start)
 
         def create() -> LoanView:
             existing = Loan.get_or_none((Loan.owner == owner) & (Loan.loan_id == loan_id))
             if existing is not None:
+                # A retry: compare only the terms this request states.
                 same = (
                     existing.principal_cents == principal
                     and (not term_weeks or existing.term_weeks == term_weeks)
-                    and (not interest_rate or existing.rate_e4 == rate)
-                    and (not start_date or existing.start_date == start)
+                    and (rate is None or existing.rate_e4 == rate)
+                    and (start is None or existing.start_date == start)
                 )
                 if not same:
                     raise AlreadyExists(f"loan {loan_id!r} already exists with different terms")
                 return _loan_view(existing)
+            terms = LoanTerms.build(
+                principal,
+                DEFAULT_RATE_E4 if rate is None else rate,
+                term_weeks or DEFAULT_TERM_WEEKS,
+                start or self._clock.today(),
+            )
             row = Loan.create(
                 owner=owner,
                 loan_id=loan_id,
@@ -266,7 +273,7 @@ class BillingCore:
             after = self._page_tokens.decode(page_token, scope)
             token_day = dt.date.fromisoformat(after["as_of"])
             if as_of and token_day != day:
-                raise fields.InvalidArgument("as_of", "differs from the as_of of the page token")
+                raise InvalidArgument("as_of", "differs from the as_of of the page token")
             day = token_day
             last_due = dt.date.fromisoformat(after["due"])
             query = query.where(

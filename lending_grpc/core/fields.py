@@ -14,10 +14,11 @@ from lending_grpc.core.errors import InvalidArgument
 LOAN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 USERNAME_RE = re.compile(r"[A-Za-z0-9@.+_-]{3,150}")
-# Pragmatic email shape: one @, no spaces or control characters, a dotted domain.
-EMAIL_RE = re.compile(
-    r"[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
-)
+# An unquoted RFC 5322 local part (dot-atom) and a dotted DNS domain; ASCII only.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_RE = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+")
+MAX_EMAIL_LOCAL_CHARS = 64
 DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 MIN_START_DATE = dt.date(1900, 1, 1)
 MAX_START_DATE = dt.date(2999, 12, 31)
@@ -94,6 +95,7 @@ def email(value: str, field: str = "email") -> str:
     """A well-formed address like ``ada@example.com``."""
     if not value:
         raise InvalidArgument(field, "is required")
-    if len(value) > MAX_EMAIL_CHARS or not EMAIL_RE.fullmatch(value):
+    local = value.partition("@")[0]
+    if len(value) > MAX_EMAIL_CHARS or len(local) > MAX_EMAIL_LOCAL_CHARS or not EMAIL_RE.fullmatch(value):
         raise InvalidArgument(field, "is not a well-formed email address")
     return value

@@ -33,7 +33,10 @@ def _unb64(text: str) -> bytes:
 
 
 class PageTokens:
-    """Signs keyset positions so a client can neither read nor forge them.
+    """Signs keyset positions so that a client cannot forge or alter them.
+
+    Tokens are opaque by contract (AIP-158) but not encrypted: they hold only
+    row ids and dates the caller is already entitled to.
 
     A token is bound to its ``scope`` (the method, the caller and the query):
     a token from another query or another user is refused like a forged one.

@@ -16,6 +16,10 @@ AUDIENCE = "lending-grpc"
 ACCESS = "access"
 REFRESH = "refresh"
 MIN_KEY_BYTES = 32
+_WRONG_TYPE = {
+    ACCESS: "an access token is required here",
+    REFRESH: "a refresh token is required here",
+}
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud", "jti", "typ"]
 
 
@@ -75,7 +79,7 @@ class TokenSigner:
         except jwt.PyJWTError:
             raise Unauthenticated("the token is malformed or its signature is invalid") from None
         if claims.get("typ") != expected_type:
-            raise Unauthenticated(f"a {expected_type} token is required here")
+            raise Unauthenticated(_WRONG_TYPE[expected_type])
         if not isinstance(claims["sub"], str) or not isinstance(claims["jti"], str):
             raise Unauthenticated("the token is malformed or its signature is invalid")
         return Claims(claims["sub"], claims["typ"], claims["jti"], int(claims["exp"]))

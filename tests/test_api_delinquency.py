@@ -1,0 +1,466 @@
+"""GetDelinquencyStatus and ListDelinquentLoans over real gRPC."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from lending.v1 import billing_pb2
+
+JAKARTA = zoneinfo.ZoneInfo("Asia/Jakarta")
+START = dt.date(2026, 1, 5)  # installment k due START + 7k: 01-12, 01-19, 01-26, 02-02, ...
+
+
+def today() -> dt.date:
+    return dt.datetime.now(JAKARTA).date()
+
+
+def tamper(token: str) -> str:
+    """Change the first character of the signature part (it carries six significant bits)."""
+    index = token.index(".") + 1
+    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
+
+
+def call_error(method, request, **kwargs) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        method(request, **kwargs)
+    return info.value
+
+
+def violated_fields(err: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(err)
+    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.Status details"
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.extend(v.field for v in bad.field_violations)
+    return fields
+
+
+def assert_invalid(err: grpc.RpcError, field: str) -> None:
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+    assert violated_fields(err) == [field], err.details()
+    assert field in err.details()
+
+
+def create(api, metadata, loan_id="L1", principal="5000000", start_date=START, **kwargs):
+    if isinstance(start_date, dt.date):
+        start_date = start_date.isoformat()
+    return api.billing.CreateLoan(
+        billing_pb2.CreateLoanRequest(
+            loan_id=loan_id, principal_amount=principal, start_date=start_date, **kwargs
+        ),
+        metadata=metadata,
+    )
+
+
+def pay(api, metadata, amount, loan_id="L1"):
+    return api.billing.MakePayment(
+        billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount), metadata=metadata
+    )
+
+
+def status(api, metadata, as_of="", loan_id="L1") -> billing_pb2.DelinquencyStatus:
+    if isinstance(as_of, dt.date):
+        as_of = as_of.isoformat()
+    return api.billing.GetDelinquencyStatus(
+        billing_pb2.GetDelinquencyStatusRequest(loan_id=loan_id, as_of=as_of), metadata=metadata
+    )
+
+
+def summary(s: billing_pb2.DelinquencyStatus) -> tuple:
+    return (s.is_delinquent, s.missed_payments, s.overdue_amount, s.days_past_due, s.next_due_date, s.as_of)
+
+
+def delinquent(
+    api, metadata, as_of="", page_size=0, page_token=""
+) -> billing_pb2.ListDelinquentLoansResponse:
+    return api.billing.ListDelinquentLoans(
+        billing_pb2.ListDelinquentLoansRequest(as_of=as_of, page_size=page_size, page_token=page_token),
+        metadata=metadata,
+    )
+
+
+# -- GetDelinquencyStatus: due-date cut-off --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "as_of,expected",
+    [
+        ("2025-12-01", (False, 0, "0.00", 0, "2026-01-12")),  # before the start
+        ("2026-01-05", (False, 0, "0.00", 0, "2026-01-12")),  # the start date
+        ("2026-01-11", (False, 0, "0.00", 0, "2026-01-12")),
+        ("2026-01-12", (False, 0, "0.00", 0, "2026-01-12")),  # week 1 due ON as_of: not missed
+        ("2026-01-13", (False, 1, "110000.00", 1, "2026-01-12")),  # due the day before: missed
+        ("2026-01-19", (False, 1, "110000.00", 7, "2026-01-12")),  # week 2 due on as_of
+        ("2026-01-20", (True, 2, "220000.00", 8, "2026-01-12")),  # 2 missed: delinquent
+        ("2026-01-27", (True, 3, "330000.00", 15, "2026-01-12")),
+        ("2026-12-21", (True, 49, "5390000.00", 343, "2026-01-12")),  # maturity date itself
+        ("2026-12-22", (True, 50, "5500000.00", 344, "2026-01-12")),
+        ("2030-01-01", (True, 50, "5500000.00", 1450, "2026-01-12")),
+    ],
+)
+def test_status_by_as_of(api, alice, as_of, expected):
+    create(api, alice)
+    result = status(api, alice, as_of)
+    assert result.loan_id == "L1"
+    assert summary(result) == (*expected, as_of)
+
+
+def test_status_overdue_includes_different_final_installment(api, alice):
+    create(api, alice, principal="1000001")
+    assert summary(status(api, alice, "2026-12-22")) == (
+        True,
+        50,
+        "1100001.10",
+        344,
+        "2026-01-12",
+        "2026-12-22",
+    )
+    assert summary(status(api, alice, "2026-12-21")) == (
+        True,
+        49,
+        "1078000.98",
+        343,
+        "2026-01-12",
+        "2026-12-21",
+    )
+
+
+def test_status_after_payment(api, alice):
+    create(api, alice)
+    pay(api, alice, "110000.00")
+    # Week 1 paid: week 2 (due 01-19) is the first unpaid.
+    assert summary(status(api, alice, "2026-01-13")) == (False, 0, "0.00", 0, "2026-01-19", "2026-01-13")
+    assert summary(status(api, alice, "2026-01-20")) == (False, 1, "110000.00", 1, "2026-01-19", "2026-01-20")
+    assert summary(status(api, alice, "2026-01-27")) == (True, 2, "220000.00", 8, "2026-01-19", "2026-01-27")
+
+
+def test_status_paying_ahead_moves_next_due_date(api, alice):
+    create(api, alice)
+    pay(api, alice, "550000.00")  # weeks 1-5
+    assert summary(status(api, alice, "2026-01-01")) == (False, 0, "0.00", 0, "2026-02-16", "2026-01-01")
+    assert summary(status(api, alice, "2026-02-24")) == (True, 2, "220000.00", 8, "2026-02-16", "2026-02-24")
+
+
+def test_status_paid_off(api, alice):
+    create(api, alice)
+    pay(api, alice, "5500000.00")
+    for as_of in ("2026-01-01", "2026-06-01", "2030-01-01"):
+        assert summary(status(api, alice, as_of)) == (False, 0, "0.00", 0, "", as_of)
+
+
+def test_status_last_installment_only(api, alice):
+    create(api, alice, principal="1000001")
+    pay(api, alice, "1078000.98")  # weeks 1-49
+    assert summary(status(api, alice, "2030-01-01")) == (
+        False,
+        1,
+        "22000.12",
+        1107,
+        "2026-12-21",
+        "2030-01-01",
+    )
+
+
+def test_status_default_as_of_is_today(api, alice):
+    day = today()
+    create(api, alice, start_date=day - dt.timedelta(days=30))  # weeks 1-4 due before today
+    result = status(api, alice)
+    if result.as_of != day.isoformat():  # midnight in Jakarta passed during the test
+        day = today()
+    assert result.as_of == day.isoformat()
+    start = dt.date.fromisoformat(get_loan(api, alice).start_date)
+    missed = ((day - start).days - 1) // 7
+    assert result.missed_payments == missed
+    assert result.is_delinquent is True
+    assert result.next_due_date == (start + dt.timedelta(days=7)).isoformat()
+    assert result.days_past_due == (day - start).days - 7
+
+
+def get_loan(api, metadata, loan_id="L1"):
+    return api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id=loan_id), metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    "days_ago,missed",
+    [(0, 0), (7, 0), (8, 1), (14, 1), (15, 2), (22, 3)],
+)
+def test_status_relative_to_today(api, alice, days_ago, missed):
+    day = today()
+    create(api, alice, start_date=day - dt.timedelta(days=days_ago))
+    result = status(api, alice, day)
+    assert result.missed_payments == missed
+    assert result.is_delinquent is (missed >= 2)
+    assert result.overdue_amount == f"{110000 * missed}.00"
+
+
+def test_catching_up_makes_loan_current(api, alice):
+    day = today()
+    create(api, alice, start_date=day - dt.timedelta(days=30))
+    before = status(api, alice, day)
+    assert summary(before) == (
+        True,
+        4,
+        "440000.00",
+        23,
+        (day - dt.timedelta(days=23)).isoformat(),
+        day.isoformat(),
+    )
+    # Paying only part of the overdue installments leaves one missed: no longer delinquent.
+    pay(api, alice, "330000.00")
+    partial = status(api, alice, day)
+    assert summary(partial) == (
+        False,
+        1,
+        "110000.00",
+        2,
+        (day - dt.timedelta(days=2)).isoformat(),
+        day.isoformat(),
+    )
+    pay(api, alice, "110000.00")
+    after = status(api, alice, day)
+    assert summary(after) == (False, 0, "0.00", 0, (day + dt.timedelta(days=5)).isoformat(), day.isoformat())
+
+
+def test_catching_up_in_one_payment(api, alice):
+    day = today()
+    create(api, alice, start_date=day - dt.timedelta(days=30))
+    pay(api, alice, "440000.00")
+    assert summary(status(api, alice, day)) == (
+        False,
+        0,
+        "0.00",
+        0,
+        (day + dt.timedelta(days=5)).isoformat(),
+        day.isoformat(),
+    )
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    [
+        "2026-13-01",
+        "2026-02-30",
+        "2026-00-01",
+        "26-01-01",
+        "2026-1-1",
+        "2026/01/20",
+        "20260120",
+        "today",
+        " 2026-01-20",
+    ],
+)
+def test_status_malformed_as_of(api, alice, as_of):
+    create(api, alice)
+    err = call_error(
+        api.billing.GetDelinquencyStatus,
+        billing_pb2.GetDelinquencyStatusRequest(loan_id="L1", as_of=as_of),
+        metadata=alice,
+    )
+    assert_invalid(err, "as_of")
+
+
+def test_status_not_found_and_malformed_loan_id(api, alice):
+    bob, _tokens, _user = api.register_and_login()
+    create(api, alice)
+    for metadata, loan_id in ((bob, "L1"), (alice, "L9")):
+        err = call_error(
+            api.billing.GetDelinquencyStatus,
+            billing_pb2.GetDelinquencyStatusRequest(loan_id=loan_id, as_of="2026-02-01"),
+            metadata=metadata,
+        )
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = call_error(
+        api.billing.GetDelinquencyStatus,
+        billing_pb2.GetDelinquencyStatusRequest(loan_id="a b"),
+        metadata=alice,
+    )
+    assert_invalid(err, "loan_id")
+
+
+def test_status_of_term_one_loan(api, alice):
+    create(api, alice, principal="100", term_weeks=1, interest_rate="0")
+    assert summary(status(api, alice, "2027-01-01")) == (False, 1, "100.00", 354, "2026-01-12", "2027-01-01")
+
+
+# -- ListDelinquentLoans --------------------------------------------------------
+
+AS_OF = "2026-03-10"
+
+
+def portfolio(api, alice):
+    """Alice's loans, judged as of 2026-03-10."""
+    create(api, alice, loan_id="A", start_date="2026-01-05")  # 9 missed, 57 days past due
+    create(api, alice, loan_id="B", start_date="2026-02-02")  # 5 missed, 29 days
+    create(api, alice, loan_id="C", start_date="2026-01-19")  # 7 missed, 43 days
+    create(api, alice, loan_id="current", start_date="2026-03-03")  # due on as_of: 0 missed
+    create(api, alice, loan_id="one-missed", start_date="2026-03-02")  # 1 missed
+    create(api, alice, loan_id="paid", start_date="2025-06-02")
+    pay(api, alice, "5500000.00", loan_id="paid")
+    create(api, alice, loan_id="caught-up", start_date="2026-01-05")
+    pay(api, alice, "990000.00", loan_id="caught-up")  # weeks 1-9
+    create(api, alice, loan_id="future", start_date="2026-06-01")
+
+
+def test_list_delinquent_most_overdue_first(api, alice):
+    portfolio(api, alice)
+    page = delinquent(api, alice, AS_OF)
+    assert [s.loan_id for s in page.loans] == ["A", "C", "B"]
+    assert page.next_page_token == ""
+    assert [summary(s) for s in page.loans] == [
+        (True, 9, "990000.00", 57, "2026-01-12", AS_OF),
+        (True, 7, "770000.00", 43, "2026-01-26", AS_OF),
+        (True, 5, "550000.00", 29, "2026-02-09", AS_OF),
+    ]
+    for item in page.loans:
+        assert item == status(api, alice, AS_OF, loan_id=item.loan_id)
+
+
+def test_list_delinquent_only_callers_loans(api, alice):
+    bob, _tokens, _user = api.register_and_login()
+    portfolio(api, alice)
+    create(api, bob, loan_id="bobs", start_date="2025-01-06")
+    create(api, bob, loan_id="A", start_date="2026-03-09")  # same id as alice's, not delinquent
+    assert [s.loan_id for s in delinquent(api, bob, AS_OF).loans] == ["bobs"]
+    assert [s.loan_id for s in delinquent(api, alice, AS_OF).loans] == ["A", "C", "B"]
+    carol, _tokens, _user = api.register_and_login()
+    empty = delinquent(api, carol, AS_OF)
+    assert list(empty.loans) == [] and empty.next_page_token == ""
+
+
+def test_list_delinquent_cut_off_dates(api, alice):
+    create(api, alice)
+    assert list(delinquent(api, alice, "2026-01-19").loans) == []  # 1 missed
+    (item,) = delinquent(api, alice, "2026-01-20").loans
+    assert summary(item) == (True, 2, "220000.00", 8, "2026-01-12", "2026-01-20")
+
+
+def test_list_delinquent_after_catching_up(api, alice):
+    create(api, alice)
+    assert len(delinquent(api, alice, "2026-02-01").loans) == 1
+    pay(api, alice, "220000.00")  # 3 were due before 02-01; one is still missed
+    assert list(delinquent(api, alice, "2026-02-01").loans) == []
+    pay(api, alice, "5280000.00")
+    assert list(delinquent(api, alice, "2030-01-01").loans) == []
+
+
+def test_list_delinquent_default_as_of_is_today(api, alice):
+    day = today()
+    create(api, alice, loan_id="late", start_date=day - dt.timedelta(days=30))
+    create(api, alice, loan_id="fine", start_date=day - dt.timedelta(days=8))
+    page = delinquent(api, alice)
+    (item,) = page.loans
+    assert item.loan_id == "late"
+    assert item.as_of in {day.isoformat(), today().isoformat()}
+    assert item.missed_payments == 4
+
+
+def test_list_delinquent_paginates(api, alice):
+    portfolio(api, alice)
+    first = delinquent(api, alice, AS_OF, page_size=2)
+    assert [s.loan_id for s in first.loans] == ["A", "C"]
+    assert first.next_page_token
+    # Continuing with the same as_of.
+    second = delinquent(api, alice, AS_OF, page_size=2, page_token=first.next_page_token)
+    assert [s.loan_id for s in second.loans] == ["B"]
+    assert second.next_page_token == ""
+    # Continuing with an empty as_of keeps the token's as_of.
+    second_empty = delinquent(api, alice, "", page_size=2, page_token=first.next_page_token)
+    assert list(second_empty.loans) == list(second.loans)
+    assert second_empty.loans[0].as_of == AS_OF
+    one_by_one, token = [], ""
+    while True:
+        page = delinquent(api, alice, AS_OF, page_size=1, page_token=token)
+        assert len(page.loans) <= 1
+        one_by_one.extend(s.loan_id for s in page.loans)
+        token = page.next_page_token
+        if not token:
+            break
+    assert one_by_one == ["A", "C", "B"]
+
+
+def test_list_delinquent_token_bound_to_as_of(api, alice):
+    portfolio(api, alice)
+    token = delinquent(api, alice, AS_OF, page_size=1).next_page_token
+    assert token
+    err = call_error(
+        api.billing.ListDelinquentLoans,
+        billing_pb2.ListDelinquentLoansRequest(as_of="2026-03-11", page_size=1, page_token=token),
+        metadata=alice,
+    )
+    assert_invalid(err, "as_of")
+
+
+def test_list_delinquent_bad_requests(api, alice):
+    bob, _tokens, _user = api.register_and_login()
+    portfolio(api, alice)
+    create(api, bob, loan_id="x", start_date="2025-01-06")
+    create(api, bob, loan_id="y", start_date="2025-01-06")
+    token = delinquent(api, alice, AS_OF, page_size=1).next_page_token
+    bob_token = delinquent(api, bob, AS_OF, page_size=1).next_page_token
+    loans_token = api.billing.ListLoans(
+        billing_pb2.ListLoansRequest(page_size=1), metadata=alice
+    ).next_page_token
+    assert token and bob_token and loans_token
+
+    def list_error(metadata=alice, as_of=AS_OF, page_size=1, page_token=""):
+        return call_error(
+            api.billing.ListDelinquentLoans,
+            billing_pb2.ListDelinquentLoansRequest(as_of=as_of, page_size=page_size, page_token=page_token),
+            metadata=metadata,
+        )
+
+    assert_invalid(list_error(page_size=-1), "page_size")
+    for as_of in ("2026-13-01", "2026-02-30", "26-01-01", "2026/03/10", "now"):
+        assert_invalid(list_error(as_of=as_of), "as_of")
+    for forged in (
+        "garbage",
+        token + "x",
+        tamper(token),
+        loans_token,
+    ):
+        assert_invalid(list_error(page_token=forged), "page_token")
+    assert_invalid(list_error(metadata=bob, page_token=token), "page_token")
+    assert_invalid(list_error(metadata=alice, page_token=bob_token), "page_token")
+
+
+def test_list_delinquent_page_size_default_and_cap(api, alice):
+    for i in range(3):
+        create(api, alice, loan_id=f"L{i}", start_date="2025-01-06")
+    assert len(delinquent(api, alice, AS_OF, page_size=0).loans) == 3
+    assert len(delinquent(api, alice, AS_OF, page_size=2**31 - 1).loans) == 3
+
+
+def test_list_delinquent_paginates_through_ties(api, alice):
+    names = ["t1", "t2", "t3", "t4", "t5"]
+    for name in names:
+        create(api, alice, loan_id=name, start_date="2026-01-05")
+    create(api, alice, loan_id="older", start_date="2025-12-29")
+    seen, token = [], ""
+    while True:
+        page = delinquent(api, alice, AS_OF, page_size=2, page_token=token)
+        seen.extend(s.loan_id for s in page.loans)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen[0] == "older"
+    assert sorted(seen[1:]) == names
+    assert len(seen) == 6
+
+
+def test_list_delinquent_default_page_size(api, alice):
+    for i in range(51):
+        create(api, alice, loan_id=f"D{i:02d}", principal="1000", start_date="2025-01-06")
+    page = delinquent(api, alice, AS_OF)
+    assert [s.loan_id for s in page.loans] == [f"D{i:02d}" for i in range(50)]
+    assert page.next_page_token
+    rest = delinquent(api, alice, "", page_token=page.next_page_token)
+    assert [s.loan_id for s in rest.loans] == ["D50"]
+    assert rest.next_page_token == ""
