@@ -11,37 +11,12 @@ import grpc
 import jwt
 import pytest
 from conftest import TEST_SECRET_KEY
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from lending.v1 import auth_pb2, billing_pb2
+from rpc_helpers import assert_invalid, call_error
 
 OTHER_KEY = "another-secret-key-of-at-least-32-bytes-111111"
 PASSWORD = "correct horse battery"
 BAD_CREDENTIALS = "invalid username or password"
-
-
-def call_error(method, request, **kwargs) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        method(request, **kwargs)
-    return info.value
-
-
-def violated_fields(err: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.Status details"
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.extend(v.field for v in bad.field_violations)
-    return fields
-
-
-def assert_invalid(err: grpc.RpcError, field: str) -> None:
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
-    assert violated_fields(err) == [field]
-    assert field in err.details()
 
 
 def register(api, username: str, password: str = PASSWORD, email: str | None = None):

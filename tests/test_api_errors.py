@@ -5,34 +5,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from lending.v1 import auth_pb2, billing_pb2
+from rpc_helpers import call_error, violated_fields
 
 B = billing_pb2
 A = auth_pb2
 
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-
-
-def call_error(method, request, **kwargs) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        method(request, **kwargs)
-    return info.value
-
-
-def violated_fields(err: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.Status details"
-    assert status.code == err.code().value[0]
-    assert status.message == err.details()
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.extend(v.field for v in bad.field_violations)
-    return fields
 
 
 def seed(api, metadata):

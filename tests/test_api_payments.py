@@ -6,50 +6,12 @@ import datetime as dt
 import threading
 import time
 import uuid
-import zoneinfo
 from decimal import Decimal
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from lending.v1 import billing_pb2
-
-JAKARTA = zoneinfo.ZoneInfo("Asia/Jakarta")
-
-
-def today() -> dt.date:
-    return dt.datetime.now(JAKARTA).date()
-
-
-def tamper(token: str) -> str:
-    """Change the first character of the signature part (it carries six significant bits)."""
-    index = token.index(".") + 1
-    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
-
-
-def call_error(method, request, **kwargs) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        method(request, **kwargs)
-    return info.value
-
-
-def violated_fields(err: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.Status details"
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.extend(v.field for v in bad.field_violations)
-    return fields
-
-
-def assert_invalid(err: grpc.RpcError, field: str) -> None:
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
-    assert violated_fields(err) == [field], err.details()
-    assert field in err.details()
+from rpc_helpers import assert_invalid, call_error, tamper, today
 
 
 def create(api, metadata, loan_id="L1", principal="5000000", start_date="2026-01-05", **kwargs):

@@ -145,16 +145,19 @@ class BillingCore:
         """The owner's loans, oldest first, keyset-paginated."""
         size = pagination.page_size(page_size)
         scope = f"loans|{owner}"
-        query = Loan.select().where(Loan.owner == owner)
+        rows, token = self._id_page(Loan.select().where(Loan.owner == owner), Loan, size, scope, page_token)
+        return Page([_loan_view(row) for row in rows], token)
+
+    def _id_page(self, query, model, size: int, scope: str, page_token: str) -> tuple[list, str]:
+        """One page of ``query`` in ``model.id`` order, resuming after the token's id."""
         if page_token:
             after = self._page_tokens.decode(page_token, scope)
-            query = query.where(Loan.id > int(after["id"]))
-        rows = list(query.order_by(Loan.id).limit(size + 1))
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._page_tokens.encode(scope, {"id": rows[-1].id})
-        return Page([_loan_view(row) for row in rows], token)
+            query = query.where(model.id > int(after["id"]))
+        rows = list(query.order_by(model.id).limit(size + 1))
+        if len(rows) <= size:
+            return rows, ""
+        rows = rows[:size]
+        return rows, self._page_tokens.encode(scope, {"id": rows[-1].id})
 
     def get_schedule(self, owner: int, loan_id: str) -> ScheduleView:
         """Every installment with its due date, amount and covering payment."""
@@ -238,14 +241,7 @@ class BillingCore:
         loan = self._loan_row(owner, loan_id)
         scope = f"payments|{owner}|{loan.id}"
         query = Payment.select().where(Payment.loan == loan.id)
-        if page_token:
-            after = self._page_tokens.decode(page_token, scope)
-            query = query.where(Payment.id > int(after["id"]))
-        rows = list(query.order_by(Payment.id).limit(size + 1))
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._page_tokens.encode(scope, {"id": rows[-1].id})
+        rows, token = self._id_page(query, Payment, size, scope, page_token)
         return Page([_payment_view(row, loan.loan_id) for row in rows], token)
 
     # -- delinquency ---------------------------------------------------------
