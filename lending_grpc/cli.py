@@ -8,13 +8,14 @@ import logging
 import sys
 
 from lending_grpc.config import ConfigError, Settings, load_settings
+from lending_grpc.core.database import DatabaseError, close_database, migrate, open_database
 
 _TYPES = {bool: None, int: int, float: float, str: str}
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
     for field in dataclasses.fields(Settings):
-        if names is not None and field.name not in names:
+        if not field.metadata["flag"] or (names is not None and field.name not in names):
             continue
         flag = "--" + field.name.replace("_", "-")
         help_text = (
@@ -51,6 +52,9 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # Peewee logs every statement with its parameters (password hashes,
+    # emails) at DEBUG: never let it through, whatever the service level.
+    logging.getLogger("peewee").setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,24 +67,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)
-    if args.command == "migrate":
-        from lending_grpc.core.database import migrate, open_database
-
-        db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
-        applied = migrate(db)
-        db.close()
-        print(f"applied migrations: {applied}" if applied else "schema is up to date")
-        return 0
-    from lending_grpc.server import serve
-
     try:
+        if args.command == "migrate":
+            return _migrate(settings)
+        from lending_grpc.server import serve
+
         serve(settings)
     except ConfigError as exc:
         print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (DatabaseError, OSError) as exc:
         print(f"lending-grpc: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+    try:
+        applied = migrate(db)
+    finally:
+        close_database(db)
+    print(f"applied migrations: {applied}" if applied else "schema is up to date")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import difflib
 import logging
 import os
 import secrets
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lending_grpc.core.database import sqlite_path
+from lending_grpc.core.database import DatabaseError, database_file
 from lending_grpc.core.tokens import MIN_KEY_BYTES
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,11 @@ class ConfigError(ValueError):
     """A setting is missing, malformed or unsafe; the message says which and why."""
 
 
-def _flag(default: Any, help_text: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help_text})
+MAX_INT32 = 2**31 - 1
+
+
+def _flag(default: Any, help_text: str, *, flag: bool = True) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help_text, "flag": flag})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +41,8 @@ class Settings:
     database_url: str = _flag(
         DEFAULT_DATABASE_URL, "sqlite:///relative/path.db or sqlite:////absolute/path.db"
     )
-    secret_key: str = _flag("", "JWT signing key (at least 32 bytes)")
+    # No command-line flag: a key in argv is visible to every local user (ps, /proc).
+    secret_key: str = _flag("", "JWT signing key (at least 32 bytes)", flag=False)
     secret_key_file: str = _flag("", "file holding the JWT signing key")
     time_zone: str = _flag("Asia/Jakarta", "IANA time zone that defines 'today'")
     access_token_ttl_seconds: int = _flag(900, "access token lifetime")
@@ -47,6 +52,7 @@ class Settings:
     max_message_bytes: int = _flag(1024 * 1024, "largest request or response message")
     db_busy_timeout_ms: int = _flag(10_000, "how long a write waits for the SQLite lock")
     shutdown_grace_seconds: float = _flag(10.0, "how long in-flight RPCs may finish after SIGTERM")
+    drain_delay_seconds: float = _flag(1.0, "how long health says NOT_SERVING before new calls are refused")
     log_level: str = _flag("INFO", "DEBUG, INFO, WARNING or ERROR")
     insecure_fast_password_hash: bool = _flag(False, "TESTS ONLY: cheap argon2 parameters")
 
@@ -89,24 +95,53 @@ def _convert(field: dataclasses.Field, text: str, source: str) -> Any:
         raise ConfigError(f"{source}: {text!r} is not a valid {kind.__name__}") from None
 
 
+_SOURCES = ("command line", "environment", ".env")
+_KEY_SETTINGS = ("secret_key", "secret_key_file")
+
+
+def _check_names(names, source: str) -> None:
+    known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)]
+    for name in names:
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{source}: unknown setting {name}{hint}")
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     dotenv: Path | None = Path(".env"),
 ) -> Settings:
-    """Merge flags (already typed, None = not given), environment, .env and defaults."""
+    """Merge flags (already typed, None = not given), environment, .env and defaults.
+
+    The first source that sets a value wins. The inline key and the key file
+    are one setting: the first source that sets either decides. An unknown
+    LENDING_* name is an error, so a typo never silently falls back to a default.
+    """
     flags = flags or {}
     environ = os.environ if environ is None else environ
     file_values = read_dotenv(dotenv) if dotenv else {}
+    _check_names(environ, "environment")
+    _check_names(file_values, str(dotenv))
     chosen: dict[str, Any] = {}
+    rank: dict[str, int] = {}
     for field in dataclasses.fields(Settings):
         env = Settings.env_name(field.name)
         if flags.get(field.name) is not None:
-            chosen[field.name] = flags[field.name]
+            chosen[field.name], rank[field.name] = flags[field.name], 0
         elif env in environ:
-            chosen[field.name] = _convert(field, environ[env], env)
+            chosen[field.name], rank[field.name] = _convert(field, environ[env], env), 1
         elif env in file_values:
-            chosen[field.name] = _convert(field, file_values[env], f"{dotenv}: {env}")
+            chosen[field.name], rank[field.name] = _convert(field, file_values[env], f"{dotenv}: {env}"), 2
+    key_ranks = {rank[name] for name in _KEY_SETTINGS if chosen.get(name)}
+    if len(key_ranks) == 2:
+        loser = max(_KEY_SETTINGS, key=lambda name: rank[name])
+        del chosen[loser]
+    elif all(chosen.get(name) for name in _KEY_SETTINGS):
+        raise ConfigError(
+            f"{_SOURCES[key_ranks.pop()]}: set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE, not both"
+        )
     settings = Settings(**chosen)
     validate(settings)
     return settings
@@ -122,14 +157,17 @@ def validate(settings: Settings) -> None:
         "max_message_bytes",
         "db_busy_timeout_ms",
     ):
-        if getattr(settings, name) <= 0:
-            raise ConfigError(f"{Settings.env_name(name)} must be positive")
+        if not 0 < getattr(settings, name) <= MAX_INT32:
+            raise ConfigError(f"{Settings.env_name(name)} must be between 1 and {MAX_INT32}")
+    for name in ("shutdown_grace_seconds", "drain_delay_seconds"):
+        if not 0 <= getattr(settings, name) <= 3600:
+            raise ConfigError(f"{Settings.env_name(name)} must be between 0 and 3600")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{Settings.env_name('log_level')} must be DEBUG, INFO, WARNING or ERROR")
-    if sqlite_path(settings.database_url) is None:
-        raise ConfigError(
-            "LENDING_DATABASE_URL must be sqlite:///relative/path.db or sqlite:////absolute/path.db"
-        )
+    try:
+        database_file(settings.database_url)
+    except DatabaseError as exc:
+        raise ConfigError(f"LENDING_DATABASE_URL: {exc}") from None
     try:
         ZoneInfo(settings.time_zone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -143,10 +181,7 @@ def resolve_secret_key(settings: Settings) -> bytes:
     if settings.secret_key:
         key = settings.secret_key.encode("utf-8")
     elif settings.secret_key_file:
-        try:
-            key = Path(settings.secret_key_file).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read LENDING_SECRET_KEY_FILE: {exc.strerror}") from None
+        key = _read_key_file(Path(settings.secret_key_file), "LENDING_SECRET_KEY_FILE")
     else:
         key = _generated_key(settings.database_url)
     if len(key) < MIN_KEY_BYTES:
@@ -154,20 +189,39 @@ def resolve_secret_key(settings: Settings) -> bytes:
     return key
 
 
+def _read_key_file(path: Path, setting: str) -> bytes:
+    try:
+        if path.stat().st_mode & 0o077:
+            log.warning("JWT key file %s is readable by other users; chmod 600 it", path)
+        return path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {setting} {path}: {exc.strerror}") from None
+
+
 def _generated_key(database_url: str) -> bytes:
-    db_path = sqlite_path(database_url)
-    if db_path is None or str(db_path) == ":memory:":
-        raise ConfigError("set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE for this database")
+    try:
+        db_path = database_file(database_url)
+    except DatabaseError as exc:
+        raise ConfigError(str(exc)) from None
     key_path = db_path.with_name(db_path.name + ".jwt-key")
-    if key_path.exists():
-        if key_path.stat().st_mode & 0o077:
-            log.warning("JWT key file %s is readable by others; chmod 600 it", key_path)
-        return key_path.read_bytes().strip()
-    key_path.parent.mkdir(parents=True, exist_ok=True)
+    if not key_path.exists():
+        _write_new_key(key_path)
+    log.warning(
+        "no LENDING_SECRET_KEY set: using the generated JWT signing key in %s; "
+        "set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE in production",
+        key_path,
+    )
+    return _read_key_file(key_path, "generated key")
+
+
+def _write_new_key(key_path: Path) -> None:
+    """Create a random key file, mode 0600, safe against a concurrent start and planted symlinks."""
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Written to a private temporary file, then hard-linked into place, so a
     # process starting at the same moment never reads a half-written key.
     tmp_path = key_path.with_name(f"{key_path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp_path.unlink(missing_ok=True)
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(base64.urlsafe_b64encode(secrets.token_bytes(48)) + b"\n")
@@ -175,12 +229,6 @@ def _generated_key(database_url: str) -> bytes:
             os.fsync(handle.fileno())
         os.link(tmp_path, key_path)
     except FileExistsError:
-        return key_path.read_bytes().strip()  # another process won the race: use its key
+        pass  # another process won the race: its key is used
     finally:
         tmp_path.unlink(missing_ok=True)
-    log.warning(
-        "no LENDING_SECRET_KEY set: generated a JWT signing key in %s (mode 0600); "
-        "set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE in production",
-        key_path,
-    )
-    return key_path.read_bytes().strip()

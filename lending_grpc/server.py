@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -21,13 +22,14 @@ from peewee import Database
 from lending_grpc.api.auth_interceptor import AuthInterceptor
 from lending_grpc.api.auth_servicer import AuthServicer
 from lending_grpc.api.billing_servicer import BillingServicer
+from lending_grpc.api.decoding import RequestDecodingInterceptor
 from lending_grpc.api.errors import ErrorMappingInterceptor
 from lending_grpc.api.logging_interceptor import AccessLogInterceptor
 from lending_grpc.config import Settings, resolve_secret_key
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import migrate, open_database
+from lending_grpc.core.database import close_database, migrate, open_database
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.tokens import TokenSigner
@@ -49,18 +51,35 @@ class RunningServer:
     health: health.HealthServicer
     database: Database
 
-    def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, let in-flight RPCs finish within ``grace``, close the database."""
+    def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
+        """Report NOT_SERVING, wait ``drain_delay`` so balancers notice, then stop.
+
+        In-flight RPCs get ``grace`` seconds to finish; then the database closes.
+        """
         self.health.enter_graceful_shutdown()
+        if drain_delay > 0:
+            time.sleep(drain_delay)
         self.server.stop(grace).wait()
-        self.database.close()
+        close_database(self.database)
+
+
+class ListenError(OSError):
+    """The listen address is malformed or already in use."""
 
 
 def create_server(settings: Settings) -> RunningServer:
     """Open and migrate the database, build the server, bind ``settings.listen`` and start it."""
     key = resolve_secret_key(settings)
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
-    migrate(db)
+    try:
+        migrate(db)
+        return _start(settings, key, db)
+    except BaseException:
+        close_database(db)
+        raise
+
+
+def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
         key,
@@ -74,7 +93,13 @@ def create_server(settings: Settings) -> RunningServer:
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=[AccessLogInterceptor(), ErrorMappingInterceptor(), AuthInterceptor(auth)],
+        # Outermost first: log, map errors, authenticate, then refuse undecodable bodies.
+        interceptors=[
+            AccessLogInterceptor(),
+            ErrorMappingInterceptor(),
+            AuthInterceptor(auth),
+            RequestDecodingInterceptor(),
+        ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -89,9 +114,12 @@ def create_server(settings: Settings) -> RunningServer:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError:
+        raise ListenError(
+            f"cannot listen on {settings.listen}: malformed address or already in use"
+        ) from None
     server.start()
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
@@ -122,5 +150,5 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     stop.wait()
-    running.stop(settings.shutdown_grace_seconds)
+    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
     log.info("lending-grpc stopped")

@@ -29,9 +29,17 @@ def test_precedence_is_flags_then_environment_then_dotenv_then_default(tmp_path)
     ("env", "message"),
     [
         ({"LENDING_MAX_WORKERS": "many"}, "LENDING_MAX_WORKERS: 'many' is not a valid int"),
-        ({"LENDING_MAX_WORKERS": "0"}, "LENDING_MAX_WORKERS must be positive"),
+        ({"LENDING_MAX_WORKERS": "0"}, "LENDING_MAX_WORKERS must be between 1 and 2147483647"),
+        ({"LENDING_REFRESH_TOKEN_TTL_SECONDS": "3000000000"}, "must be between 1 and 2147483647"),
+        ({"LENDING_SHUTDOWN_GRACE_SECONDS": "-5"}, "must be between 0 and 3600"),
+        ({"LENDING_DATABASE_URL": "sqlite:///:memory:"}, "a file, not :memory:"),
+        ({"LENDING_DATABASE_URL": "sqlite:///"}, "must be sqlite:///path/to/file.db"),
+        (
+            {"LENDING_SECRETKEY": "k" * 40},
+            r"unknown setting LENDING_SECRETKEY \(did you mean LENDING_SECRET_KEY\?\)",
+        ),
         ({"LENDING_INSECURE_FAST_PASSWORD_HASH": "maybe"}, "is not a valid bool"),
-        ({"LENDING_DATABASE_URL": "mysql://x"}, "LENDING_DATABASE_URL must be sqlite"),
+        ({"LENDING_DATABASE_URL": "mysql://x"}, "LENDING_DATABASE_URL: the database URL must be sqlite"),
         ({"LENDING_TIME_ZONE": "Mars/Olympus"}, "is not an IANA time zone"),
         ({"LENDING_SECRET_KEY": "k" * 40, "LENDING_SECRET_KEY_FILE": "/x"}, "not both"),
     ],
@@ -56,5 +64,30 @@ def test_key_from_file_and_short_keys_refused(tmp_path):
     assert resolve_secret_key(Settings(secret_key_file=str(key_file))) == b"f" * 32
     with pytest.raises(ConfigError, match="at least 32 bytes"):
         resolve_secret_key(Settings(secret_key="s" * 31))
-    with pytest.raises(ConfigError, match="cannot read LENDING_SECRET_KEY_FILE"):
+    with pytest.raises(ConfigError, match="cannot read LENDING_SECRET_KEY_FILE .*absent"):
         resolve_secret_key(Settings(secret_key_file=str(tmp_path / "absent")))
+
+
+def test_the_key_and_the_key_file_are_one_setting_decided_by_the_first_source(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"LENDING_SECRET_KEY_FILE={tmp_path / 'key'}\n")
+    settings = load_settings({}, {"LENDING_SECRET_KEY": "e" * 40}, dotenv)
+    assert (settings.secret_key, settings.secret_key_file) == ("e" * 40, "")
+    settings = load_settings({"secret_key_file": "/from/flag"}, {"LENDING_SECRET_KEY": "e" * 40}, dotenv)
+    assert (settings.secret_key, settings.secret_key_file) == ("", "/from/flag")
+
+
+def test_a_readable_key_file_is_used_with_a_warning(tmp_path, caplog):
+    key_file = tmp_path / "key"
+    key_file.write_text("w" * 40)
+    key_file.chmod(0o644)
+    assert resolve_secret_key(Settings(secret_key_file=str(key_file))) == b"w" * 40
+    assert "readable by other users" in caplog.text
+
+
+def test_every_start_on_a_generated_key_warns(tmp_path, caplog):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'l.db'}")
+    resolve_secret_key(settings)
+    caplog.clear()
+    resolve_secret_key(settings)
+    assert "using the generated JWT signing key" in caplog.text

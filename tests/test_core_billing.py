@@ -16,7 +16,7 @@ from lending_grpc.core import pagination
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import migrate, open_database
+from lending_grpc.core.database import close_database, migrate, open_database
 from lending_grpc.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -70,7 +70,7 @@ def make_env(directory: Path, clock: Clock | None = None) -> Env:
 def env(tmp_path: Path):
     e = make_env(tmp_path)
     yield e
-    e.db.close()
+    close_database(e.db)
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def test_create_loan_defaults_start_today():
             t = e.billing.create_loan(o, "L", "100").terms
             assert (t.start_date, t.term_weeks, t.rate_e4) == (dt.date(2027, 3, 4), 50, 1000)
         finally:
-            e.db.close()
+            close_database(e.db)
 
 
 def test_create_loan_is_idempotent_on_loan_id(env, owner):
@@ -260,7 +260,7 @@ def test_refused_payment_names_accepted_amounts():
             assert "all 2 overdue installment(s) are 220000.00" in message
             assert "the full payoff is 5500000.00" in message
         finally:
-            e.db.close()
+            close_database(e.db)
 
 
 @pytest.mark.parametrize("amount", ["", "0", "0.00", "-110000", "110000.001", "1e5", " 110000", "x" * 100])
@@ -654,7 +654,7 @@ def test_payment_sequences_over_the_database(principal, rate, term, steps, as_of
                 listed = [v.loan_id for v in e.billing.list_delinquent(o, as_of=as_of.isoformat()).items]
                 assert listed == (["L"] if len(missed) >= 2 else [])
         finally:
-            e.db.close()
+            close_database(e.db)
 
 
 def _oracle(principal: int, rate: int, term: int) -> list[int] | None:

@@ -6,6 +6,8 @@ import random
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from lending.v1 import auth_pb2, billing_pb2
 
 from lending_grpc.core.billing import BillingCore
@@ -72,3 +74,49 @@ def test_oversized_message_is_resource_exhausted(api):
         api.channel, "/lending.v1.AuthService/Login", b"\x0a" + b"\xff\xff\x3f" + b"a" * 1_100_000
     )
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_undecodable_request_without_a_token_is_unauthenticated_first(api):
+    code, _ = _raw_call(api.channel, "/lending.v1.BillingService/GetLoan", b"\x0a\x02\xff\xfe")
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _reason(err: grpc.RpcError) -> str:
+    status = rpc_status.from_call(err)
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "lending.v1"
+            return info.reason
+    raise AssertionError("no google.rpc.ErrorInfo detail")
+
+
+def test_error_info_reasons_tell_refusals_apart(api, alice):
+    create = billing_pb2.CreateLoanRequest(loan_id="R", principal_amount="100", term_weeks=2)
+    api.billing.CreateLoan(create, metadata=alice)
+    with pytest.raises(grpc.RpcError) as partial:
+        api.billing.MakePayment(billing_pb2.MakePaymentRequest(loan_id="R", amount="1.00"), metadata=alice)
+    assert partial.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _reason(partial.value) == "PAYMENT_NOT_ACCEPTED"
+    api.billing.MakePayment(billing_pb2.MakePaymentRequest(loan_id="R", amount="110.00"), metadata=alice)
+    with pytest.raises(grpc.RpcError) as paid_off:
+        api.billing.MakePayment(billing_pb2.MakePaymentRequest(loan_id="R", amount="55.00"), metadata=alice)
+    assert paid_off.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _reason(paid_off.value) == "LOAN_PAID_OFF"
+    with pytest.raises(grpc.RpcError) as duplicate:
+        api.billing.CreateLoan(
+            billing_pb2.CreateLoanRequest(
+                loan_id="R", principal_amount="100", term_weeks=3, interest_rate="0.2"
+            ),
+            metadata=alice,
+        )
+    assert _reason(duplicate.value) == "ALREADY_EXISTS"
+    assert duplicate.value.details() == "loan 'R' already exists with a different term_weeks, interest_rate"
+
+
+def test_one_process_serves_one_database(server, tmp_path):
+    from lending_grpc.core.database import DatabaseError, open_database
+
+    with pytest.raises(DatabaseError, match="already serves a database"):
+        open_database(f"sqlite:///{tmp_path / 'second.db'}")

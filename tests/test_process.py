@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -94,12 +97,81 @@ def test_serve_refuses_a_short_secret_key(tmp_path):
             "127.0.0.1:0",
             "--database-url",
             f"sqlite:///{tmp_path / 'k.db'}",
-            "--secret-key",
-            "too-short",
         ],
+        env={**os.environ, "LENDING_SECRET_KEY": "too-short"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
     assert "at least 32 bytes" in result.stderr and "too-short" not in result.stderr
+
+
+def test_startup_problems_are_one_line_errors_not_tracebacks(tmp_path):
+    def serve(*args, **env):
+        return subprocess.run(
+            [sys.executable, "-m", "lending_grpc", "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "LENDING_SECRET_KEY": TEST_SECRET_KEY, **env},
+        )
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    bad_listen = serve("--listen", "nonsense", "--database-url", url)
+    assert bad_listen.returncode == 1 and "cannot listen on nonsense" in bad_listen.stderr
+    assert "Traceback" not in bad_listen.stderr
+    unknown = serve("--database-url", url, LENDING_LISTN="127.0.0.1:1")
+    assert unknown.returncode == 2 and "did you mean LENDING_LISTEN?" in unknown.stderr
+    unwritable = serve("--listen", "127.0.0.1:0", "--database-url", "sqlite:////proc/no/such/dir/x.db")
+    assert unwritable.returncode == 1 and "cannot create the database file" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
+
+
+def test_database_is_private_to_its_owner(tmp_path):
+    server = ServerProcess(tmp_path / "private" / "p.db")
+    try:
+        assert stat.S_IMODE((tmp_path / "private" / "p.db").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
+    finally:
+        server.terminate()
+
+
+def test_a_database_from_a_newer_release_is_refused(tmp_path):
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    subprocess.run(
+        [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url], check=True, timeout=60
+    )
+    with sqlite3.connect(tmp_path / "n.db") as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, 0)")
+    result = subprocess.run(
+        [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "schema is version 99, newer than this release's 1" in result.stderr
+
+
+@pytest.mark.slow
+def test_health_says_not_serving_during_the_drain_delay(tmp_path):
+    server = ServerProcess(tmp_path / "d.db", "--drain-delay-seconds", "3")
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+        server.proc.terminate()
+        deadline = time.monotonic() + 2
+        status = None
+        while time.monotonic() < deadline:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            time.sleep(0.05)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert server.proc.wait(20) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 
-from lending_grpc.core.auth import Principal
+from lending_grpc.core.views import Principal
 
 
 @dataclasses.dataclass(slots=True)

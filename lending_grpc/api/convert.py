@@ -5,9 +5,15 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 from lending.v1 import auth_pb2, billing_pb2
 
-from lending_grpc.core.auth import TokenPair, UserView
 from lending_grpc.core.money import format_cents, format_rate
-from lending_grpc.core.views import DelinquencyView, LoanView, PaymentView, ScheduleView
+from lending_grpc.core.views import (
+    DelinquencyView,
+    LoanView,
+    PaymentView,
+    ScheduleView,
+    TokenPair,
+    UserView,
+)
 
 
 def timestamp(micros: int) -> Timestamp:

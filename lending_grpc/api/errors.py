@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -31,6 +30,7 @@ _CODES: tuple[tuple[type[errors.LendingError], int, str], ...] = (
     (errors.NotFound, code_pb2.NOT_FOUND, "NOT_FOUND"),
     (errors.AlreadyExists, code_pb2.ALREADY_EXISTS, "ALREADY_EXISTS"),
     (errors.PaymentNotAccepted, code_pb2.FAILED_PRECONDITION, "PAYMENT_NOT_ACCEPTED"),
+    (errors.LoanPaidOff, code_pb2.FAILED_PRECONDITION, "LOAN_PAID_OFF"),
     (errors.FailedPrecondition, code_pb2.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
     (errors.Unauthenticated, code_pb2.UNAUTHENTICATED, "UNAUTHENTICATED"),
     (errors.Unavailable, code_pb2.UNAVAILABLE, "DATABASE_BUSY"),
@@ -53,23 +53,6 @@ def to_status(exc: errors.LendingError) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=exc.message, details=details)
 
 
-class _Undecodable:
-    """Stands in for a request whose bytes are not a valid message."""
-
-
-UNDECODABLE = _Undecodable()
-
-
-def _tolerant(deserializer):
-    def deserialize(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except (DecodeError, ValueError, RuntimeError):
-            return UNDECODABLE
-
-    return deserialize
-
-
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
     """Maps domain errors to statuses and hides unexpected ones behind INTERNAL."""
 
@@ -80,8 +63,6 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         def wrap(behaviour: Behaviour) -> Behaviour:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
-                    if request is UNDECODABLE:
-                        raise errors.InvalidArgument("request", "is not a valid protobuf message")
                     return behaviour(request, context)
                 except errors.LendingError as exc:
                     context.abort_with_status(rpc_status.to_status(to_status(exc)))
@@ -93,6 +74,4 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
 
             return guarded
 
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
-            return wrap_unary(handler, wrap)
-        return wrap_unary(handler, wrap, request_deserializer=_tolerant(handler.request_deserializer))
+        return wrap_unary(handler, wrap)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
 from peewee import Database
@@ -14,37 +13,10 @@ from lending_grpc.core.errors import AlreadyExists, InvalidArgument, Unauthentic
 from lending_grpc.core.models import User
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.tokens import ACCESS, REFRESH, TokenSigner
+from lending_grpc.core.views import Principal, TokenPair, UserView
 
 BAD_CREDENTIALS = "invalid username or password"
 _MAX_CACHED_PRINCIPALS = 100_000
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller: internal id for queries, public id for logs and tokens."""
-
-    id: int
-    user_id: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class UserView:
-    """A registered user, without any secret."""
-
-    user_id: str
-    username: str
-    email: str
-    create_time_us: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TokenPair:
-    """A freshly issued access and refresh token."""
-
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    refresh_expires_in: int
 
 
 class AuthCore:
@@ -91,13 +63,17 @@ class AuthCore:
         if not password:
             raise InvalidArgument("password", "is required")
         row = None
-        if len(username) <= 150 and len(password) <= fields.MAX_PASSWORD_CHARS:
+        if len(username) <= fields.MAX_USERNAME_CHARS and len(password) <= fields.MAX_PASSWORD_CHARS:
             row = User.get_or_none(User.username_key == fields.username_key(username))
         if not self._passwords.verify(row.password_hash if row else None, password):
             raise Unauthenticated(BAD_CREDENTIALS)
         if self._passwords.needs_rehash(row.password_hash):
+            # Hashing parameters were raised since this hash was made.
             new_hash = self._passwords.hash(password)
-            User.update(password_hash=new_hash).where(User.id == row.id).execute()
+            run_in_write_transaction(
+                self._db,
+                lambda: User.update(password_hash=new_hash).where(User.id == row.id).execute(),
+            )
         return self._issue(row.user_id)
 
     def refresh(self, refresh_token: str) -> TokenPair:

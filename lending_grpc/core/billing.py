@@ -17,6 +17,7 @@ from lending_grpc.core.schedule import (
     MAX_PRINCIPAL_CENTS,
     MAX_TERM_WEEKS,
     MAX_TOTAL_CENTS,
+    MIN_TERM_WEEKS,
     LoanTerms,
     delinquency,
     weeks_paid_by,
@@ -83,7 +84,10 @@ class BillingCore:
         loan_id = fields.loan_id(loan_id)
         principal = parse_money(principal_amount, "principal_amount", max_cents=MAX_PRINCIPAL_CENTS)
         if not 0 <= term_weeks <= MAX_TERM_WEEKS:
-            raise InvalidArgument("term_weeks", f"must be between 1 and {MAX_TERM_WEEKS} (0 means 50)")
+            raise InvalidArgument(
+                "term_weeks",
+                f"must be between {MIN_TERM_WEEKS} and {MAX_TERM_WEEKS} (0 means {DEFAULT_TERM_WEEKS})",
+            )
         rate = parse_rate(interest_rate, "interest_rate") if interest_rate else None
         start = (
             fields.calendar_date(
@@ -97,14 +101,17 @@ class BillingCore:
             existing = Loan.get_or_none((Loan.owner == owner) & (Loan.loan_id == loan_id))
             if existing is not None:
                 # A retry: compare only the terms this request states.
-                same = (
-                    existing.principal_cents == principal
-                    and (not term_weeks or existing.term_weeks == term_weeks)
-                    and (rate is None or existing.rate_e4 == rate)
-                    and (start is None or existing.start_date == start)
-                )
-                if not same:
-                    raise AlreadyExists(f"loan {loan_id!r} already exists with different terms")
+                stated = {
+                    "principal_amount": (existing.principal_cents, principal),
+                    "term_weeks": (existing.term_weeks, term_weeks or None),
+                    "interest_rate": (existing.rate_e4, rate),
+                    "start_date": (existing.start_date, start),
+                }
+                differing = [name for name, (old, new) in stated.items() if new is not None and old != new]
+                if differing:
+                    raise AlreadyExists(
+                        f"loan {loan_id!r} already exists with a different {', '.join(differing)}"
+                    )
                 return _loan_view(existing)
             terms = LoanTerms.build(
                 principal,

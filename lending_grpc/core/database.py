@@ -1,8 +1,14 @@
-"""Opening the database from a URL, with safe SQLite settings, and versioned migrations."""
+"""Opening the database from a URL, with safe SQLite settings, and versioned migrations.
+
+The models are bound to one process-wide database (a Peewee DatabaseProxy),
+so a process serves exactly one database: `open_database` refuses a second
+one until `close_database` released the first.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +22,7 @@ from peewee import (
     Model,
     OperationalError,
     SqliteDatabase,
+    fn,
 )
 
 from lending_grpc.core.errors import Unavailable
@@ -27,8 +34,8 @@ SQLITE_PREFIX = "sqlite:///"
 T = TypeVar("T")
 
 
-class DatabaseConfigError(ValueError):
-    """The database URL cannot be used."""
+class DatabaseError(RuntimeError):
+    """The database cannot be used: bad URL, unreadable file, or a schema from a newer release."""
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -38,6 +45,25 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def database_file(url: str) -> Path:
+    """The SQLite file a URL names, or DatabaseError for anything this release cannot serve."""
+    path = sqlite_path(url)
+    if path is None or not path.name or path.name == ":memory:":
+        # ":memory:" would give every thread its own empty database.
+        raise DatabaseError("the database URL must be sqlite:///path/to/file.db (a file, not :memory:)")
+    return path
+
+
+def _create_private_file(path: Path) -> None:
+    # The file holds password hashes and emails: readable by its owner only.
+    # SQLite gives the -wal and -shm files the same mode.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        pass
+
+
 def open_database(url: str, *, busy_timeout_ms: int = 10_000) -> Database:
     """Open the database named by ``url`` and bind the models to it.
 
@@ -45,13 +71,13 @@ def open_database(url: str, *, busy_timeout_ms: int = 10_000) -> Database:
     survives power loss), enforced foreign keys and a busy timeout, so that
     writers queue for the lock instead of failing.
     """
-    path = sqlite_path(url)
-    if path is None:
-        raise DatabaseConfigError(
-            f"unsupported database URL {url.split(':', 1)[0]!r}: use sqlite:///path/to/file.db"
-        )
-    if str(path) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path = database_file(url)
+    if database.obj is not None:
+        raise DatabaseError("this process already serves a database; close it first")
+    try:
+        _create_private_file(path)
+    except OSError as exc:
+        raise DatabaseError(f"cannot create the database file {path}: {exc.strerror}") from None
     db = SqliteDatabase(
         str(path),
         timeout=busy_timeout_ms / 1000,
@@ -62,8 +88,19 @@ def open_database(url: str, *, busy_timeout_ms: int = 10_000) -> Database:
             "busy_timeout": busy_timeout_ms,
         },
     )
+    try:
+        db.connect()
+    except OperationalError as exc:
+        raise DatabaseError(f"cannot open the database {path}: {exc}") from None
     database.initialize(db)
     return db
+
+
+def close_database(db: Database) -> None:
+    """Close ``db`` and unbind the models, so that another database may be opened."""
+    db.close()
+    if database.obj is db:
+        database.initialize(None)
 
 
 def write_lock(db: Database):
@@ -90,11 +127,21 @@ def _create_initial_tables(db: Database) -> None:
 # built from the models; once a later version alters a table, the baseline
 # must be frozen (explicit DDL) so fresh and upgraded databases stay identical.
 MIGRATIONS: tuple[tuple[int, Callable[[Database], None]], ...] = ((1, _create_initial_tables),)
+LATEST_VERSION = MIGRATIONS[-1][0]
 
 
 def migrate(db: Database) -> list[int]:
-    """Apply pending migrations, each in its own write transaction; returns the versions applied."""
+    """Apply pending migrations, each in its own write transaction; returns the versions applied.
+
+    Refuses a database whose schema is newer than this release knows, rather
+    than serving it with rules that may no longer match.
+    """
     db.create_tables([SchemaVersion], safe=True)
+    newest = SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar() or 0
+    if newest > LATEST_VERSION:
+        raise DatabaseError(
+            f"the database schema is version {newest}, newer than this release's {LATEST_VERSION}"
+        )
     applied: list[int] = []
     for version, step in MIGRATIONS:
         with write_lock(db):
@@ -107,33 +154,36 @@ def migrate(db: Database) -> list[int]:
     return applied
 
 
-def schema_is_current(db: Database) -> bool:
-    """Whether every migration has been applied."""
-    if not db.table_exists(SchemaVersion._meta.table_name):
-        return False
-    latest = MIGRATIONS[-1][0]
-    return SchemaVersion.get_or_none(SchemaVersion.version == latest) is not None
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    text = str(exc).lower()
+    return "unique" in text or "duplicate key" in text
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def run_in_write_transaction(db: Database, work: Callable[[], T], *, attempts: int = 3) -> T:
     """Run ``work`` in one write transaction, serialized against other writers.
 
     On SQLite the transaction starts with BEGIN IMMEDIATE, so a read-then-write
-    waits for the write lock (up to the busy timeout) instead of failing later.
-    A unique-constraint race (another writer inserted the same key first) is
-    retried so that ``work`` sees the winner's row. A lock still held after the
-    busy timeout becomes Unavailable, which clients may retry.
+    waits for the write lock (up to the busy timeout) instead of failing later,
+    and no other writer can interleave. Where a backend lets two writers race
+    to insert the same unique key, the loser is retried so that ``work`` sees
+    the winner's row. A lock still held after the busy timeout becomes
+    Unavailable, which clients may retry.
     """
     for attempt in range(1, attempts + 1):
         try:
             with write_lock(db):
                 return work()
-        except IntegrityError:
-            if attempt == attempts:
+        except IntegrityError as exc:
+            if attempt == attempts or not _is_unique_violation(exc):
                 raise
-            log.info("write conflict, retrying (attempt %d of %d)", attempt, attempts)
+            log.info("unique-key race, retrying (attempt %d of %d)", attempt, attempts)
         except OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _is_busy(exc):
                 raise
             raise Unavailable("the database is busy; retry the request") from exc
     raise AssertionError("unreachable")

@@ -40,6 +40,10 @@ class PaymentNotAccepted(FailedPrecondition):
     """A payment amount that is not a whole number of the next unpaid installments."""
 
 
+class LoanPaidOff(FailedPrecondition):
+    """A payment on a loan whose every installment is already paid."""
+
+
 class Unauthenticated(LendingError):
     """Credentials or tokens are missing, wrong, expired or of the wrong kind."""
 

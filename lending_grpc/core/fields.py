@@ -13,7 +13,9 @@ from lending_grpc.core.errors import InvalidArgument
 
 LOAN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-USERNAME_RE = re.compile(r"[A-Za-z0-9@.+_-]{3,150}")
+MIN_USERNAME_CHARS = 3
+MAX_USERNAME_CHARS = 150
+USERNAME_RE = re.compile(rf"[A-Za-z0-9@.+_-]{{{MIN_USERNAME_CHARS},{MAX_USERNAME_CHARS}}}")
 # An unquoted RFC 5322 local part (dot-atom) and a dotted DNS domain; ASCII only.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -73,7 +75,10 @@ def optional_date(value: str, field: str, default: dt.date, **bounds: dt.date) -
 def username(value: str, field: str = "username") -> str:
     """3-150 ASCII letters, digits and ``@.+-_``."""
     if not USERNAME_RE.fullmatch(value):
-        raise InvalidArgument(field, "must be 3-150 characters of letters, digits and @.+-_")
+        raise InvalidArgument(
+            field,
+            f"must be {MIN_USERNAME_CHARS}-{MAX_USERNAME_CHARS} characters of letters, digits and @.+-_",
+        )
     return value
 
 

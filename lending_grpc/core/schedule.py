@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from lending_grpc.core.errors import FailedPrecondition, InvalidArgument, PaymentNotAccepted
+from lending_grpc.core.errors import InvalidArgument, LoanPaidOff, PaymentNotAccepted
 from lending_grpc.core.money import RATE_SCALE, format_cents, round_half_up_div
 
 DAYS_PER_WEEK = 7
 MIN_TERM_WEEKS = 1
 MAX_TERM_WEEKS = 520
-MIN_PRINCIPAL_CENTS = 1
 MAX_PRINCIPAL_CENTS = 1_000_000_000_000 * 100
 # The largest total any loan can reach (principal at interest rate 1).
 MAX_TOTAL_CENTS = 2 * MAX_PRINCIPAL_CENTS
@@ -103,7 +102,7 @@ def weeks_paid_by(terms: LoanTerms, paid_weeks: int, amount_cents: int, today: d
     """
     remaining = terms.term_weeks - paid_weeks
     if remaining <= 0:
-        raise FailedPrecondition("the loan is paid off and accepts no more payments")
+        raise LoanPaidOff("the loan is paid off and accepts no more payments")
     outstanding = terms.outstanding_cents(paid_weeks)
     if amount_cents == outstanding:
         return remaining
@@ -129,7 +128,10 @@ def acceptable_amounts_hint(terms: LoanTerms, paid_weeks: int, today: dt.date) -
         overdue = format_cents(terms.cents_for_next(paid_weeks, missed))
         parts.append(f"all {missed} overdue installment(s) are {overdue}")
     parts.append(f"the full payoff is {format_cents(terms.outstanding_cents(paid_weeks))}")
-    return "accepted: " + ", ".join(parts) + ", or any whole number of weekly installments"
+    remaining = terms.term_weeks - paid_weeks
+    if remaining > 2:
+        parts.append(f"or k x {format_cents(terms.weekly_cents)} for any k below {remaining}")
+    return "accepted: " + ", ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

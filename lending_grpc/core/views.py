@@ -1,4 +1,4 @@
-"""Read-only results of core operations, free of database and transport types."""
+"""Read-only results of core operations (billing and auth), free of database and transport types."""
 
 from __future__ import annotations
 
@@ -79,3 +79,31 @@ class Page:
 
     items: list
     next_page_token: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: internal id for queries, public id for logs and tokens."""
+
+    id: int
+    user_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserView:
+    """A registered user, without any secret."""
+
+    user_id: str
+    username: str
+    email: str
+    create_time_us: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenPair:
+    """A freshly issued access and refresh token."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int

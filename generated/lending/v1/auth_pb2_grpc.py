@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class AuthServiceStub:
     """AuthService registers users and issues the JWT access tokens that every
-    BillingService call needs. It is the only service that accepts calls
-    without an `authorization` header.
+    BillingService call needs. Its calls need no `authorization` header (nor
+    do the health and reflection services).
     """
 
     def __init__(self, channel):
@@ -56,8 +56,8 @@ class AuthServiceStub:
 
 class AuthServiceServicer:
     """AuthService registers users and issues the JWT access tokens that every
-    BillingService call needs. It is the only service that accepts calls
-    without an `authorization` header.
+    BillingService call needs. Its calls need no `authorization` header (nor
+    do the health and reflection services).
     """
 
     def Register(self, request, context):
@@ -122,8 +122,8 @@ def add_AuthServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AuthService:
     """AuthService registers users and issues the JWT access tokens that every
-    BillingService call needs. It is the only service that accepts calls
-    without an `authorization` header.
+    BillingService call needs. Its calls need no `authorization` header (nor
+    do the health and reflection services).
     """
 
     @staticmethod

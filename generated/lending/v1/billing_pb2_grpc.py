@@ -40,8 +40,15 @@ class BillingServiceStub:
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
     strings in the service time zone (default Asia/Jakarta).
 
-    Field problems get INVALID_ARGUMENT with a google.rpc.BadRequest detail
-    naming the field.
+    Errors follow AIP-193: every error carries a google.rpc.ErrorInfo detail
+    (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
+    NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
+    number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
+    UNAUTHENTICATED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
+    the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
+    many calls in flight) are safe to retry with backoff; a retried MakePayment
+    must reuse its `request_id`.
     """
 
     def __init__(self, channel):
@@ -112,8 +119,15 @@ class BillingServiceServicer:
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
     strings in the service time zone (default Asia/Jakarta).
 
-    Field problems get INVALID_ARGUMENT with a google.rpc.BadRequest detail
-    naming the field.
+    Errors follow AIP-193: every error carries a google.rpc.ErrorInfo detail
+    (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
+    NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
+    number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
+    UNAUTHENTICATED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
+    the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
+    many calls in flight) are safe to retry with backoff; a retried MakePayment
+    must reuse its `request_id`.
     """
 
     def CreateLoan(self, request, context):
@@ -291,8 +305,15 @@ class BillingService:
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
     strings in the service time zone (default Asia/Jakarta).
 
-    Field problems get INVALID_ARGUMENT with a google.rpc.BadRequest detail
-    naming the field.
+    Errors follow AIP-193: every error carries a google.rpc.ErrorInfo detail
+    (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
+    NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
+    number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
+    UNAUTHENTICATED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
+    the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
+    many calls in flight) are safe to retry with backoff; a retried MakePayment
+    must reuse its `request_id`.
     """
 
     @staticmethod
