@@ -3,7 +3,9 @@
 A loan row carries its terms plus a running summary (installments paid,
 amount paid, due date of the second unpaid installment), so every read is one
 indexed lookup and the portfolio delinquency query is one index range scan.
-Payments are the ledger the summary is checked against.
+Payments are the ledger: the summary is updated in the same transaction as
+each payment insert, so it always equals their sums (the crash and property
+tests check exactly that).
 """
 
 from __future__ import annotations
