@@ -99,13 +99,15 @@ _SOURCES = ("command line", "environment", ".env")
 _KEY_SETTINGS = ("secret_key", "secret_key_file")
 
 
-def _check_names(names, source: str) -> None:
+def _unknown_names(names, source: str) -> list[str]:
     known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)]
+    problems = []
     for name in names:
         if name.startswith(ENV_PREFIX) and name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{source}: unknown setting {name}{hint}")
+            problems.append(f"{source}: unknown setting {name}{hint}")
+    return problems
 
 
 def load_settings(
@@ -116,29 +118,35 @@ def load_settings(
     """Merge flags (already typed, None = not given), environment, .env and defaults.
 
     The first source that sets a value wins. The inline key and the key file
-    are one setting: the first source that sets either decides. An unknown
-    LENDING_* name is an error, so a typo never silently falls back to a default.
+    are one setting: the first source that sets either (non-empty) decides.
+    An unknown LENDING_* name in `.env` is an error, so a typo never silently
+    falls back to a default; in the environment it is only a warning, since
+    platforms inject names of their own there (Kubernetes adds LENDING_PORT
+    and LENDING_SERVICE_HOST for a Service called "lending").
     """
     flags = flags or {}
     environ = os.environ if environ is None else environ
     file_values = read_dotenv(dotenv) if dotenv else {}
-    _check_names(environ, "environment")
-    _check_names(file_values, str(dotenv))
+    for problem in _unknown_names(environ, "environment"):
+        log.warning("%s; ignored", problem)
+    for problem in _unknown_names(file_values, str(dotenv)):
+        raise ConfigError(problem)
     chosen: dict[str, Any] = {}
     rank: dict[str, int] = {}
     for field in dataclasses.fields(Settings):
         env = Settings.env_name(field.name)
-        if flags.get(field.name) is not None:
+        # An empty key (say, an unset variable interpolated by compose) is not a key.
+        skip_empty = field.name in _KEY_SETTINGS
+        if flags.get(field.name) is not None and not (skip_empty and not flags[field.name]):
             chosen[field.name], rank[field.name] = flags[field.name], 0
-        elif env in environ:
+        elif env in environ and not (skip_empty and not environ[env]):
             chosen[field.name], rank[field.name] = _convert(field, environ[env], env), 1
-        elif env in file_values:
+        elif env in file_values and not (skip_empty and not file_values[env]):
             chosen[field.name], rank[field.name] = _convert(field, file_values[env], f"{dotenv}: {env}"), 2
-    key_ranks = {rank[name] for name in _KEY_SETTINGS if chosen.get(name)}
+    key_ranks = {rank[name] for name in _KEY_SETTINGS if name in chosen}
     if len(key_ranks) == 2:
-        loser = max(_KEY_SETTINGS, key=lambda name: rank[name])
-        del chosen[loser]
-    elif all(chosen.get(name) for name in _KEY_SETTINGS):
+        del chosen[max(_KEY_SETTINGS, key=lambda name: rank[name])]
+    elif all(name in chosen for name in _KEY_SETTINGS):
         raise ConfigError(
             f"{_SOURCES[key_ranks.pop()]}: set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE, not both"
         )
@@ -191,11 +199,16 @@ def resolve_secret_key(settings: Settings) -> bytes:
 
 def _read_key_file(path: Path, setting: str) -> bytes:
     try:
-        if path.stat().st_mode & 0o077:
-            log.warning("JWT key file %s is readable by other users; chmod 600 it", path)
-        return path.read_bytes().strip()
+        info = path.stat()
+        key = path.read_bytes().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read {setting} {path}: {exc.strerror}") from None
+    # Whoever can replace the key can forge tokens for every user.
+    if info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o022:
+        raise ConfigError(f"{setting} {path} is owned or writable by another user; refusing it")
+    if info.st_mode & 0o044:
+        log.warning("JWT key file %s is readable by other users; chmod 600 it", path)
+    return key
 
 
 def _generated_key(database_url: str) -> bytes:

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import signal
 import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -50,16 +49,23 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     database: Database
+    executor: futures.ThreadPoolExecutor
 
-    def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
+    def stop(
+        self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
+    ) -> None:
         """Report NOT_SERVING, wait ``drain_delay`` so balancers notice, then stop.
 
-        In-flight RPCs get ``grace`` seconds to finish; then the database closes.
+        In-flight RPCs get ``grace`` seconds to finish. Setting ``hurry`` (a
+        second Ctrl-C) cuts both waits short. The worker threads are joined
+        before the database closes, so no handler outlives its database.
         """
+        hurry = hurry or threading.Event()
         self.health.enter_graceful_shutdown()
         if drain_delay > 0:
-            time.sleep(drain_delay)
-        self.server.stop(grace).wait()
+            hurry.wait(drain_delay)
+        self.server.stop(0 if hurry.is_set() else grace).wait()
+        self.executor.shutdown(wait=True)
         close_database(self.database)
 
 
@@ -91,8 +97,9 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     auth = AuthCore(db, clock, Passwords(fast_insecure=settings.insecure_fast_password_hash), signer)
     billing = BillingCore(db, clock, PageTokens(key))
 
+    executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        executor,
         # Outermost first: log, map errors, authenticate, then refuse undecodable bodies.
         interceptors=[
             AccessLogInterceptor(),
@@ -124,7 +131,7 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db)
+    return RunningServer(server, port, health_servicer, db, executor)
 
 
 def serve(settings: Settings) -> None:
@@ -138,11 +145,19 @@ def serve(settings: Settings) -> None:
         settings.database_url.split("://", 1)[0],
     )
     stop = threading.Event()
+    hurry = threading.Event()
 
     def request_stop(signum, _frame):
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.info("received %s again: stopping now, cancelling in-flight RPCs", name)
+            hurry.set()
+            running.server.stop(0)
+            return
         log.info(
-            "received %s: draining (grace %.0fs)",
-            signal.Signals(signum).name,
+            "received %s: draining (health NOT_SERVING for %.1fs, then grace %.0fs)",
+            name,
+            settings.drain_delay_seconds,
             settings.shutdown_grace_seconds,
         )
         stop.set()
@@ -150,5 +165,5 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     stop.wait()
-    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
+    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)
     log.info("lending-grpc stopped")

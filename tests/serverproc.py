@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,16 +16,22 @@ from conftest import TEST_SECRET_KEY
 _SERVING = re.compile(r"serving on [^\s]+:(\d+)")
 
 
+def child_env(**settings: str) -> dict[str, str]:
+    """The environment for a child server: the caller's, minus any LENDING_* of the developer's own."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LENDING_")}
+    env.update(
+        LENDING_SECRET_KEY=TEST_SECRET_KEY,
+        LENDING_INSECURE_FAST_PASSWORD_HASH="true",
+        LENDING_DRAIN_DELAY_SECONDS="0.2",
+    )
+    env.update(settings)
+    return env
+
+
 class ServerProcess:
     """A `python -m lending_grpc serve` child on an ephemeral port; its log is collected."""
 
     def __init__(self, db_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
-        child_env = {
-            **os.environ,
-            "LENDING_SECRET_KEY": TEST_SECRET_KEY,
-            "LENDING_INSECURE_FAST_PASSWORD_HASH": "true",
-            **(env or {}),
-        }
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -40,7 +47,8 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=child_env,
+            env=child_env(**(env or {})),
+            cwd=tempfile.mkdtemp(),  # an empty directory: no stray .env from the developer's checkout
         )
         self.log: list[str] = []
         self._port: int | None = None

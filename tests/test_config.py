@@ -34,10 +34,6 @@ def test_precedence_is_flags_then_environment_then_dotenv_then_default(tmp_path)
         ({"LENDING_SHUTDOWN_GRACE_SECONDS": "-5"}, "must be between 0 and 3600"),
         ({"LENDING_DATABASE_URL": "sqlite:///:memory:"}, "a file, not :memory:"),
         ({"LENDING_DATABASE_URL": "sqlite:///"}, "must be sqlite:///path/to/file.db"),
-        (
-            {"LENDING_SECRETKEY": "k" * 40},
-            r"unknown setting LENDING_SECRETKEY \(did you mean LENDING_SECRET_KEY\?\)",
-        ),
         ({"LENDING_INSECURE_FAST_PASSWORD_HASH": "maybe"}, "is not a valid bool"),
         ({"LENDING_DATABASE_URL": "mysql://x"}, "LENDING_DATABASE_URL: the database URL must be sqlite"),
         ({"LENDING_TIME_ZONE": "Mars/Olympus"}, "is not an IANA time zone"),
@@ -91,3 +87,33 @@ def test_every_start_on_a_generated_key_warns(tmp_path, caplog):
     caplog.clear()
     resolve_secret_key(settings)
     assert "using the generated JWT signing key" in caplog.text
+
+
+def test_unknown_names_are_errors_in_dotenv_and_warnings_in_the_environment(tmp_path, caplog):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("LENDING_SECRETKEY=" + "k" * 40 + "\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown setting LENDING_SECRETKEY \(did you mean LENDING_SECRET_KEY\?\)"
+    ):
+        load_settings({}, {}, dotenv)
+    # Kubernetes injects these for a Service named "lending": they must not stop the service.
+    settings = load_settings(
+        {}, {"LENDING_PORT": "tcp://10.0.0.5:50051", "LENDING_SERVICE_HOST": "10.0.0.5"}, None
+    )
+    assert settings == Settings()
+    assert "unknown setting LENDING_PORT" in caplog.text and "ignored" in caplog.text
+
+
+def test_an_empty_key_does_not_hide_a_key_from_a_later_source(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("LENDING_SECRET_KEY=" + "d" * 40 + "\n")
+    settings = load_settings({}, {"LENDING_SECRET_KEY": "", "LENDING_SECRET_KEY_FILE": ""}, dotenv)
+    assert (settings.secret_key, settings.secret_key_file) == ("d" * 40, "")
+
+
+def test_a_key_file_others_can_write_is_refused(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("x" * 40)
+    key_file.chmod(0o662)
+    with pytest.raises(ConfigError, match="owned or writable by another user"):
+        resolve_secret_key(Settings(secret_key_file=str(key_file)))

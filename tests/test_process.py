@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from conftest import TEST_SECRET_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serverproc import ServerProcess
+from serverproc import ServerProcess, child_env
 
 
 def _list_services(channel) -> set[str]:
@@ -98,7 +97,8 @@ def test_serve_refuses_a_short_secret_key(tmp_path):
             "--database-url",
             f"sqlite:///{tmp_path / 'k.db'}",
         ],
-        env={**os.environ, "LENDING_SECRET_KEY": "too-short"},
+        env=child_env(LENDING_SECRET_KEY="too-short"),
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
@@ -114,18 +114,28 @@ def test_startup_problems_are_one_line_errors_not_tracebacks(tmp_path):
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "LENDING_SECRET_KEY": TEST_SECRET_KEY, **env},
+            env=child_env(**env),
+            cwd=tmp_path,
         )
 
     url = f"sqlite:///{tmp_path / 'a.db'}"
     bad_listen = serve("--listen", "nonsense", "--database-url", url)
     assert bad_listen.returncode == 1 and "cannot listen on nonsense" in bad_listen.stderr
     assert "Traceback" not in bad_listen.stderr
-    unknown = serve("--database-url", url, LENDING_LISTN="127.0.0.1:1")
-    assert unknown.returncode == 2 and "did you mean LENDING_LISTEN?" in unknown.stderr
+    (tmp_path / ".env").write_text("LENDING_LISTN=127.0.0.1:1\n")
+    unknown = serve("--database-url", url)
+    assert (
+        unknown.returncode == 2
+        and "unknown setting LENDING_LISTN (did you mean LENDING_LISTEN?)" in unknown.stderr
+    )
+    (tmp_path / ".env").unlink()
     unwritable = serve("--listen", "127.0.0.1:0", "--database-url", "sqlite:////proc/no/such/dir/x.db")
     assert unwritable.returncode == 1 and "cannot create the database file" in unwritable.stderr
     assert "Traceback" not in unwritable.stderr
+    (tmp_path / "junk.db").write_bytes(b"this is not a database file at all" * 100)
+    junk = serve("--listen", "127.0.0.1:0", "--database-url", f"sqlite:///{tmp_path / 'junk.db'}")
+    assert junk.returncode == 1 and "file is not a database" in junk.stderr
+    assert "Traceback" not in junk.stderr
 
 
 def test_database_is_private_to_its_owner(tmp_path):
@@ -175,3 +185,15 @@ def test_health_says_not_serving_during_the_drain_delay(tmp_path):
             time.sleep(0.05)
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert server.proc.wait(20) == 0
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_at_once(tmp_path):
+    server = ServerProcess(tmp_path / "s.db", "--drain-delay-seconds", "60", "--shutdown-grace-seconds", "60")
+    server.proc.terminate()
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.proc.terminate()
+    assert server.proc.wait(20) == 0
+    assert time.monotonic() - started < 10
+    assert "again: stopping now" in "".join(server.log)

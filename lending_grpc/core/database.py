@@ -24,6 +24,9 @@ from peewee import (
     SqliteDatabase,
     fn,
 )
+from peewee import (
+    DatabaseError as PeeweeDatabaseError,
+)
 
 from lending_grpc.core.errors import Unavailable
 from lending_grpc.core.models import ALL_MODELS, database
@@ -90,17 +93,23 @@ def open_database(url: str, *, busy_timeout_ms: int = 10_000) -> Database:
     )
     try:
         db.connect()
-    except OperationalError as exc:
+    except PeeweeDatabaseError as exc:
         raise DatabaseError(f"cannot open the database {path}: {exc}") from None
     database.initialize(db)
     return db
 
 
 def close_database(db: Database) -> None:
-    """Close ``db`` and unbind the models, so that another database may be opened."""
-    db.close()
-    if database.obj is db:
-        database.initialize(None)
+    """Close this thread's connection to ``db`` and unbind the models.
+
+    Other threads' connections close when those threads end: stop the
+    threads that used ``db`` first (the server shuts its executor down).
+    """
+    try:
+        db.close()
+    finally:
+        if database.obj is db:
+            database.initialize(None)
 
 
 def write_lock(db: Database):
@@ -134,8 +143,16 @@ def migrate(db: Database) -> list[int]:
     """Apply pending migrations, each in its own write transaction; returns the versions applied.
 
     Refuses a database whose schema is newer than this release knows, rather
-    than serving it with rules that may no longer match.
+    than serving it with rules that may no longer match. Any database failure
+    (a locked or corrupt file) becomes DatabaseError.
     """
+    try:
+        return _apply_migrations(db)
+    except PeeweeDatabaseError as exc:
+        raise DatabaseError(f"cannot migrate the database: {exc}") from None
+
+
+def _apply_migrations(db: Database) -> list[int]:
     db.create_tables([SchemaVersion], safe=True)
     newest = SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar() or 0
     if newest > LATEST_VERSION:

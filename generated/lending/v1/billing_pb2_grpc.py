@@ -40,7 +40,8 @@ class BillingServiceStub:
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
     strings in the service time zone (default Asia/Jakarta).
 
-    Errors follow AIP-193: every error carries a google.rpc.ErrorInfo detail
+    Errors follow AIP-193: every error the service itself returns carries a
+    google.rpc.ErrorInfo detail
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
@@ -119,7 +120,8 @@ class BillingServiceServicer:
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
     strings in the service time zone (default Asia/Jakarta).
 
-    Errors follow AIP-193: every error carries a google.rpc.ErrorInfo detail
+    Errors follow AIP-193: every error the service itself returns carries a
+    google.rpc.ErrorInfo detail
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
@@ -305,7 +307,8 @@ class BillingService:
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
     strings in the service time zone (default Asia/Jakarta).
 
-    Errors follow AIP-193: every error carries a google.rpc.ErrorInfo detail
+    Errors follow AIP-193: every error the service itself returns carries a
+    google.rpc.ErrorInfo detail
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
