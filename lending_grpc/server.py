@@ -137,13 +137,6 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
     running = create_server(settings)
-    host = settings.listen.rsplit(":", 1)[0]
-    log.info(
-        "lending-grpc serving on %s:%d (database %s)",
-        host,
-        running.port,
-        settings.database_url.split("://", 1)[0],
-    )
     stop = threading.Event()
     hurry = threading.Event()
 
@@ -164,6 +157,14 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # Announced only once signals are handled: whoever waits for this line may stop us at once.
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info(
+        "lending-grpc serving on %s:%d (database %s)",
+        host,
+        running.port,
+        settings.database_url.split("://", 1)[0],
+    )
     stop.wait()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)
     log.info("lending-grpc stopped")
