@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import settings as hypothesis_settings
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2_grpc
 
 from lending_grpc.config import Settings
 from lending_grpc.server import RunningServer, create_server
+
+# CI explores the same examples on every run, so a red build always reproduces;
+# local runs keep searching new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    hypothesis_settings.load_profile("ci")
 
 TEST_SECRET_KEY = "test-secret-key-of-at-least-32-bytes-000000"
 
