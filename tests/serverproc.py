@@ -28,6 +28,18 @@ def child_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def run_cli(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess:
+    """Run `python -m lending_grpc ARGS` to completion in ``cwd`` with a clean test environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "lending_grpc", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(**settings),
+        cwd=cwd,
+    )
+
+
 class ServerProcess:
     """A `python -m lending_grpc serve` child on an ephemeral port; its log is collected."""
 

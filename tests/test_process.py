@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import stat
-import subprocess
-import sys
 import time
 
 import grpc
@@ -12,7 +10,7 @@ import pytest
 from conftest import TEST_SECRET_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serverproc import ServerProcess, child_env
+from serverproc import ServerProcess, run_cli
 
 
 def _list_services(channel) -> set[str]:
@@ -69,54 +67,30 @@ def test_access_log_has_one_line_per_rpc_without_secrets(api, caplog):
 
 def test_migrate_command_is_idempotent(tmp_path):
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    first = subprocess.run(
-        [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    first = run_cli("migrate", "--database-url", url, cwd=tmp_path)
     assert first.returncode == 0 and "applied migrations: [1]" in first.stdout
-    second = subprocess.run(
-        [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    second = run_cli("migrate", "--database-url", url, cwd=tmp_path)
     assert second.returncode == 0 and "schema is up to date" in second.stdout
 
 
 def test_serve_refuses_a_short_secret_key(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lending_grpc",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            f"sqlite:///{tmp_path / 'k.db'}",
-        ],
-        env=child_env(LENDING_SECRET_KEY="too-short"),
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    result = run_cli(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        url,
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        LENDING_SECRET_KEY="too-short",
     )
     assert result.returncode == 2
     assert "at least 32 bytes" in result.stderr and "too-short" not in result.stderr
 
 
 def test_startup_problems_are_one_line_errors_not_tracebacks(tmp_path):
-    def serve(*args, **env):
-        return subprocess.run(
-            [sys.executable, "-m", "lending_grpc", "serve", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=child_env(**env),
-            cwd=tmp_path,
-        )
+    def serve(*args):
+        return run_cli("serve", *args, cwd=tmp_path)
 
     url = f"sqlite:///{tmp_path / 'a.db'}"
     bad_listen = serve("--listen", "nonsense", "--database-url", url)
@@ -151,17 +125,10 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path):
     import sqlite3
 
     url = f"sqlite:///{tmp_path / 'n.db'}"
-    subprocess.run(
-        [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url], check=True, timeout=60
-    )
+    assert run_cli("migrate", "--database-url", url, cwd=tmp_path).returncode == 0
     with sqlite3.connect(tmp_path / "n.db") as conn:
         conn.execute("INSERT INTO schema_version VALUES (99, 0)")
-    result = subprocess.run(
-        [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("migrate", "--database-url", url, cwd=tmp_path)
     assert result.returncode == 1
     assert "schema is version 99, newer than this release's 1" in result.stderr
 
