@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 
@@ -35,17 +36,22 @@ DEFAULT_TERM_WEEKS = 50
 DEFAULT_RATE_E4 = 1000  # 0.10
 
 
+# LoanTerms' fields are named after the loan columns that store them: one mapping, both ways.
+_TERM_COLUMNS = tuple(field.name for field in dataclasses.fields(LoanTerms))
+
+
+def _term_columns(terms: LoanTerms) -> dict:
+    return {name: getattr(terms, name) for name in _TERM_COLUMNS}
+
+
 def _loan_view(row: Loan) -> LoanView:
-    terms = LoanTerms(
-        principal_cents=row.principal_cents,
-        rate_e4=row.rate_e4,
-        term_weeks=row.term_weeks,
-        start_date=row.start_date,
-        total_cents=row.total_cents,
-        weekly_cents=row.weekly_cents,
-        final_cents=row.final_cents,
-    )
+    terms = LoanTerms(**{name: getattr(row, name) for name in _TERM_COLUMNS})
     return LoanView(row.loan_id, terms, row.paid_weeks, row.paid_cents, row.create_time_us)
+
+
+def _standing(row: Loan, day: dt.date) -> DelinquencyView:
+    view = _loan_view(row)
+    return DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day))
 
 
 def _payment_view(row: Payment, loan_id: str) -> PaymentView:
@@ -122,13 +128,7 @@ class BillingCore:
             row = Loan.create(
                 owner=owner,
                 loan_id=loan_id,
-                principal_cents=terms.principal_cents,
-                rate_e4=terms.rate_e4,
-                term_weeks=terms.term_weeks,
-                start_date=terms.start_date,
-                total_cents=terms.total_cents,
-                weekly_cents=terms.weekly_cents,
-                final_cents=terms.final_cents,
+                **_term_columns(terms),
                 paid_weeks=0,
                 paid_cents=0,
                 second_unpaid_due_date=terms.second_unpaid_due_date(0),
@@ -259,8 +259,7 @@ class BillingCore:
     def get_delinquency(self, owner: int, loan_id: str, as_of: str = "") -> DelinquencyView:
         """A loan's standing as of a date (default today): missed installments and overdue amount."""
         day = self._as_of(as_of)
-        view = _loan_view(self._loan_row(owner, loan_id))
-        return DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day))
+        return _standing(self._loan_row(owner, loan_id), day)
 
     def list_delinquent(self, owner: int, as_of: str = "", page_size: int = 0, page_token: str = "") -> Page:
         """The owner's loans delinquent as of a date, most overdue first.
@@ -296,8 +295,4 @@ class BillingCore:
                 scope,
                 {"as_of": day.isoformat(), "due": last.second_unpaid_due_date.isoformat(), "id": last.id},
             )
-        statuses = []
-        for row in rows:
-            view = _loan_view(row)
-            statuses.append(DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day)))
-        return Page(statuses, token)
+        return Page([_standing(row, day) for row in rows], token)
