@@ -69,6 +69,7 @@ METHODS = {
 }
 SELECTED = env_list("BENCH_METHODS", ",".join(METHODS))
 LOAD_PROCESSES = 2  # aio generator processes: one per core of the target machine
+THREADS = int(os.environ.get("BENCH_THREADS", "16"))  # RPC threads per server process (service default 16)
 
 
 def fixed_body(name: str, meta: dict) -> bytes:
@@ -135,6 +136,19 @@ class Server:
                 self.proc.wait()
         self._log.close()
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server's processes (its session)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # after the command: state ppid pgrp session ...; utime, stime are fields 14, 15 of stat
+            if int(fields[3]) == self.proc.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def log_offset(self) -> int:
         return self.log_path.stat().st_size
 
@@ -152,6 +166,7 @@ class Server:
 
 def lending_server(name: str, database_url: str, workers: int, work: Path) -> Server:
     argv = [PYTHON, "-m", "lending_grpc", "serve", "--listen", "127.0.0.1:0", "--database-url", database_url]
+    argv += ["--max-workers", str(THREADS)]
     if workers > 1:
         argv += ["--workers", str(workers)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LENDING_")}
@@ -295,10 +310,14 @@ def run_aio(server: Server, path: str, kind: str, streams: int, tag: str) -> dic
 def measure(server: Server, name: str, streams: int, meta: dict, tag: str) -> dict:
     path, generator = METHODS[name]
     offset = server.log_offset() if server.kind == "lending" else 0
+    cpu_before = server.cpu_seconds()
     if generator == "h2load":
         result = run_h2load(server, path, fixed_body(name, meta), streams)
     else:
         result = run_aio(server, path, generator.split(":")[1], streams, tag)
+    # Includes warm-up calls: an estimate of the server's CPU per call, robust to a busy machine.
+    calls = result["requests"] * (DURATION + WARMUP) / DURATION
+    result["cpu_us"] = (server.cpu_seconds() - cpu_before) / max(calls, 1) * 1e6
     if server.kind == "lending":
         # h2load sees HTTP 200 for gRPC errors too: the access log says how each call ended.
         codes = server.codes_since(offset, path)
@@ -351,8 +370,9 @@ def write_report(results: dict, configs: list[str], notes: list[str], started: f
         " the server's access log; any non-OK call is listed in the errors column.",
         *[f"- {note}" for note in notes],
         "",
-        "| server | method | streams | generator | req/s | p50 ms | p99 ms | errors | x echo | x raw |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| server | method | streams | generator | req/s | p50 ms | p99 ms | server CPU/call | errors "
+        "| x echo | x raw |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for (server, name, streams), r in results.items():
         if server.startswith(("echo", "raw")):
@@ -362,21 +382,22 @@ def write_report(results: dict, configs: list[str], notes: list[str], started: f
         raw = results.get((f"raw-sqlite-{workers}p", name, streams))
         lines.append(
             f"| {server} | {name} | {streams} | {r['generator']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['errors'] or ''} | {fmt_ratio(echo and r['rps'] / echo['rps'])} | "
+            f"{r['p99_ms']:.2f} | {r['cpu_us']:.0f} us | {r['errors'] or ''} | "
+            f"{fmt_ratio(echo and r['rps'] / echo['rps'])} | "
             f"{fmt_ratio(raw and r['rps'] / raw['rps'])} |"
         )
     lines += [
         "",
         "Ceilings:",
         "",
-        "| server | method | streams | generator | req/s | p50 ms | p99 ms | errors |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |",
+        "| server | method | streams | generator | req/s | p50 ms | p99 ms | server CPU/call | errors |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for (server, name, streams), r in results.items():
         if server.startswith(("echo", "raw")):
             lines.append(
                 f"| {server} | {name} | {streams} | {r['generator']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-                f"{r['p99_ms']:.2f} | {r['errors'] or ''} |"
+                f"{r['p99_ms']:.2f} | {r['cpu_us']:.0f} us | {r['errors'] or ''} |"
             )
     lines += ["", "Targets (issue item 7):", ""]
     lines += targets(results)
@@ -448,14 +469,15 @@ def main() -> int:
             Server(
                 f"raw-sqlite-{workers}p", "raw", workers,
                 [PYTHON, "bench/ceilings/raw_sqlite_server.py", "--database", str(raw_db),
-                 "--owner", str(meta["owner"]), "--workers", str(workers)],
+                 "--owner", str(meta["owner"]), "--workers", str(workers), "--threads", str(THREADS)],
                 dict(os.environ), work / f"raw-{workers}p.log",
             )
         )  # fmt: skip
         servers.append(
             Server(
                 f"echo-{workers}p", "echo", workers,
-                [PYTHON, "bench/ceilings/echo_server.py", "--workers", str(workers)],
+                [PYTHON, "bench/ceilings/echo_server.py",
+                 "--workers", str(workers), "--threads", str(THREADS)],
                 dict(os.environ), work / f"echo-{workers}p.log",
             )
         )  # fmt: skip
@@ -480,7 +502,8 @@ def main() -> int:
                             results[key] = r
                         print(
                             f"{server.name:14} {name:21} {streams:3} {r['rps']:8.0f} req/s "
-                            f"p50 {r['p50_ms']:6.2f} p99 {r['p99_ms']:6.2f} ms {r['errors'] or ''}",
+                            f"p50 {r['p50_ms']:6.2f} p99 {r['p99_ms']:6.2f} ms "
+                            f"cpu {r['cpu_us']:5.0f} us/call {r['errors'] or ''}",
                             file=sys.stderr,
                         )
     finally:

@@ -30,4 +30,6 @@ def handlers() -> common.Handlers:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=1)
-    common.run("echo", handlers, parser.parse_args().workers)
+    parser.add_argument("--threads", type=int, default=16, help="RPC threads per process")
+    args = parser.parse_args()
+    common.run("echo", handlers, args.workers, args.threads)

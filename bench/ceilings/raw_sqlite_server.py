@@ -207,5 +207,6 @@ if __name__ == "__main__":
     parser.add_argument("--database", required=True)
     parser.add_argument("--owner", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=16, help="RPC threads per process")
     args = parser.parse_args()
-    common.run("raw-sqlite", _Factory(args.database, args.owner), args.workers)
+    common.run("raw-sqlite", _Factory(args.database, args.owner), args.workers, args.threads)
