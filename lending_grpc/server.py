@@ -24,11 +24,13 @@ from lending_grpc.api.billing_servicer import BillingServicer
 from lending_grpc.api.decoding import RequestDecodingInterceptor
 from lending_grpc.api.errors import ErrorMappingInterceptor
 from lending_grpc.api.logging_interceptor import AccessLogInterceptor
+from lending_grpc.api.unit_of_work import UnitOfWorkInterceptor
 from lending_grpc.config import Settings, resolve_secret_key
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import close_database, migrate, open_database
+from lending_grpc.core.database import close_database, open_database
+from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.tokens import TokenSigner
@@ -76,7 +78,9 @@ class ListenError(OSError):
 def create_server(settings: Settings) -> RunningServer:
     """Open and migrate the database, build the server, bind ``settings.listen`` and start it."""
     key = resolve_secret_key(settings)
-    db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+    db = open_database(
+        settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
+    )
     try:
         migrate(db)
         return _start(settings, key, db)
@@ -100,10 +104,12 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        # Outermost first: log, map errors, authenticate, then refuse undecodable bodies.
+        # Outermost first: log, map errors, scope the database work,
+        # authenticate, then refuse undecodable bodies.
         interceptors=[
             AccessLogInterceptor(),
             ErrorMappingInterceptor(),
+            UnitOfWorkInterceptor(db),
             AuthInterceptor(auth),
             RequestDecodingInterceptor(),
         ],
