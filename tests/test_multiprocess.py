@@ -187,3 +187,38 @@ def test_workers_share_one_port_and_a_killed_worker_is_replaced(database_url):
         assert sorted(p.first_week for p in payments) == list(range(1, 81))
     finally:
         assert server.terminate() == 0
+
+
+def test_dropped_postgresql_connections_cost_one_retryable_call_at_most(postgres, tmp_path):
+    """PostgreSQL restarts or a DBA kills sessions: calls fail UNAVAILABLE (never INTERNAL), then recover."""
+    import psycopg
+    from conftest import make_settings
+
+    from lending_grpc.server import create_server
+
+    url = postgres.create()
+    running = create_server(make_settings(tmp_path, database_url=url))
+    try:
+        target = f"127.0.0.1:{running.port}"
+        metadata = _user(target)
+        _create(target, metadata, "resilient")
+        dbname = url.rsplit("/", 1)[1]
+        with psycopg.connect(url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            ).fetchone()[0]
+        assert killed >= 1
+        outcomes = []
+        for i in range(6):
+            result = _pay(target, metadata, "resilient", WEEKLY, f"after-kill-{i}")
+            outcomes.append(result if isinstance(result, grpc.StatusCode) else "OK")
+        assert set(outcomes) <= {"OK", grpc.StatusCode.UNAVAILABLE}, outcomes
+        assert outcomes[-3:] == ["OK"] * 3, outcomes
+        # Nothing half-written: the loan reconciles with the payments that were acknowledged.
+        loan, payments = _read(target, metadata, "resilient")
+        assert loan.installments_paid == len(payments) == outcomes.count("OK")
+    finally:
+        running.stop(0)
+        postgres.drop(url)
