@@ -1,7 +1,7 @@
 """Summarize a py-spy raw (collapsed) profile: top functions by own and by inclusive samples.
 
-    py-spy record -p PID -d 10 -r 200 -f raw -o profile.txt --nonblocking
-    python bench/profile_top.py profile.txt [N]
+py-spy record -p PID -d 10 -r 200 -f raw -o profile.txt --nonblocking
+python bench/profile_top.py profile.txt [N]
 """
 
 from __future__ import annotations

@@ -208,7 +208,8 @@ def prepare(database_url: str) -> dict:
     from lending_grpc.core import pagination
     from lending_grpc.core.billing import BillingCore
     from lending_grpc.core.clock import Clock
-    from lending_grpc.core.database import close_database, migrate, open_database
+    from lending_grpc.core.database import close_database, open_database
+    from lending_grpc.core.migrations import migrate
     from lending_grpc.core.models import Loan, User
 
     db = open_database(database_url)

@@ -352,7 +352,8 @@ def add_arguments(parser) -> None:
 
 def run(settings, args) -> int:
     """`lending-grpc bench seed`: migrate, seed, and print what was added and the size per loan."""
-    from lending_grpc.core.database import close_database, migrate, open_database
+    from lending_grpc.core.database import close_database, open_database
+    from lending_grpc.core.migrations import migrate
 
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
     try:

@@ -52,6 +52,15 @@ _LOAN_BY_KEY = PreparedSelect(
     _OWNER,
     _LOAN_KEY,
 )
+# Locked until commit where the backend has row locks: concurrent payments on one loan take turns.
+_LOAN_BY_KEY_FOR_UPDATE = PreparedSelect(
+    Loan,
+    Loan._meta.sorted_fields,
+    lambda query, owner, loan_id: query.where((Loan.owner == owner) & (Loan.loan_id == loan_id)).limit(1),
+    _OWNER,
+    _LOAN_KEY,
+    for_update=True,
+)
 _PAYMENT_BY_REQUEST = PreparedSelect(
     Payment,
     [*Payment._meta.sorted_fields, Loan.loan_id],
@@ -192,8 +201,9 @@ class BillingCore:
 
         return run_in_write_transaction(self._db, create)
 
-    def _loan_row(self, owner: int, loan_id: str) -> Loan:
-        row = _LOAN_BY_KEY.first(self._db, owner, fields.loan_id(loan_id))
+    def _loan_row(self, owner: int, loan_id: str, *, for_update: bool = False) -> Loan:
+        statement = _LOAN_BY_KEY_FOR_UPDATE if for_update else _LOAN_BY_KEY
+        row = statement.first(self._db, owner, fields.loan_id(loan_id))
         if row is None:
             raise NotFound(f"loan {loan_id!r} not found")
         return row
@@ -258,7 +268,8 @@ class BillingCore:
                     if earlier.loan_loan_id != loan_id or earlier.amount_cents != amount_cents:
                         raise AlreadyExists(f"request_id {key!r} was already used for a different payment")
                     return _payment_view(earlier, loan_id)
-            loan = self._loan_row(owner, loan_id)
+            # Locked until commit: concurrent payments on one loan take turns.
+            loan = self._loan_row(owner, loan_id, for_update=True)
             view = _loan_view(loan)
             weeks = weeks_paid_by(view.terms, loan.paid_weeks, amount_cents, today)
             paid_weeks = loan.paid_weeks + weeks
@@ -278,8 +289,8 @@ class BillingCore:
                 self._db,
                 *(field.db_value(payment.__data__[field.name]) for field in _PAYMENT_FIELDS),
             )
-            # Guarded on the summary read above, so a lost update is impossible
-            # even where the transaction does not hold an exclusive lock.
+            # Guarded on the summary read above as well: a lost update stays
+            # impossible even if the lock were ever dropped.
             second_unpaid = view.terms.second_unpaid_due_date(paid_weeks)
             updated = _UPDATE_SUMMARY.execute(
                 self._db,

@@ -19,18 +19,24 @@ from typing import Any
 
 from peewee import Database, Field, Model
 
+from lending_grpc.core.database import lock_row
+
 
 class Prepared:
     """One statement shape: ``build(*samples)`` returns the Peewee query that describes it.
+
+    With ``for_update`` the query locks its rows where the backend has row
+    locks (``database.lock_row``), which is why SQL is built per database.
 
     Each sample must be a distinctive value of the type the real parameter
     will have (after Peewee's conversion to the database), appearing exactly
     once among the query's parameters; calls pass values in the samples' order.
     """
 
-    def __init__(self, build: Callable[..., Any], *samples: Any) -> None:
+    def __init__(self, build: Callable[..., Any], *samples: Any, for_update: bool = False) -> None:
         self._build = build
         self._samples = samples
+        self._for_update = for_update
         self._compiled: weakref.WeakKeyDictionary[Database, tuple[str, list, list[int]]] = (
             weakref.WeakKeyDictionary()
         )
@@ -40,7 +46,10 @@ class Prepared:
         with self._lock:
             compiled = self._compiled.get(db)
             if compiled is None:
-                sql, params = db.get_sql_context().sql(self._build(*self._samples)).query()
+                query = self._build(*self._samples)
+                if self._for_update:
+                    query = lock_row(query, db)
+                sql, params = db.get_sql_context().sql(query).query()
                 positions = []
                 for sample in self._samples:
                     found = [i for i, value in enumerate(params) if value == sample]
@@ -64,9 +73,14 @@ class PreparedSelect(Prepared):
     """A SELECT of ``fields`` (in that order) whose rows come back as instances of ``model``."""
 
     def __init__(
-        self, model: type[Model], fields: Sequence[Field], build: Callable[..., Any], *samples: Any
+        self,
+        model: type[Model],
+        fields: Sequence[Field],
+        build: Callable[..., Any],
+        *samples: Any,
+        for_update: bool = False,
     ) -> None:
-        super().__init__(lambda *args: build(model.select(*fields), *args), *samples)
+        super().__init__(lambda *args: build(model.select(*fields), *args), *samples, for_update=for_update)
         self._model = model
         # A column of another model (a join) becomes a plain attribute named
         # <model>_<field>, e.g. loan_loan_id, beside the instance's own fields.
