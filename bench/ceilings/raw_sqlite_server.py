@@ -2,7 +2,8 @@
 
 Same schema (it serves a copy of a lending-grpc database), same pragmas
 (WAL, synchronous=FULL, foreign keys, busy timeout), same statements per
-call as lending-grpc issues (tests/test_query_counts.py), hand-written SQL,
+call as lending-grpc issues (tests/test_query_counts.py), writers of one
+process queued on a lock as in lending-grpc, hand-written SQL,
 no ORM, no interceptors, no authentication (the owner is fixed), and a
 minimal response. Login verifies the argon2id hash with the service's
 parameters, since that is what a login costs.
@@ -44,6 +45,8 @@ class RawSqlite:
         self._owner = owner
         self._local = threading.local()
         self._hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+        # Writers of one process queue on a lock, not in SQLite's sleeping busy handler (as lending-grpc).
+        self._writers = threading.Lock()
 
     def _db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -90,6 +93,10 @@ class RawSqlite:
         )
 
     def create_loan(self, request, context):
+        with self._writers:
+            return self._create_loan(request)
+
+    def _create_loan(self, request):
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -120,6 +127,10 @@ class RawSqlite:
         return billing_pb2.Loan(loan_id=request.loan_id, principal_amount=request.principal_amount)
 
     def make_payment(self, request, context):
+        with self._writers:
+            return self._make_payment(request)
+
+    def _make_payment(self, request):
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
