@@ -358,7 +358,9 @@ def write_report(results: dict, configs: list[str], notes: list[str], started: f
     lines = [
         "# lending-grpc benchmark",
         "",
-        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine: {machine()}",
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine: {machine()};"
+        f" load average {LOAD_AT_START:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        " (other work shares the machine).",
         f"- Each cell: {WARMUP}s warm-up, then {DURATION}s measured; {ROUNDS} round(s), best kept;"
         f" {LOANS} seeded loans + {methods.PAY_LOANS} payment loans per database.",
         "- The load generator runs on the same cores as the server (no second machine): every figure,"
@@ -437,6 +439,9 @@ def targets(results: dict) -> list[str]:
 
 
 # -- main ----------------------------------------------------------------------
+
+
+LOAD_AT_START = os.getloadavg()[0]
 
 
 def main() -> int:

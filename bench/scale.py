@@ -14,7 +14,8 @@ not diluted by the RPC's fixed cost), interleaving the sizes block by block:
   dates from two years before to two years after the seeding date.
 
 It prints and writes bench/results/scale.md, with EXPLAIN QUERY PLAN of the
-portfolio query. Knobs: BENCH_SCALE_SIZES ("1000,1000000"), BENCH_SCALE_CALLS
+portfolio query, on SQLite and (BENCH_SCALE_PG_URL, seeded with
+BENCH_SCALE_PG_LOANS loans) PostgreSQL. Knobs: BENCH_SCALE_SIZES ("1000,1000000"), BENCH_SCALE_CALLS
 (calls per block, 400), BENCH_SCALE_BLOCKS (blocks per size, 5).
 """
 
@@ -41,6 +42,9 @@ CALLS = int(os.environ.get("BENCH_SCALE_CALLS", "400"))
 BLOCKS = int(os.environ.get("BENCH_SCALE_BLOCKS", "5"))
 VAR = ROOT / "var" / "bench"
 OUT = Path(os.environ.get("BENCH_SCALE_OUT", ROOT / "bench/results/scale.md"))
+# PostgreSQL's plan is shown too when a server is reachable (set BENCH_SCALE_PG_URL= to skip).
+PG_URL = os.environ.get("BENCH_SCALE_PG_URL", "postgresql://postgres@127.0.0.1:5432/lending_bench_scale")
+PG_LOANS = int(os.environ.get("BENCH_SCALE_PG_LOANS", "200000"))
 OPS = ("GetLoan", "GetOutstanding", "GetDelinquencyStatus", "MakePayment", "ListDelinquentLoans page")
 
 
@@ -139,27 +143,28 @@ def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
     return timings
 
 
-def explain(path: str) -> str:
-    from lending_grpc.core.database import close_database, open_database
-    from lending_grpc.core.models import Loan
+def explain(url: str) -> str:
+    from peewee import Tuple
 
-    db = open_database(f"sqlite:///{path}")
+    from lending_grpc.core.database import close_database, open_database
+    from lending_grpc.core.models import Loan, User
+
+    db = open_database(url)
+    postgres = url.startswith("postgresql")
     try:
+        owner = User.get(User.username == "seed-0").id
         day, last_due = AS_OF, AS_OF - dt.timedelta(days=30)
         first = (
             Loan.select()
-            .where(Loan.owner == 1)
+            .where(Loan.owner == owner)
             .where(Loan.second_unpaid_due_date < day)
             .order_by(Loan.second_unpaid_due_date, Loan.id)
             .limit(101)
         )
         after = (
             Loan.select()
-            .where(Loan.owner == 1)
-            .where(
-                (Loan.second_unpaid_due_date > last_due)
-                | ((Loan.second_unpaid_due_date == last_due) & (Loan.id > 12345))
-            )
+            .where(Loan.owner == owner)
+            .where(Tuple(Loan.second_unpaid_due_date, Loan.id) > Tuple(last_due, 12345))
             .where(Loan.second_unpaid_due_date < day)
             .order_by(Loan.second_unpaid_due_date, Loan.id)
             .limit(101)
@@ -167,14 +172,35 @@ def explain(path: str) -> str:
         lines = []
         for label, query in (("first page", first), ("next page (after a page token)", after)):
             sql, params = query.sql()
-            plan = db.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+            prefix = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " if postgres else "EXPLAIN QUERY PLAN "
+            plan = db.execute_sql(prefix + sql, params).fetchall()
             lines += [f"-- {label}", sql, *[f"  {row[-1]}" for row in plan], ""]
         return "\n".join(lines)
     finally:
         close_database(db)
 
 
+def explain_postgres() -> str:
+    """Seed a fresh PostgreSQL database with PG_LOANS loans and explain the portfolio query there."""
+    base, name = PG_URL.rsplit("/", 1)
+    for sql in (f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'):
+        subprocess.run(["psql", f"{base}/postgres", "-qc", sql], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "lending_grpc", "bench", "seed", "--loans", str(PG_LOANS),
+         "--users", str(USERS), "--as-of", AS_OF.isoformat(), "--no-progress", "--database-url", PG_URL],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    subprocess.run(["psql", PG_URL, "-qc", "ANALYZE"], check=True, capture_output=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--explain", PG_URL], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return out.stdout.strip()
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--explain":
+        print(explain(sys.argv[2]))
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--block":
         path, loans, block = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
         print(json.dumps(measure_block(path, loans, CALLS, block)))
@@ -197,7 +223,8 @@ def main() -> int:
     lines = [
         "# 1,000 vs 1,000,000 loans",
         "",
-        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores; SQLite (WAL,"
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores, load average"
+        f" {os.getloadavg()[0]:.1f} at the end (other work shares the machine); SQLite (WAL,"
         " synchronous=FULL); in-process core call + protobuf conversion, below gRPC.",
         f"- {BLOCKS} blocks of {CALLS} calls per size, sizes interleaved; median of the blocks' means."
         " Reads and payments hit random loans of one user spread over the whole table.",
@@ -221,7 +248,10 @@ def main() -> int:
     for n in SIZES:
         lines += [f"- {n:,} loans: {seeded[n]['report'].replace(chr(10), '; ')}"]
     lines += ["", "EXPLAIN QUERY PLAN of the portfolio query (SQLite, at the largest size):", "", "```"]
-    lines += [explain(seeded[large]["path"]), "```"]
+    lines += [explain(f"sqlite:///{seeded[large]['path']}"), "```"]
+    if PG_URL:
+        lines += ["", f"PostgreSQL, {PG_LOANS:,} loans over {USERS} users (EXPLAIN ANALYZE):", "", "```"]
+        lines += [explain_postgres(), "```"]
     report = "\n".join(lines) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(report)

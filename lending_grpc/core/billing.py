@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import uuid
 
-from peewee import Database
+from peewee import Database, Tuple
 
 from lending_grpc.core import fields, pagination
 from lending_grpc.core.clock import Clock
@@ -342,9 +342,11 @@ class BillingCore:
                 raise InvalidArgument("as_of", "differs from the as_of of the page token")
             day = token_day
             last_due = dt.date.fromisoformat(after["due"])
+            # A row-value comparison, not "due > d OR (due = d AND id > i)": both
+            # SQLite and PostgreSQL turn it into one index range, where the OR
+            # made PostgreSQL fetch and sort every delinquent loan of the owner.
             query = query.where(
-                (Loan.second_unpaid_due_date > last_due)
-                | ((Loan.second_unpaid_due_date == last_due) & (Loan.id > int(after["id"])))
+                Tuple(Loan.second_unpaid_due_date, Loan.id) > Tuple(last_due, int(after["id"]))
             )
         rows = list(
             query.where(Loan.second_unpaid_due_date < day)
