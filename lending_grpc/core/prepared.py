@@ -17,9 +17,16 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from peewee import Database, Field, Model
+from peewee import CharField, Database, Field, ForeignKeyField, IntegerField, Model
 
 from lending_grpc.core.database import lock_row
+
+
+def _plain(field: Field) -> bool:
+    """Whether Peewee's python_value is the identity for the int or str the driver returns."""
+    if isinstance(field, ForeignKeyField):
+        field = field.rel_field
+    return isinstance(field, (IntegerField, CharField))
 
 
 class Prepared:
@@ -84,10 +91,12 @@ class PreparedSelect(Prepared):
         self._model = model
         # A column of another model (a join) becomes a plain attribute named
         # <model>_<field>, e.g. loan_loan_id, beside the instance's own fields.
+        # Values the driver already returns as Python ints or strs skip Peewee's
+        # converter (which would return them unchanged); dates and the rest go through it.
         self._columns = [
             (
                 field.name if field.model is model else f"{field.model.__name__.lower()}_{field.name}",
-                field.python_value,
+                None if _plain(field) else field.python_value,
                 field.model is model,
             )
             for field in fields
@@ -97,7 +106,8 @@ class PreparedSelect(Prepared):
         instance = self._model(__no_default__=1)
         data = instance.__data__
         for (name, convert, own), value in zip(self._columns, row, strict=True):
-            value = convert(value) if value is not None else None
+            if convert is not None and value is not None:
+                value = convert(value)
             if own:
                 data[name] = value
             else:
