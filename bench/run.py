@@ -138,6 +138,8 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the server's processes (its session)."""
+        if self.proc is None:  # not started by us: unknown
+            return 0.0
         total = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:

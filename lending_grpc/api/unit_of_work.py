@@ -7,11 +7,11 @@ from typing import Any
 import grpc
 from peewee import Database
 
-from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
 from lending_grpc.core.database import unit_of_work
 
 
-class UnitOfWorkInterceptor(grpc.ServerInterceptor):
+class UnitOfWorkInterceptor(WrappingInterceptor):
     """Translates transient database failures and returns pooled connections after each RPC.
 
     Sits inside the error mapping, so the translated errors become
@@ -19,9 +19,10 @@ class UnitOfWorkInterceptor(grpc.ServerInterceptor):
     """
 
     def __init__(self, db: Database) -> None:
+        super().__init__()
         self._db = db
 
-    def intercept_service(self, continuation, handler_call_details):
+    def wrap_handler(self, handler, method):
         def wrap(behaviour: Behaviour) -> Behaviour:
             def scoped(request: Any, context: grpc.ServicerContext) -> Any:
                 with unit_of_work(self._db):
@@ -29,4 +30,4 @@ class UnitOfWorkInterceptor(grpc.ServerInterceptor):
 
             return scoped
 
-        return wrap_unary(continuation(handler_call_details), wrap)
+        return wrap_unary(handler, wrap)
