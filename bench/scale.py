@@ -226,7 +226,8 @@ def main() -> int:
         f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores, load average"
         f" {os.getloadavg()[0]:.1f} at the end (other work shares the machine); SQLite (WAL,"
         " synchronous=FULL); in-process core call + protobuf conversion, below gRPC.",
-        f"- {BLOCKS} blocks of {CALLS} calls per size, sizes interleaved; median of the blocks' means."
+        f"- {BLOCKS} blocks of {CALLS} calls per size, sizes interleaved; median of the blocks' means"
+        " (in brackets: the lowest and highest block)."
         " Reads and payments hit random loans of one user spread over the whole table.",
         "",
         "| operation | " + " | ".join(f"{n:,} loans" for n in SIZES) + f" | {large:,} / {small:,} |",
@@ -234,7 +235,8 @@ def main() -> int:
     ]
     for op in OPS:
         unit = "us/call" if op != "ListDelinquentLoans page" else "us/page (median)"
-        cells = " | ".join(f"{med[n][op]:.0f} {unit}" for n in SIZES)
+        spread = {n: (min(r[op] for r in results[n]), max(r[op] for r in results[n])) for n in SIZES}
+        cells = " | ".join(f"{med[n][op]:.0f} {unit} ({spread[n][0]:.0f}-{spread[n][1]:.0f})" for n in SIZES)
         lines.append(f"| {op} | {cells} | {med[large][op] / med[small][op]:.2f} |")
     page_max = max(r["page_max_ms"] for r in results[large])
     lines += [
