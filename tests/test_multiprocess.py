@@ -264,3 +264,23 @@ def test_the_postgresql_pool_is_bounded_and_shared_by_more_threads(postgres, tmp
         done.set()
         running.stop(0)
         postgres.drop(url)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path):
+    server = ServerProcess(tmp_path / "orphans.db", "--workers", "2")
+    pids = [int(pid) for pid in re.search(r"pids ([\d ]+)", "".join(server.log)).group(1).split()]
+    server.kill()  # SIGKILL: the supervisor gets no chance to stop its workers
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in pids if _running(pid)]
+    assert alive == [], "workers outlived their supervisor"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
