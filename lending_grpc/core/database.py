@@ -213,8 +213,8 @@ def lock_row(query, db: Database):
 
 
 def _sqlstate(exc: BaseException) -> str | None:
-    # Peewee wraps the driver's exception as its first argument.
-    for candidate in (exc, *exc.args[:1], exc.__cause__, exc.__context__):
+    # Peewee keeps the driver's exception (psycopg's carry the SQLSTATE) as ``orig``.
+    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__, exc.__context__):
         state = getattr(candidate, "sqlstate", None)
         if state:
             return state
@@ -255,7 +255,11 @@ def translate_errors() -> Iterator[None]:
     """
     try:
         yield
-    except (PeeweeDatabaseError, MaxConnectionsExceeded) as exc:
+    except Exception as exc:
+        # Peewee wraps most driver errors, but not psycopg's TransactionRollback
+        # family (serialization failures, deadlocks): recognise those by SQLSTATE.
+        if not isinstance(exc, (PeeweeDatabaseError, MaxConnectionsExceeded)) and not _sqlstate(exc):
+            raise
         if _is_busy(exc):
             raise Unavailable("the database is busy; retry the request") from exc
         if _sqlstate(exc) in _RETRYABLE_STATES:
@@ -278,8 +282,13 @@ def unit_of_work(db: Database) -> Iterator[None]:
         with translate_errors():
             yield
     finally:
-        if isinstance(db, PooledPostgresqlDatabase) and not db.is_closed():
-            db.close()
+        release_connection(db)
+
+
+def release_connection(db: Database) -> None:
+    """Return this thread's pooled PostgreSQL connection to the pool (SQLite keeps its own)."""
+    if isinstance(db, PooledPostgresqlDatabase) and not db.is_closed():
+        db.close()
 
 
 # SQLite's busy handler makes a blocked writer sleep and poll, with sleeps
