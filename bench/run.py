@@ -494,8 +494,12 @@ def main() -> int:
             shutil.copy(template, work / f"{config}.db")
             servers.append(lending_server(config, f"sqlite:///{work / f'{config}.db'}", workers, work))
         else:
-            reset_postgres(PG_URL)
-            pg_meta = prepare(PG_URL)
+            try:
+                reset_postgres(PG_URL)
+                pg_meta = prepare(PG_URL)
+            except Exception as exc:  # no server, no psql, no permission: say so, bench the rest
+                notes.append(f"PostgreSQL at {PG_URL} could not be prepared ({type(exc).__name__}): skipped.")
+                continue
             servers.append(lending_server(config, PG_URL, workers, work))
             servers[-1].meta = pg_meta
     for workers in sorted({s.workers for s in servers}):
