@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.database import DatabaseError, close_database, migrate, open_database
+from lending_grpc.logs import configure_logging
 
 _TYPES = {bool: None, int: int, float: float, str: str}
 
@@ -42,19 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
     _add_setting_flags(serve)
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
-    _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level"))
+    _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
     return parser
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # Peewee logs every statement with its parameters (password hashes,
-    # emails) at DEBUG: never let it through, whatever the service level.
-    logging.getLogger("peewee").setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "migrate":
             return _migrate(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import difflib
+import ipaddress
 import logging
 import os
 import secrets
@@ -54,6 +55,18 @@ class Settings:
     shutdown_grace_seconds: float = _flag(10.0, "how long in-flight RPCs may finish after SIGTERM")
     drain_delay_seconds: float = _flag(1.0, "how long health says NOT_SERVING before new calls are refused")
     log_level: str = _flag("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _flag("text", "text, or json for one JSON object per line")
+    # Transport security: TLS, mTLS, and the explicit opt-out for plaintext off loopback.
+    tls_cert: str = _flag("", "PEM certificate chain to serve TLS with (needs --tls-key)")
+    tls_key: str = _flag("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _flag("", "PEM CA bundle: require client certificates signed by it (mTLS)")
+    insecure: bool = _flag(False, "allow plaintext on a non-loopback address (behind a TLS-terminating mesh)")
+    # Rate limits: in-process token buckets; a rate of 0 turns that limit off.
+    rate_limit_user_per_second: float = _flag(100.0, "sustained requests per second per user (0 = off)")
+    rate_limit_user_burst: int = _flag(200, "requests a user may send at once before being throttled")
+    rate_limit_peer_per_second: float = _flag(500.0, "sustained requests per second per peer IP (0 = off)")
+    rate_limit_peer_burst: int = _flag(1000, "requests one peer IP may send at once before being throttled")
+    metrics_listen: str = _flag("", "host:port of the Prometheus /metrics endpoint (empty = off)")
     insecure_fast_password_hash: bool = _flag(False, "TESTS ONLY: cheap argon2 parameters")
 
     @classmethod
@@ -172,6 +185,12 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{Settings.env_name(name)} must be between 0 and 3600")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{Settings.env_name('log_level')} must be DEBUG, INFO, WARNING or ERROR")
+    if settings.log_format not in {"text", "json"}:
+        raise ConfigError(f"{Settings.env_name('log_format')} must be text or json")
+    _validate_rate_limits(settings)
+    _validate_transport(settings)
+    if settings.metrics_listen:
+        _split_host_port(settings.metrics_listen, "LENDING_METRICS_LISTEN")
     try:
         database_file(settings.database_url)
     except DatabaseError as exc:
@@ -245,3 +264,52 @@ def _write_new_key(key_path: Path) -> None:
         pass  # another process won the race: its key is used
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _validate_rate_limits(settings: Settings) -> None:
+    for scope in ("user", "peer"):
+        rate = getattr(settings, f"rate_limit_{scope}_per_second")
+        burst = getattr(settings, f"rate_limit_{scope}_burst")
+        if not 0 <= rate <= 1_000_000:
+            raise ConfigError(
+                f"{Settings.env_name(f'rate_limit_{scope}_per_second')} must be between 0 (off) and 1000000"
+            )
+        if not 1 <= burst <= 1_000_000:
+            raise ConfigError(
+                f"{Settings.env_name(f'rate_limit_{scope}_burst')} must be between 1 and 1000000"
+            )
+
+
+def _split_host_port(address: str, setting: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{setting} {address!r} must be host:port")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a listen address only accepts connections from this machine."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def _validate_transport(settings: Settings) -> None:
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("LENDING_TLS_CERT and LENDING_TLS_KEY must be set together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ConfigError("LENDING_TLS_CLIENT_CA (mTLS) needs LENDING_TLS_CERT and LENDING_TLS_KEY")
+    # An address without a port cannot be bound at all: the listen error says so at startup.
+    has_port = ":" in settings.listen
+    if has_port and not settings.tls_cert and not settings.insecure and not is_loopback(settings.listen):
+        raise ConfigError(
+            f"refusing plaintext on the non-loopback address {settings.listen}: serve TLS with "
+            "--tls-cert/--tls-key, or pass --insecure (LENDING_INSECURE=true) when a proxy or "
+            "service mesh terminates TLS in front of the service"
+        )

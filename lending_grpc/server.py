@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from peewee import Database
+from prometheus_client import CollectorRegistry
 
 from lending_grpc.api.auth_interceptor import AuthInterceptor
 from lending_grpc.api.auth_servicer import AuthServicer
@@ -24,6 +25,8 @@ from lending_grpc.api.billing_servicer import BillingServicer
 from lending_grpc.api.decoding import RequestDecodingInterceptor
 from lending_grpc.api.errors import ErrorMappingInterceptor
 from lending_grpc.api.logging_interceptor import AccessLogInterceptor
+from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics
+from lending_grpc.api.rate_limit import PeerRateLimitInterceptor, TokenBuckets, UserRateLimitInterceptor
 from lending_grpc.config import Settings, resolve_secret_key
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
@@ -32,6 +35,7 @@ from lending_grpc.core.database import close_database, migrate, open_database
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.tokens import TokenSigner
+from lending_grpc.transport import server_credentials, server_options
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class RunningServer:
     health: health.HealthServicer
     database: Database
     executor: futures.ThreadPoolExecutor
+    metrics: MetricsServer | None = None
 
     def stop(
         self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
@@ -66,6 +71,8 @@ class RunningServer:
             hurry.wait(drain_delay)
         self.server.stop(0 if hurry.is_set() else grace).wait()
         self.executor.shutdown(wait=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         close_database(self.database)
 
 
@@ -97,22 +104,13 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     auth = AuthCore(db, clock, Passwords(fast_insecure=settings.insecure_fast_password_hash), signer)
     billing = BillingCore(db, clock, PageTokens(key))
 
+    registry = CollectorRegistry(auto_describe=True)
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        # Outermost first: log, map errors, authenticate, then refuse undecodable bodies.
-        interceptors=[
-            AccessLogInterceptor(),
-            ErrorMappingInterceptor(),
-            AuthInterceptor(auth),
-            RequestDecodingInterceptor(),
-        ],
+        interceptors=_interceptors(settings, auth, RpcMetrics(registry)),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(settings),
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing), server)
@@ -121,17 +119,50 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    credentials = server_credentials(settings)
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError:
         raise ListenError(
             f"cannot listen on {settings.listen}: malformed address or already in use"
         ) from None
+    metrics = None
+    if settings.metrics_listen:
+        registry.register(PortfolioCollector(db, clock.today))
+        try:
+            metrics = MetricsServer(settings.metrics_listen, registry)
+        except OSError as exc:
+            raise ListenError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
     server.start()
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, executor)
+    return RunningServer(server, port, health_servicer, db, executor, metrics)
+
+
+def _interceptors(settings: Settings, auth: AuthCore, metrics: RpcMetrics) -> list[grpc.ServerInterceptor]:
+    """Outermost first: observe (request id, log, metrics: it must see the final code), limit
+    per peer (before auth, so anonymous floods are limited too), map errors, authenticate,
+    limit per user (needs the authenticated user), then refuse undecodable bodies."""
+    chain: list[grpc.ServerInterceptor] = [AccessLogInterceptor(metrics)]
+    if settings.rate_limit_peer_per_second > 0:
+        chain.append(
+            PeerRateLimitInterceptor(
+                TokenBuckets(settings.rate_limit_peer_per_second, settings.rate_limit_peer_burst)
+            )
+        )
+    chain += [ErrorMappingInterceptor(), AuthInterceptor(auth)]
+    if settings.rate_limit_user_per_second > 0:
+        chain.append(
+            UserRateLimitInterceptor(
+                TokenBuckets(settings.rate_limit_user_per_second, settings.rate_limit_user_burst)
+            )
+        )
+    chain.append(RequestDecodingInterceptor())
+    return chain
 
 
 def serve(settings: Settings) -> None:
@@ -159,11 +190,18 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGINT, request_stop)
     # Announced only once signals are handled: whoever waits for this line may stop us at once.
     host = settings.listen.rsplit(":", 1)[0]
+    if running.metrics is not None:
+        log.info(
+            "metrics on http://%s:%d/metrics",
+            settings.metrics_listen.rpartition(":")[0],
+            running.metrics.port,
+        )
     log.info(
-        "lending-grpc serving on %s:%d (database %s)",
+        "lending-grpc serving on %s:%d (database %s, %s)",
         host,
         running.port,
         settings.database_url.split("://", 1)[0],
+        ("mTLS" if settings.tls_client_ca else "TLS") if settings.tls_cert else "plaintext",
     )
     stop.wait()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)

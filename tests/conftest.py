@@ -61,8 +61,10 @@ class Api:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = create_server(make_settings(tmp_path))
+def server(request, tmp_path: Path) -> Iterator[RunningServer]:
+    """A server with the test defaults; ``@pytest.mark.settings(name=value)`` overrides some."""
+    marker = request.node.get_closest_marker("settings")
+    running = create_server(make_settings(tmp_path, **(marker.kwargs if marker else {})))
     yield running
     running.stop(0)
 
