@@ -7,7 +7,8 @@ import dataclasses
 import sys
 
 from lending_grpc.config import ConfigError, Settings, load_settings
-from lending_grpc.core.database import DatabaseError, close_database, migrate, open_database
+from lending_grpc.core.database import DatabaseError, close_database, open_database
+from lending_grpc.core.migrations import migrate
 from lending_grpc.logs import configure_logging
 
 _TYPES = {bool: None, int: int, float: float, str: str}

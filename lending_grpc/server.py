@@ -27,11 +27,13 @@ from lending_grpc.api.errors import ErrorMappingInterceptor
 from lending_grpc.api.logging_interceptor import AccessLogInterceptor
 from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics
 from lending_grpc.api.rate_limit import PeerRateLimitInterceptor, TokenBuckets, UserRateLimitInterceptor
+from lending_grpc.api.unit_of_work import UnitOfWorkInterceptor
 from lending_grpc.config import Settings, resolve_secret_key
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import close_database, migrate, open_database
+from lending_grpc.core.database import close_database, open_database
+from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.tokens import TokenSigner
@@ -83,7 +85,9 @@ class ListenError(OSError):
 def create_server(settings: Settings) -> RunningServer:
     """Open and migrate the database, build the server, bind ``settings.listen`` and start it."""
     key = resolve_secret_key(settings)
-    db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+    db = open_database(
+        settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
+    )
     try:
         migrate(db)
         return _start(settings, key, db)
@@ -108,7 +112,7 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        interceptors=_interceptors(settings, auth, RpcMetrics(registry)),
+        interceptors=_interceptors(settings, db, auth, RpcMetrics(registry)),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=server_options(settings),
     )
@@ -143,10 +147,13 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     return RunningServer(server, port, health_servicer, db, executor, metrics)
 
 
-def _interceptors(settings: Settings, auth: AuthCore, metrics: RpcMetrics) -> list[grpc.ServerInterceptor]:
+def _interceptors(
+    settings: Settings, db: Database, auth: AuthCore, metrics: RpcMetrics
+) -> list[grpc.ServerInterceptor]:
     """Outermost first: observe (request id, log, metrics: it must see the final code), limit
-    per peer (before auth, so anonymous floods are limited too), map errors, authenticate,
-    limit per user (needs the authenticated user), then refuse undecodable bodies."""
+    per peer (before auth, so anonymous floods are limited too, and before any database work),
+    map errors, scope the database work, authenticate, limit per user (needs the authenticated
+    user), then refuse undecodable bodies."""
     chain: list[grpc.ServerInterceptor] = [AccessLogInterceptor(metrics)]
     if settings.rate_limit_peer_per_second > 0:
         chain.append(
@@ -154,7 +161,7 @@ def _interceptors(settings: Settings, auth: AuthCore, metrics: RpcMetrics) -> li
                 TokenBuckets(settings.rate_limit_peer_per_second, settings.rate_limit_peer_burst)
             )
         )
-    chain += [ErrorMappingInterceptor(), AuthInterceptor(auth)]
+    chain += [ErrorMappingInterceptor(), UnitOfWorkInterceptor(db), AuthInterceptor(auth)]
     if settings.rate_limit_user_per_second > 0:
         chain.append(
             UserRateLimitInterceptor(
