@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import make_settings
+from databases import BACKENDS, sqlite_url
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import symbol_database
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from rpc_helpers import today
 
+from lending_grpc.core.database import sqlite_path
 from lending_grpc.server import create_server
 
 SERVICES = [
@@ -143,11 +145,18 @@ def _plausible(method: pb_descriptor.MethodDescriptor, state: dict):
 class Ledger:
     """Every stored row, read through a separate connection, to prove refused calls change nothing."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path)
-        self._tables = [
-            name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
+    def __init__(self, database_url: str) -> None:
+        path = sqlite_path(database_url)
+        if path is not None:
+            self._db = sqlite3.connect(path)
+            listing = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        else:
+            import psycopg
+
+            self._db = psycopg.connect(database_url, autocommit=True)
+            listing = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        self._tables = sorted(name for (name,) in self._db.execute(listing).fetchall())
+        assert {"user", "loan", "payment"} <= set(self._tables)
         self.rows = self.read()
 
     def read(self) -> dict[str, list[tuple]]:
@@ -163,14 +172,26 @@ class Ledger:
 class Target:
     """The server under attack, its users and a record of every answer."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, database_url: str) -> None:
         # Floods are the point here: the rate limits (tested on their own) would only answer them.
         self.running = create_server(
-            make_settings(tmp_path, rate_limit_user_per_second=0, rate_limit_peer_per_second=0)
+            make_settings(
+                tmp_path,
+                database_url=database_url,
+                rate_limit_user_per_second=0,
+                rate_limit_peer_per_second=0,
+            )
         )
         self.channel = grpc.insecure_channel(
             f"127.0.0.1:{self.running.port}", options=[("grpc.max_send_message_length", -1)]
         )
+        try:
+            self._prepare(database_url)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, database_url: str) -> None:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.billing = billing_pb2_grpc.BillingServiceStub(self.channel)
         self.state: dict = {}
@@ -194,7 +215,7 @@ class Target:
             billing_pb2.MakePaymentRequest(loan_id="L-2", amount="44000.00", request_id="pay-1"),
             metadata=alice,
         )
-        self.ledger = Ledger(tmp_path / "lending.db")
+        self.ledger = Ledger(database_url)
         self.codes: collections.Counter = collections.Counter()
 
     def _user(self, name: str):
@@ -229,14 +250,25 @@ class Target:
             assert rows == self.ledger.rows, (what, code, details)
 
     def close(self) -> None:
-        self.ledger.close()
+        if hasattr(self, "ledger"):
+            self.ledger.close()
         self.channel.close()
         self.running.stop(0)
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory) -> Iterator[Target]:
-    target = Target(tmp_path_factory.mktemp("fuzz"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def target(request, tmp_path_factory) -> Iterator[Target]:
+    """One server per backend for the whole module: the attacks accumulate on the same data."""
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    if request.param != "sqlite":
+        request.getfixturevalue("postgres")  # before our server opens a database (one per process)
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path)
+    else:
+        databases = request.getfixturevalue("postgres")
+        url = databases.create()
+        request.addfinalizer(lambda: databases.drop(url))
+    target = Target(tmp_path, url)
     yield target
     target.close()
 
@@ -337,7 +369,7 @@ def hostile_calls(draw):
 
 
 @settings(
-    max_examples=1500,
+    max_examples=1000,
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
