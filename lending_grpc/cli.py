@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve` and `lending-grpc migrate`."""
+"""Command line: `lending-grpc serve`, `lending-grpc migrate` and `lending-grpc health`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 
+from lending_grpc import healthcheck
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.database import DatabaseError, close_database, open_database
 from lending_grpc.core.migrations import migrate
@@ -44,12 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
+    health = commands.add_parser("health", help="check a running server's health service (exit 0 = SERVING)")
+    healthcheck.add_arguments(health)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lending-grpc` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "health":  # a client: the server's settings do not apply
+        return healthcheck.run(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = load_settings(flags)
