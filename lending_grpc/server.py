@@ -25,7 +25,7 @@ from lending_grpc.api.billing_servicer import BillingServicer
 from lending_grpc.api.decoding import RequestDecodingInterceptor
 from lending_grpc.api.errors import ErrorMappingInterceptor
 from lending_grpc.api.logging_interceptor import AccessLogInterceptor
-from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics
+from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics, worker_address
 from lending_grpc.api.rate_limit import PeerRateLimitInterceptor, TokenBuckets, UserRateLimitInterceptor
 from lending_grpc.api.unit_of_work import UnitOfWorkInterceptor
 from lending_grpc.config import Settings, resolve_secret_key
@@ -82,21 +82,24 @@ class ListenError(OSError):
     """The listen address is malformed or already in use."""
 
 
-def create_server(settings: Settings) -> RunningServer:
-    """Open and migrate the database, build the server, bind ``settings.listen`` and start it."""
+def create_server(settings: Settings, worker_index: int = 0) -> RunningServer:
+    """Open and migrate the database, build the server, bind ``settings.listen`` and start it.
+
+    ``worker_index`` (0 for a single process) picks the worker's metrics port.
+    """
     key = resolve_secret_key(settings)
     db = open_database(
         settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
     )
     try:
         migrate(db)
-        return _start(settings, key, db)
+        return _start(settings, key, db, worker_index)
     except BaseException:
         close_database(db)
         raise
 
 
-def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
+def _start(settings: Settings, key: bytes, db: Database, worker_index: int = 0) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
         key,
@@ -135,11 +138,13 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
         ) from None
     metrics = None
     if settings.metrics_listen:
-        registry.register(PortfolioCollector(db, clock.today))
+        if worker_index == 0:  # portfolio counts once, not once per worker process
+            registry.register(PortfolioCollector(db, clock.today))
+        address = worker_address(settings.metrics_listen, worker_index)
         try:
-            metrics = MetricsServer(settings.metrics_listen, registry)
+            metrics = MetricsServer(address, registry)
         except OSError as exc:
-            raise ListenError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
+            raise ListenError(f"cannot serve metrics on {address}: {exc.strerror}") from None
     server.start()
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):

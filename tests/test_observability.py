@@ -10,12 +10,14 @@ import urllib.request
 import grpc
 import pytest
 from conftest import make_settings
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from rpc_helpers import call_error, today
 from serverproc import ServerProcess
 
 from lending_grpc.api.logging_interceptor import request_id_from
+from lending_grpc.api.metrics import worker_address
 from lending_grpc.server import create_server
 
 BILLING = "lending.v1.BillingService"
@@ -177,3 +179,18 @@ def test_json_logs_carry_the_request_id_returned_to_the_caller(tmp_path):
     everything = "".join(proc.log)
     for secret in (password, email, tokens.access_token, tokens.refresh_token, "evil"):
         assert secret not in everything
+
+
+def test_each_worker_has_its_own_metrics_port_and_only_the_first_counts_the_portfolio(tmp_path):
+    assert worker_address("0.0.0.0:9090", 0) == "0.0.0.0:9090"
+    assert worker_address("0.0.0.0:9090", 3) == "0.0.0.0:9093"
+    assert worker_address("[::1]:0", 2) == "[::1]:0"
+    running = create_server(make_settings(tmp_path, metrics_listen="127.0.0.1:0"), worker_index=1)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        names = {name for name, _labels in scrape(running.metrics.port)}
+    finally:
+        running.stop(0)
+    assert "grpc_server_started_total" in names
+    assert "lending_loans" not in names and "lending_delinquent_loans" not in names

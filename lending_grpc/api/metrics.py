@@ -99,6 +99,17 @@ class PortfolioCollector(Collector):
         )
 
 
+def worker_address(listen: str, worker_index: int) -> str:
+    """The metrics address of worker ``worker_index``: the configured port plus the index.
+
+    Worker processes share the gRPC port, but an HTTP port cannot be shared
+    meaningfully (a scrape would reach one process at random), so each worker
+    gets its own: 9090, 9091, ... Port 0 stays 0 (any free port).
+    """
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + worker_index if int(port) else 0}"
+
+
 class MetricsServer:
     """The /metrics HTTP endpoint; ``port`` is the bound port (useful with port 0)."""
 
