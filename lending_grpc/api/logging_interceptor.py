@@ -26,6 +26,7 @@ from lending_grpc.api.metrics import RpcMetrics
 log = logging.getLogger("lending_grpc.access")
 
 REQUEST_ID_KEY = "x-request-id"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # Letters, digits and the punctuation of common trace-id formats; anything
 # else (spaces, newlines, quotes, huge values) would let a caller forge or
 # bloat log lines, so such an id is replaced by a generated one.
@@ -59,6 +60,8 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         service_name, method_name = split_method(method)
         metrics = self._metrics
+        # Probes call every few seconds: their lines would drown the rest at INFO.
+        level = logging.DEBUG if method.startswith(HEALTH_PREFIX) else logging.INFO
 
         def wrap(behaviour: Behaviour) -> Behaviour:
             def logged(request: Any, context: grpc.ServicerContext) -> Any:
@@ -89,7 +92,8 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                         "user": call.user_id or "-",
                         "peer": context.peer(),
                     }
-                    log.info(
+                    log.log(
+                        level,
                         "rpc method=%s code=%s ms=%.1f user=%s peer=%s request_id=%s",
                         method,
                         code.name,
