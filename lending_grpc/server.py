@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -82,9 +83,10 @@ class ListenError(OSError):
     """The listen address is malformed or already in use."""
 
 
-def create_server(settings: Settings, worker_index: int = 0) -> RunningServer:
+def create_server(settings: Settings, *, reuse_port: bool = False, worker_index: int = 0) -> RunningServer:
     """Open and migrate the database, build the server, bind ``settings.listen`` and start it.
 
+    ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT);
     ``worker_index`` (0 for a single process) picks the worker's metrics port.
     """
     key = resolve_secret_key(settings)
@@ -93,13 +95,15 @@ def create_server(settings: Settings, worker_index: int = 0) -> RunningServer:
     )
     try:
         migrate(db)
-        return _start(settings, key, db, worker_index)
+        return _start(settings, key, db, reuse_port, worker_index)
     except BaseException:
         close_database(db)
         raise
 
 
-def _start(settings: Settings, key: bytes, db: Database, worker_index: int = 0) -> RunningServer:
+def _start(
+    settings: Settings, key: bytes, db: Database, reuse_port: bool, worker_index: int
+) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
         key,
@@ -117,7 +121,7 @@ def _start(settings: Settings, key: bytes, db: Database, worker_index: int = 0) 
         executor,
         interceptors=_interceptors(settings, db, auth, RpcMetrics(registry)),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        options=server_options(settings),
+        options=server_options(settings, reuse_port=reuse_port),
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing), server)
@@ -178,8 +182,58 @@ def _interceptors(
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully."""
+    """Serve until SIGTERM or SIGINT, then drain gracefully; ``settings.workers`` > 1 forks processes."""
+    if settings.workers > 1:
+        from lending_grpc.workers import serve_workers
+
+        serve_workers(settings)
+        return
     running = create_server(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+
+    def ready() -> None:
+        log_metrics_address(settings, running)
+        log.info(
+            "lending-grpc serving on %s:%d (database %s, %s)",
+            host,
+            running.port,
+            database_kind(settings),
+            transport_kind(settings),
+        )
+
+    run_until_signalled(running, settings, (signal.SIGTERM, signal.SIGINT), on_ready=ready)
+
+
+def transport_kind(settings: Settings) -> str:
+    """How calls arrive, for the startup line: "plaintext", "TLS" or "mTLS"."""
+    if not settings.tls_cert:
+        return "plaintext"
+    return "mTLS" if settings.tls_client_ca else "TLS"
+
+
+def log_metrics_address(settings: Settings, running: RunningServer) -> None:
+    """Say where this process serves /metrics, if it does."""
+    if running.metrics is not None:
+        host = settings.metrics_listen.rpartition(":")[0]
+        log.info("metrics on http://%s:%d/metrics", host, running.metrics.port)
+
+
+def database_kind(settings: Settings) -> str:
+    """The backend's name for logs ("sqlite", "postgresql"), never the URL with its password."""
+    return settings.database_url.split("://", 1)[0]
+
+
+def run_until_signalled(
+    running: RunningServer,
+    settings: Settings,
+    signals: tuple[signal.Signals, ...],
+    on_ready: Callable[[], None],
+) -> None:
+    """Wait for one of ``signals``, then drain and stop; a second signal stops at once.
+
+    ``on_ready`` runs once the handlers are installed: whoever it tells that
+    we are serving may stop us at once.
+    """
     stop = threading.Event()
     hurry = threading.Event()
 
@@ -198,23 +252,9 @@ def serve(settings: Settings) -> None:
         )
         stop.set()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    # Announced only once signals are handled: whoever waits for this line may stop us at once.
-    host = settings.listen.rsplit(":", 1)[0]
-    if running.metrics is not None:
-        log.info(
-            "metrics on http://%s:%d/metrics",
-            settings.metrics_listen.rpartition(":")[0],
-            running.metrics.port,
-        )
-    log.info(
-        "lending-grpc serving on %s:%d (database %s, %s)",
-        host,
-        running.port,
-        settings.database_url.split("://", 1)[0],
-        ("mTLS" if settings.tls_client_ca else "TLS") if settings.tls_cert else "plaintext",
-    )
+    for signum in signals:
+        signal.signal(signum, request_stop)
+    on_ready()
     stop.wait()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)
     log.info("lending-grpc stopped")

@@ -25,13 +25,17 @@ MAX_CONNECTION_AGE_GRACE_MS = 30_000  # ... giving its in-flight calls 30 s to f
 MAX_METADATA_BYTES = 16 * 1024  # request headers (tokens, request ids) never need more
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """grpc.server options: message size limits and keepalive enforcement."""
+def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """grpc.server options: message size limits and keepalive enforcement.
+
+    ``reuse_port`` lets worker processes share the port; off otherwise, so a
+    second server on our port fails instead of silently sharing it.
+    """
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         # Clients that keep idle connections warm with pings (grpc-go PermitWithoutStream) are welcome,

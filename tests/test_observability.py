@@ -194,3 +194,17 @@ def test_each_worker_has_its_own_metrics_port_and_only_the_first_counts_the_port
         running.stop(0)
     assert "grpc_server_started_total" in names
     assert "lending_loans" not in names and "lending_delinquent_loans" not in names
+
+
+@pytest.mark.slow
+def test_worker_processes_serve_metrics_on_their_own_ports(tmp_path):
+    proc = ServerProcess(tmp_path / "w.db", "--workers", "2", "--metrics-listen", "127.0.0.1:0")
+    try:
+        ports = [
+            int(m.group(1)) for line in proc.log if (m := re.search(r"metrics on http://[^:]+:(\d+)/", line))
+        ]
+        assert len(set(ports)) == 2
+        portfolio = ["lending_loans" in {name for name, _ in scrape(port)} for port in ports]
+    finally:
+        assert proc.terminate() == 0
+    assert sorted(portfolio) == [False, True]  # counted by one worker only
