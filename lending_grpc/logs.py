@@ -15,6 +15,7 @@ import sys
 from lending_grpc.api import context as call_context
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_HANDLER_NAME = "lending_grpc"
 
 
 class RequestIdFilter(logging.Filter):
@@ -51,10 +52,12 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Send logs to stderr at ``level`` in the ``text`` or ``json`` format."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
+    # Replace only our own handler (configured twice in one process); leave others' (pytest's) alone.
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
 import time
 import urllib.request
 
@@ -16,8 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from rpc_helpers import call_error, today
 from serverproc import ServerProcess
 
+from lending_grpc.api import context as call_context
 from lending_grpc.api.logging_interceptor import request_id_from
 from lending_grpc.api.metrics import worker_address
+from lending_grpc.logs import JsonFormatter, RequestIdFilter
 from lending_grpc.server import create_server
 
 BILLING = "lending.v1.BillingService"
@@ -208,3 +212,22 @@ def test_worker_processes_serve_metrics_on_their_own_ports(tmp_path):
     finally:
         assert proc.terminate() == 0
     assert sorted(portfolio) == [False, True]  # counted by one worker only
+
+
+def test_json_lines_stay_one_line_and_carry_the_request_id_and_exception():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "bad\ninput\u2028%s", ("\x00",), exc_info)
+    token = call_context.current_call.set(call_context.CallInfo(request_id="req-1"))
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        call_context.current_call.reset(token)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "\u2028" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "bad\ninput\u2028\x00"
+    assert entry["request_id"] == "req-1" and entry["level"] == "ERROR"
+    assert entry["exception"].startswith("Traceback") and "ValueError: boom" in entry["exception"]
