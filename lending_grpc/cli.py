@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve`, `lending-grpc migrate` and `lending-grpc health`."""
+"""Command line: `lending-grpc serve`, `migrate`, `health` and `bench seed`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 from lending_grpc import healthcheck
+from lending_grpc import seed as seed_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.database import DatabaseError, close_database, open_database
 from lending_grpc.core.migrations import migrate
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
     health = commands.add_parser("health", help="check a running server's health service (exit 0 = SERVING)")
     healthcheck.add_arguments(health)
+    bench = commands.add_parser("bench", help="benchmark helpers")
+    seed = bench.add_subparsers(dest="bench_command", required=True).add_parser(
+        "seed", help="fill the database with many loans and payment histories"
+    )
+    _add_setting_flags(seed, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
+    seed_command.add_arguments(seed)
     return parser
 
 
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "bench":
+            return seed_command.run(settings, args)
         from lending_grpc.server import serve
 
         serve(settings)

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from lending_grpc.api import context as call_context
-from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
 from lending_grpc.api.metrics import RpcMetrics
 
 log = logging.getLogger("lending_grpc.access")
@@ -49,15 +49,14 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-class AccessLogInterceptor(grpc.ServerInterceptor):
+class AccessLogInterceptor(WrappingInterceptor):
     """Outermost interceptor: request id, timing, the access log line and the RPC metrics."""
 
     def __init__(self, metrics: RpcMetrics | None = None) -> None:
+        super().__init__()
         self._metrics = metrics
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
+    def wrap_handler(self, handler, method):
         service_name, method_name = split_method(method)
         metrics = self._metrics
         # Probes call every few seconds: their lines would drown the rest at INFO.

@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 
 from lending_grpc.api import context as call_context
 from lending_grpc.api.errors import ERROR_DOMAIN
-from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
 
 LIMITED_PREFIX = "/lending.v1."
 REASON = "RATE_LIMITED"
@@ -131,15 +131,15 @@ def exhausted_status(scope: str, wait_s: float) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-class PeerRateLimitInterceptor(grpc.ServerInterceptor):
+class PeerRateLimitInterceptor(WrappingInterceptor):
     """Limits every lending.v1 call per client IP address, authenticated or not."""
 
     def __init__(self, buckets: TokenBuckets) -> None:
+        super().__init__()
         self._buckets = buckets
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if not handler_call_details.method.startswith(LIMITED_PREFIX):
+    def wrap_handler(self, handler, method):
+        if not method.startswith(LIMITED_PREFIX):
             return handler
         buckets = self._buckets
 
@@ -155,15 +155,15 @@ class PeerRateLimitInterceptor(grpc.ServerInterceptor):
         return wrap_unary(handler, wrap)
 
 
-class UserRateLimitInterceptor(grpc.ServerInterceptor):
+class UserRateLimitInterceptor(WrappingInterceptor):
     """Limits each authenticated user; sits inside the auth interceptor, which names the user."""
 
     def __init__(self, buckets: TokenBuckets) -> None:
+        super().__init__()
         self._buckets = buckets
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if not handler_call_details.method.startswith(LIMITED_PREFIX):
+    def wrap_handler(self, handler, method):
+        if not method.startswith(LIMITED_PREFIX):
             return handler
         buckets = self._buckets
 
