@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve` and `lending-grpc migrate`."""
+"""Command line: `lending-grpc serve`, `lending-grpc migrate` and the client commands."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 
+from lending_grpc.commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.database import DatabaseError, close_database, migrate, open_database
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level"))
+    add_client_commands(commands)  # register, login, loan ..., pay, delinquent: lending_grpc/commands/
     return parser
 
 
@@ -60,6 +62,8 @@ def _configure_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lending-grpc` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "client_command", None) is not None:
+        return run_client_command(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = load_settings(flags)
