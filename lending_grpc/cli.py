@@ -9,7 +9,8 @@ import sys
 
 from lending_grpc.commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
-from lending_grpc.core.database import DatabaseError, close_database, migrate, open_database
+from lending_grpc.core.database import DatabaseError, close_database, open_database
+from lending_grpc.core.migrations import migrate
 
 _TYPES = {bool: None, int: int, float: float, str: str}
 

@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lending_grpc.commands.environment import CLIENT_ENV_NAMES
-from lending_grpc.core.database import DatabaseError, database_file
+from lending_grpc.core.database import DatabaseError, check_database_url, database_file, is_postgresql_url
 from lending_grpc.core.tokens import MIN_KEY_BYTES
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
 
 MAX_INT32 = 2**31 - 1
+MAX_WORKER_PROCESSES = 64
 
 
 def _flag(default: Any, help_text: str, *, flag: bool = True) -> Any:
@@ -40,7 +41,8 @@ class Settings:
 
     listen: str = _flag("127.0.0.1:50051", "address to serve on, host:port (port 0 picks a free one)")
     database_url: str = _flag(
-        DEFAULT_DATABASE_URL, "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        DEFAULT_DATABASE_URL,
+        "sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user@host:port/dbname",
     )
     # No command-line flag: a key in argv is visible to every local user (ps, /proc).
     secret_key: str = _flag("", "JWT signing key (at least 32 bytes)", flag=False)
@@ -48,10 +50,12 @@ class Settings:
     time_zone: str = _flag("Asia/Jakarta", "IANA time zone that defines 'today'")
     access_token_ttl_seconds: int = _flag(900, "access token lifetime")
     refresh_token_ttl_seconds: int = _flag(7 * 86400, "refresh token lifetime")
-    max_workers: int = _flag(16, "threads serving RPCs")
+    workers: int = _flag(1, "server processes sharing the listen port (SO_REUSEPORT)")
+    max_workers: int = _flag(16, "threads serving RPCs in each process")
     max_concurrent_rpcs: int = _flag(256, "RPCs in progress before new ones get RESOURCE_EXHAUSTED")
     max_message_bytes: int = _flag(1024 * 1024, "largest request or response message")
-    db_busy_timeout_ms: int = _flag(10_000, "how long a write waits for the SQLite lock")
+    db_busy_timeout_ms: int = _flag(10_000, "how long a write waits for a lock (SQLite file, PostgreSQL row)")
+    db_pool_size: int = _flag(8, "PostgreSQL connections per process (a bounded pool)")
     shutdown_grace_seconds: float = _flag(10.0, "how long in-flight RPCs may finish after SIGTERM")
     drain_delay_seconds: float = _flag(1.0, "how long health says NOT_SERVING before new calls are refused")
     log_level: str = _flag("INFO", "DEBUG, INFO, WARNING or ERROR")
@@ -166,6 +170,7 @@ def validate(settings: Settings) -> None:
         "max_concurrent_rpcs",
         "max_message_bytes",
         "db_busy_timeout_ms",
+        "db_pool_size",
     ):
         if not 0 < getattr(settings, name) <= MAX_INT32:
             raise ConfigError(f"{Settings.env_name(name)} must be between 1 and {MAX_INT32}")
@@ -174,8 +179,10 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{Settings.env_name(name)} must be between 0 and 3600")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{Settings.env_name('log_level')} must be DEBUG, INFO, WARNING or ERROR")
+    if not 1 <= settings.workers <= MAX_WORKER_PROCESSES:
+        raise ConfigError(f"LENDING_WORKERS must be between 1 and {MAX_WORKER_PROCESSES}")
     try:
-        database_file(settings.database_url)
+        check_database_url(settings.database_url)
     except DatabaseError as exc:
         raise ConfigError(f"LENDING_DATABASE_URL: {exc}") from None
     try:
@@ -214,6 +221,9 @@ def _read_key_file(path: Path, setting: str) -> bytes:
 
 
 def _generated_key(database_url: str) -> bytes:
+    if is_postgresql_url(database_url):
+        # Processes on several machines must share one key: none can be generated locally.
+        raise ConfigError("with PostgreSQL, set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE")
     try:
         db_path = database_file(database_url)
     except DatabaseError as exc:

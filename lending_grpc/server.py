@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -24,11 +25,13 @@ from lending_grpc.api.billing_servicer import BillingServicer
 from lending_grpc.api.decoding import RequestDecodingInterceptor
 from lending_grpc.api.errors import ErrorMappingInterceptor
 from lending_grpc.api.logging_interceptor import AccessLogInterceptor
+from lending_grpc.api.unit_of_work import UnitOfWorkInterceptor
 from lending_grpc.config import Settings, resolve_secret_key
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import close_database, migrate, open_database
+from lending_grpc.core.database import close_database, open_database
+from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.tokens import TokenSigner
@@ -73,19 +76,24 @@ class ListenError(OSError):
     """The listen address is malformed or already in use."""
 
 
-def create_server(settings: Settings) -> RunningServer:
-    """Open and migrate the database, build the server, bind ``settings.listen`` and start it."""
+def create_server(settings: Settings, *, reuse_port: bool = False) -> RunningServer:
+    """Open and migrate the database, build the server, bind ``settings.listen`` and start it.
+
+    ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT).
+    """
     key = resolve_secret_key(settings)
-    db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+    db = open_database(
+        settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
+    )
     try:
         migrate(db)
-        return _start(settings, key, db)
+        return _start(settings, key, db, reuse_port)
     except BaseException:
         close_database(db)
         raise
 
 
-def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
+def _start(settings: Settings, key: bytes, db: Database, reuse_port: bool) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
         key,
@@ -100,10 +108,12 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        # Outermost first: log, map errors, authenticate, then refuse undecodable bodies.
+        # Outermost first: log, map errors, scope the database work,
+        # authenticate, then refuse undecodable bodies.
         interceptors=[
             AccessLogInterceptor(),
             ErrorMappingInterceptor(),
+            UnitOfWorkInterceptor(db),
             AuthInterceptor(auth),
             RequestDecodingInterceptor(),
         ],
@@ -111,7 +121,8 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless asked: a second server on our port must fail, not share it.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
@@ -135,8 +146,40 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully."""
+    """Serve until SIGTERM or SIGINT, then drain gracefully; ``settings.workers`` > 1 forks processes."""
+    if settings.workers > 1:
+        from lending_grpc.workers import serve_workers
+
+        serve_workers(settings)
+        return
     running = create_server(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+    run_until_signalled(
+        running,
+        settings,
+        (signal.SIGTERM, signal.SIGINT),
+        on_ready=lambda: log.info(
+            "lending-grpc serving on %s:%d (database %s)", host, running.port, database_kind(settings)
+        ),
+    )
+
+
+def database_kind(settings: Settings) -> str:
+    """The backend's name for logs ("sqlite", "postgresql"), never the URL with its password."""
+    return settings.database_url.split("://", 1)[0]
+
+
+def run_until_signalled(
+    running: RunningServer,
+    settings: Settings,
+    signals: tuple[signal.Signals, ...],
+    on_ready: Callable[[], None],
+) -> None:
+    """Wait for one of ``signals``, then drain and stop; a second signal stops at once.
+
+    ``on_ready`` runs once the handlers are installed: whoever it tells that
+    we are serving may stop us at once.
+    """
     stop = threading.Event()
     hurry = threading.Event()
 
@@ -155,16 +198,9 @@ def serve(settings: Settings) -> None:
         )
         stop.set()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    # Announced only once signals are handled: whoever waits for this line may stop us at once.
-    host = settings.listen.rsplit(":", 1)[0]
-    log.info(
-        "lending-grpc serving on %s:%d (database %s)",
-        host,
-        running.port,
-        settings.database_url.split("://", 1)[0],
-    )
+    for signum in signals:
+        signal.signal(signum, request_stop)
+    on_ready()
     stop.wait()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)
     log.info("lending-grpc stopped")

@@ -1,4 +1,9 @@
-"""Shared fixtures: a real lending-grpc server on an ephemeral port over a temporary SQLite file."""
+"""Shared fixtures: a real lending-grpc server on an ephemeral port over a fresh database.
+
+Every test that asks for ``database_url`` (directly or through ``server``,
+``api`` and ``alice``) runs twice: on a SQLite file and on a PostgreSQL
+database of its own.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from databases import BACKENDS, PostgresDatabases, connect_or_skip, sqlite_url
 from hypothesis import settings as hypothesis_settings
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2_grpc
 
@@ -29,7 +35,7 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
     """Settings for a test server: port 0, a fresh database file, cheap password hashing."""
     values = dict(
         listen="127.0.0.1:0",
-        database_url=f"sqlite:///{tmp_path / 'lending.db'}",
+        database_url=sqlite_url(tmp_path),
         secret_key=TEST_SECRET_KEY,
         insecure_fast_password_hash=True,
         shutdown_grace_seconds=1.0,
@@ -46,7 +52,6 @@ class Api:
     auth: auth_pb2_grpc.AuthServiceStub
     billing: billing_pb2_grpc.BillingServiceStub
     server: RunningServer
-    db_path: Path
 
     def register_and_login(
         self, username: str | None = None, password: str = "correct horse battery"
@@ -60,22 +65,41 @@ class Api:
         return (("authorization", f"Bearer {tokens.access_token}"),), tokens, user
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresDatabases]:
+    """The PostgreSQL test server; skipped (or, in CI, failed) when it cannot be reached."""
+    databases = connect_or_skip()
+    yield databases
+    databases.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, then a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres")
+    url = databases.create()
+    yield url
+    databases.drop(url)
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = create_server(make_settings(tmp_path))
+def server(tmp_path: Path, database_url: str) -> Iterator[RunningServer]:
+    running = create_server(make_settings(tmp_path, database_url=database_url))
     yield running
     running.stop(0)
 
 
 @pytest.fixture
-def api(server: RunningServer, tmp_path: Path) -> Iterator[Api]:
+def api(server: RunningServer) -> Iterator[Api]:
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     yield Api(
         channel,
         auth_pb2_grpc.AuthServiceStub(channel),
         billing_pb2_grpc.BillingServiceStub(channel),
         server,
-        tmp_path / "lending.db",
     )
     channel.close()
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import tempfile
 import uuid
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -16,7 +14,7 @@ from lending_grpc.core import pagination
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import close_database, migrate, open_database
+from lending_grpc.core.database import close_database, open_database
 from lending_grpc.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -24,6 +22,7 @@ from lending_grpc.core.errors import (
     NotFound,
     PaymentNotAccepted,
 )
+from lending_grpc.core.migrations import migrate
 from lending_grpc.core.models import Loan, Payment
 from lending_grpc.core.money import format_cents
 from lending_grpc.core.pagination import PageTokens
@@ -57,8 +56,8 @@ class Env:
         return self.auth.principal(user.user_id).id
 
 
-def make_env(directory: Path, clock: Clock | None = None) -> Env:
-    db = open_database(f"sqlite:///{directory}/t.db")
+def make_env(database_url: str, clock: Clock | None = None) -> Env:
+    db = open_database(database_url)
     migrate(db)
     clock = clock or Clock()
     auth = AuthCore(db, clock, Passwords(fast_insecure=True), TokenSigner(b"x" * 32))
@@ -67,8 +66,8 @@ def make_env(directory: Path, clock: Clock | None = None) -> Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path):
-    e = make_env(tmp_path)
+def env(database_url: str):
+    e = make_env(database_url)
     yield e
     close_database(e.db)
 
@@ -166,15 +165,14 @@ def test_create_loan_odd_example(env, owner):
     assert (t.total_cents, t.weekly_cents) == (220_000_000, 4_400_000)
 
 
-def test_create_loan_defaults_start_today():
-    with tempfile.TemporaryDirectory() as d:
-        e = make_env(Path(d), FixedClock(dt.date(2027, 3, 4)))
-        try:
-            o = e.new_owner()
-            t = e.billing.create_loan(o, "L", "100").terms
-            assert (t.start_date, t.term_weeks, t.rate_e4) == (dt.date(2027, 3, 4), 50, 1000)
-        finally:
-            close_database(e.db)
+def test_create_loan_defaults_start_today(database_url):
+    e = make_env(database_url, FixedClock(dt.date(2027, 3, 4)))
+    try:
+        o = e.new_owner()
+        t = e.billing.create_loan(o, "L", "100").terms
+        assert (t.start_date, t.term_weeks, t.rate_e4) == (dt.date(2027, 3, 4), 50, 1000)
+    finally:
+        close_database(e.db)
 
 
 def test_create_loan_is_idempotent_on_loan_id(env, owner):
@@ -247,20 +245,19 @@ def test_pay_one_catch_up_ahead_and_payoff(env, owner):
     check_invariants(env, owner, "odd")
 
 
-def test_refused_payment_names_accepted_amounts():
-    with tempfile.TemporaryDirectory() as d:
-        e = make_env(Path(d), FixedClock(START_DATE + dt.timedelta(days=15)))
-        try:
-            o = e.new_owner()
-            e.billing.create_loan(o, "L1", "5000000", start_date=START)
-            with pytest.raises(PaymentNotAccepted) as info:
-                e.billing.make_payment(o, "L1", "50000")
-            message = info.value.message
-            assert "one installment is 110000.00" in message
-            assert "all 2 overdue installment(s) are 220000.00" in message
-            assert "the full payoff is 5500000.00" in message
-        finally:
-            close_database(e.db)
+def test_refused_payment_names_accepted_amounts(database_url):
+    e = make_env(database_url, FixedClock(START_DATE + dt.timedelta(days=15)))
+    try:
+        o = e.new_owner()
+        e.billing.create_loan(o, "L1", "5000000", start_date=START)
+        with pytest.raises(PaymentNotAccepted) as info:
+            e.billing.make_payment(o, "L1", "50000")
+        message = info.value.message
+        assert "one installment is 110000.00" in message
+        assert "all 2 overdue installment(s) are 220000.00" in message
+        assert "the full payoff is 5500000.00" in message
+    finally:
+        close_database(e.db)
 
 
 @pytest.mark.parametrize("amount", ["", "0", "0.00", "-110000", "110000.001", "1e5", " 110000", "x" * 100])
@@ -555,7 +552,12 @@ def _decode(kind: str, raw: int):
 @settings(
     max_examples=30,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # One database for every example (each gets a new owner): the fixture is shared on purpose.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 @given(
     principal=st.one_of(st.integers(1, 10**9), st.integers(10**5, 10**9)),
@@ -564,97 +566,88 @@ def _decode(kind: str, raw: int):
     steps=st.lists(ops, min_size=5, max_size=30),
     as_of_days=st.lists(st.integers(-5, 7 * 60 + 10), min_size=1, max_size=3),
 )
-def test_payment_sequences_over_the_database(principal, rate, term, steps, as_of_days):
+def test_payment_sequences_over_the_database(env, principal, rate, term, steps, as_of_days):
     installments = _oracle(principal, rate, term)
-    with tempfile.TemporaryDirectory() as directory:
-        e = make_env(Path(directory))
-        try:
-            o = e.new_owner()
-            if installments is None:
-                with pytest.raises(InvalidArgument):
-                    e.billing.create_loan(
-                        o, "L", format_cents(principal), START, term, f"{rate / 10_000:.4f}"
-                    )
-                return
-            loan = e.billing.create_loan(o, "L", format_cents(principal), START, term, f"{rate / 10_000:.4f}")
-            assert [loan.terms.installment_cents(w) for w in range(1, term + 1)] == installments
-            paid_weeks = paid_cents = 0
-            accepted: list[tuple[str, object]] = []  # (request_id, payment view)
-            for index, (raw_kind, raw) in enumerate(steps):
-                kind, value = _decode(raw_kind, raw)
-                remaining = term - paid_weeks
-                prefix, running = {}, 0
-                for k in range(1, remaining + 1):
-                    running += installments[paid_weeks + k - 1]
-                    prefix.setdefault(running, k)
-                outstanding = sum(installments[paid_weeks:])
-                before = snapshot(e, o, "L")
-                request_id = f"req-{index}"
-                if kind in ("retry", "reuse_other_amount"):
-                    if not accepted:
-                        continue
-                    key, original = accepted[value % len(accepted)]
-                    if kind == "retry":
-                        again = e.billing.make_payment(o, "L", format_cents(original.amount_cents), key)
-                        assert again == original
-                    else:
-                        with pytest.raises(AlreadyExists):
-                            e.billing.make_payment(o, "L", format_cents(original.amount_cents + 1), key)
-                    assert snapshot(e, o, "L") == before
-                    continue
-                if kind == "malformed":
-                    with pytest.raises(InvalidArgument):
-                        e.billing.make_payment(o, "L", value, request_id)
-                    assert snapshot(e, o, "L") == before
-                    continue
-                if kind == "next":
-                    amount = sum(installments[paid_weeks : paid_weeks + value]) or installments[-1]
-                elif kind == "payoff":
-                    amount = outstanding or installments[-1]
-                elif kind == "over":
-                    amount = outstanding + value
-                elif kind == "off_by":
-                    amount = max(1, installments[min(paid_weeks, term - 1)] + value)
-                else:
-                    amount = value
-                if remaining and amount in prefix:
-                    payment = e.billing.make_payment(o, "L", format_cents(amount), request_id)
-                    k = prefix[amount]
-                    assert (payment.first_week, payment.last_week) == (paid_weeks + 1, paid_weeks + k)
-                    assert payment.amount_cents == amount
-                    paid_weeks += k
-                    paid_cents += amount
-                    assert payment.outstanding_after_cents == sum(installments) - paid_cents
-                    accepted.append((request_id, payment))
-                else:
-                    with pytest.raises(FailedPrecondition):
-                        e.billing.make_payment(o, "L", format_cents(amount), request_id)
-                    assert snapshot(e, o, "L") == before
-                view = e.billing.get_loan(o, "L")
-                assert (view.paid_weeks, view.paid_cents) == (paid_weeks, paid_cents)
-                check_invariants(e, o, "L")
+    e = env  # one database; every example gets an owner (and so a loan "L") of its own
+    o = e.new_owner()
+    rate_text = f"{rate // 10_000}.{rate % 10_000:04d}"
+    if installments is None:
+        with pytest.raises(InvalidArgument):
+            e.billing.create_loan(o, "L", format_cents(principal), START, term, rate_text)
+        return
+    loan = e.billing.create_loan(o, "L", format_cents(principal), START, term, rate_text)
+    assert [loan.terms.installment_cents(w) for w in range(1, term + 1)] == installments
+    paid_weeks = paid_cents = 0
+    accepted: list[tuple[str, object]] = []  # (request_id, payment view)
+    for index, (raw_kind, raw) in enumerate(steps):
+        kind, value = _decode(raw_kind, raw)
+        remaining = term - paid_weeks
+        prefix, running = {}, 0
+        for k in range(1, remaining + 1):
+            running += installments[paid_weeks + k - 1]
+            prefix.setdefault(running, k)
+        outstanding = sum(installments[paid_weeks:])
+        before = snapshot(e, o, "L")
+        request_id = f"req-{index}"
+        if kind in ("retry", "reuse_other_amount"):
+            if not accepted:
+                continue
+            key, original = accepted[value % len(accepted)]
+            if kind == "retry":
+                again = e.billing.make_payment(o, "L", format_cents(original.amount_cents), key)
+                assert again == original
+            else:
+                with pytest.raises(AlreadyExists):
+                    e.billing.make_payment(o, "L", format_cents(original.amount_cents + 1), key)
+            assert snapshot(e, o, "L") == before
+            continue
+        if kind == "malformed":
+            with pytest.raises(InvalidArgument):
+                e.billing.make_payment(o, "L", value, request_id)
+            assert snapshot(e, o, "L") == before
+            continue
+        if kind == "next":
+            amount = sum(installments[paid_weeks : paid_weeks + value]) or installments[-1]
+        elif kind == "payoff":
+            amount = outstanding or installments[-1]
+        elif kind == "over":
+            amount = outstanding + value
+        elif kind == "off_by":
+            amount = max(1, installments[min(paid_weeks, term - 1)] + value)
+        else:
+            amount = value
+        if remaining and amount in prefix:
+            payment = e.billing.make_payment(o, "L", format_cents(amount), request_id)
+            k = prefix[amount]
+            assert (payment.first_week, payment.last_week) == (paid_weeks + 1, paid_weeks + k)
+            assert payment.amount_cents == amount
+            paid_weeks += k
+            paid_cents += amount
+            assert payment.outstanding_after_cents == sum(installments) - paid_cents
+            accepted.append((request_id, payment))
+        else:
+            with pytest.raises(FailedPrecondition):
+                e.billing.make_payment(o, "L", format_cents(amount), request_id)
+            assert snapshot(e, o, "L") == before
+        view = e.billing.get_loan(o, "L")
+        assert (view.paid_weeks, view.paid_cents) == (paid_weeks, paid_cents)
+        check_invariants(e, o, "L")
 
-            event(f"accepted payments: {min(len(accepted), 5)}{'+' if len(accepted) >= 5 else ''}")
-            view = e.billing.get_loan(o, "L")
-            event("paid off" if view.is_paid_off else "active")
-            assert view.outstanding_cents + view.paid_cents == sum(installments)
-            assert view.is_paid_off == (paid_weeks == term)
-            check_invariants(e, o, "L")
-            for day in as_of_days:
-                as_of = START_DATE + dt.timedelta(days=day)
-                standing = e.billing.get_delinquency(o, "L", as_of=as_of.isoformat()).standing
-                missed = [
-                    w
-                    for w in range(paid_weeks + 1, term + 1)
-                    if START_DATE + dt.timedelta(days=7 * w) < as_of
-                ]
-                assert standing.missed_payments == len(missed)
-                assert standing.overdue_cents == sum(installments[w - 1] for w in missed)
-                assert standing.is_delinquent == (len(missed) >= 2)
-                listed = [v.loan_id for v in e.billing.list_delinquent(o, as_of=as_of.isoformat()).items]
-                assert listed == (["L"] if len(missed) >= 2 else [])
-        finally:
-            close_database(e.db)
+    event(f"accepted payments: {min(len(accepted), 5)}{'+' if len(accepted) >= 5 else ''}")
+    view = e.billing.get_loan(o, "L")
+    event("paid off" if view.is_paid_off else "active")
+    assert view.outstanding_cents + view.paid_cents == sum(installments)
+    assert view.is_paid_off == (paid_weeks == term)
+    check_invariants(e, o, "L")
+    for day in as_of_days:
+        as_of = START_DATE + dt.timedelta(days=day)
+        standing = e.billing.get_delinquency(o, "L", as_of=as_of.isoformat()).standing
+        missed = [w for w in range(paid_weeks + 1, term + 1) if START_DATE + dt.timedelta(days=7 * w) < as_of]
+        assert standing.missed_payments == len(missed)
+        assert standing.overdue_cents == sum(installments[w - 1] for w in missed)
+        assert standing.is_delinquent == (len(missed) >= 2)
+        listed = [v.loan_id for v in e.billing.list_delinquent(o, as_of=as_of.isoformat()).items]
+        assert listed == (["L"] if len(missed) >= 2 else [])
 
 
 def _oracle(principal: int, rate: int, term: int) -> list[int] | None:

@@ -53,14 +53,16 @@ def _ensure_node_modules(npm: str) -> None:
     )
 
 
-@pytest.mark.slow
-def test_node_client_runs_worked_example(request: pytest.FixtureRequest) -> None:
+@pytest.fixture(scope="module")
+def node() -> str:
+    """The node binary, with the client's packages installed (before any server starts)."""
     node = _require("node")
-    npm = _require("npm")
-    _ensure_node_modules(npm)
-    # Start the server only once the Node.js side is ready.
-    server = request.getfixturevalue("server")
+    _ensure_node_modules(_require("npm"))
+    return node
 
+
+@pytest.mark.slow
+def test_node_client_runs_worked_example(node: str, server) -> None:
     try:
         result = subprocess.run(
             [node, "worked_example.js", f"127.0.0.1:{server.port}"],

@@ -33,7 +33,9 @@ _CODES: tuple[tuple[type[errors.LendingError], int, str], ...] = (
     (errors.LoanPaidOff, code_pb2.FAILED_PRECONDITION, "LOAN_PAID_OFF"),
     (errors.FailedPrecondition, code_pb2.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
     (errors.Unauthenticated, code_pb2.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    (errors.DatabaseUnreachable, code_pb2.UNAVAILABLE, "DATABASE_UNREACHABLE"),
     (errors.Unavailable, code_pb2.UNAVAILABLE, "DATABASE_BUSY"),
+    (errors.Aborted, code_pb2.ABORTED, "TRANSACTION_CONFLICT"),
 )
 
 

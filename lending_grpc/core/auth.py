@@ -63,7 +63,9 @@ class AuthCore:
         if not password:
             raise InvalidArgument("password", "is required")
         row = None
-        if len(username) <= fields.MAX_USERNAME_CHARS and len(password) <= fields.MAX_PASSWORD_CHARS:
+        # A name no account can have is not looked up (PostgreSQL refuses NUL bytes, for one),
+        # but it still costs a hash below, like any unknown user.
+        if fields.USERNAME_RE.fullmatch(username) and len(password) <= fields.MAX_PASSWORD_CHARS:
             row = User.get_or_none(User.username_key == fields.username_key(username))
         if not self._passwords.verify(row.password_hash if row else None, password):
             raise Unauthenticated(BAD_CREDENTIALS)

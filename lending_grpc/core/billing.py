@@ -10,7 +10,7 @@ from peewee import Database
 
 from lending_grpc.core import fields, pagination
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import run_in_write_transaction
+from lending_grpc.core.database import lock_row, run_in_write_transaction
 from lending_grpc.core.errors import AlreadyExists, InvalidArgument, NotFound
 from lending_grpc.core.models import Loan, Payment
 from lending_grpc.core.money import parse_money, parse_rate
@@ -138,8 +138,9 @@ class BillingCore:
 
         return run_in_write_transaction(self._db, create)
 
-    def _loan_row(self, owner: int, loan_id: str) -> Loan:
-        row = Loan.get_or_none((Loan.owner == owner) & (Loan.loan_id == fields.loan_id(loan_id)))
+    def _loan_row(self, owner: int, loan_id: str, *, for_update: bool = False) -> Loan:
+        query = Loan.select().where((Loan.owner == owner) & (Loan.loan_id == fields.loan_id(loan_id)))
+        row = (lock_row(query, self._db) if for_update else query).first()
         if row is None:
             raise NotFound(f"loan {loan_id!r} not found")
         return row
@@ -209,7 +210,8 @@ class BillingCore:
                     if earlier.loan.loan_id != loan_id or earlier.amount_cents != amount_cents:
                         raise AlreadyExists(f"request_id {key!r} was already used for a different payment")
                     return _payment_view(earlier, loan_id)
-            loan = self._loan_row(owner, loan_id)
+            # Locked until commit: concurrent payments on one loan take turns.
+            loan = self._loan_row(owner, loan_id, for_update=True)
             view = _loan_view(loan)
             weeks = weeks_paid_by(view.terms, loan.paid_weeks, amount_cents, today)
             paid_weeks = loan.paid_weeks + weeks
@@ -225,8 +227,8 @@ class BillingCore:
                 outstanding_after_cents=view.terms.total_cents - paid_cents,
                 payment_time_us=self._clock.now_us(),
             )
-            # Guarded on the summary read above, so a lost update is impossible
-            # even where the transaction does not hold an exclusive lock.
+            # Guarded on the summary read above as well: a lost update stays
+            # impossible even if the lock were ever dropped.
             updated = (
                 Loan.update(
                     paid_weeks=paid_weeks,

@@ -1,4 +1,4 @@
-"""Opening the database from a URL, with safe SQLite settings, and versioned migrations.
+"""Opening the database from a URL (SQLite or PostgreSQL) and running write transactions safely.
 
 The models are bound to one process-wide database (a Peewee DatabaseProxy),
 so a process serves exactly one database: `open_database` refuses a second
@@ -7,38 +7,46 @@ one until `close_database` released the first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from peewee import (
-    BigIntegerField,
     Database,
-    IntegerField,
     IntegrityError,
-    Model,
+    InterfaceError,
     OperationalError,
+    PostgresqlDatabase,
     SqliteDatabase,
-    fn,
 )
 from peewee import (
     DatabaseError as PeeweeDatabaseError,
 )
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
-from lending_grpc.core.errors import Unavailable
-from lending_grpc.core.models import ALL_MODELS, database
+from lending_grpc.core.errors import Aborted, DatabaseUnreachable, Unavailable
+from lending_grpc.core.models import database
 
 log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 T = TypeVar("T")
+
+# PostgreSQL SQLSTATEs: a lost serialization race or deadlock is safe to retry;
+# a lock wait beyond lock_timeout means "busy"; class 08 is a broken connection.
+_RETRYABLE_STATES = {"40001", "40P01"}
+_BUSY_STATES = {"55P03", "57014"}
 
 
 class DatabaseError(RuntimeError):
-    """The database cannot be used: bad URL, unreadable file, or a schema from a newer release."""
+    """The database cannot be used: bad URL, unreachable, or a schema from a newer release."""
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -48,13 +56,44 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def is_postgresql_url(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL database (postgresql://user@host:port/dbname)."""
+    return urlsplit(url).scheme in POSTGRESQL_SCHEMES
+
+
 def database_file(url: str) -> Path:
-    """The SQLite file a URL names, or DatabaseError for anything this release cannot serve."""
+    """The SQLite file a URL names, or DatabaseError when it names none."""
     path = sqlite_path(url)
     if path is None or not path.name or path.name == ":memory:":
         # ":memory:" would give every thread its own empty database.
-        raise DatabaseError("the database URL must be sqlite:///path/to/file.db (a file, not :memory:)")
+        raise DatabaseError(
+            "the database URL must be sqlite:///path/to/file.db (a file, not :memory:) "
+            "or postgresql://user@host:port/dbname"
+        )
     return path
+
+
+def check_database_url(url: str) -> None:
+    """Raise DatabaseError unless ``url`` is a usable SQLite file or PostgreSQL URL."""
+    if not is_postgresql_url(url):
+        database_file(url)
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise DatabaseError(f"malformed PostgreSQL URL: {exc}") from None
+    if not parts.path.strip("/"):
+        raise DatabaseError("the PostgreSQL URL must name a database: postgresql://user@host:port/dbname")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _create_private_file(path: Path) -> None:
@@ -67,21 +106,43 @@ def _create_private_file(path: Path) -> None:
         pass
 
 
-def open_database(url: str, *, busy_timeout_ms: int = 10_000) -> Database:
+def open_database(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 8) -> Database:
     """Open the database named by ``url`` and bind the models to it.
 
     SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged commit
     survives power loss), enforced foreign keys and a busy timeout, so that
-    writers queue for the lock instead of failing.
+    writers queue for the lock instead of failing. PostgreSQL gets a bounded
+    pool of ``pool_size`` connections per process; a row lock waited on longer
+    than ``busy_timeout_ms`` fails the transaction as busy.
     """
-    path = database_file(url)
+    check_database_url(url)
     if database.obj is not None:
         raise DatabaseError("this process already serves a database; close it first")
+    if is_postgresql_url(url):
+        db = _postgresql(url, busy_timeout_ms, pool_size)
+        where = redact_url(url)
+    else:
+        path = database_file(url)
+        try:
+            _create_private_file(path)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the database file {path}: {exc.strerror}") from None
+        db = _sqlite(path, busy_timeout_ms)
+        where = str(path)
     try:
-        _create_private_file(path)
-    except OSError as exc:
-        raise DatabaseError(f"cannot create the database file {path}: {exc.strerror}") from None
-    db = SqliteDatabase(
+        db.connect()
+    except (PeeweeDatabaseError, MaxConnectionsExceeded) as exc:
+        raise DatabaseError(f"cannot open the database {where}: {_first_line(exc)}") from None
+    database.initialize(db)
+    return db
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _sqlite(path: Path, busy_timeout_ms: int) -> SqliteDatabase:
+    return SqliteDatabase(
         str(path),
         timeout=busy_timeout_ms / 1000,
         pragmas={
@@ -91,22 +152,47 @@ def open_database(url: str, *, busy_timeout_ms: int = 10_000) -> Database:
             "busy_timeout": busy_timeout_ms,
         },
     )
+
+
+def _postgresql(url: str, busy_timeout_ms: int, pool_size: int) -> PooledPostgresqlDatabase:
     try:
-        db.connect()
-    except PeeweeDatabaseError as exc:
-        raise DatabaseError(f"cannot open the database {path}: {exc}") from None
-    database.initialize(db)
-    return db
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise DatabaseError(
+            "PostgreSQL needs the psycopg driver: pip install 'lending-grpc[postgres]'"
+        ) from None
+    try:
+        params = conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError; message never holds the password
+        raise DatabaseError(f"malformed PostgreSQL URL: {_first_line(exc)}") from None
+    dbname = params.pop("dbname")
+    params.setdefault("connect_timeout", 5)
+    params.setdefault("application_name", "lending-grpc")
+    return PooledPostgresqlDatabase(
+        dbname,
+        max_connections=pool_size,
+        stale_timeout=300,
+        timeout=busy_timeout_ms / 1000,  # wait this long for a free pooled connection
+        prefer_psycopg3=True,
+        # Server-side timeouts: a blocked row lock or runaway statement fails
+        # the transaction (retryable) instead of holding a worker forever.
+        options=f"-c lock_timeout={busy_timeout_ms} -c statement_timeout={max(busy_timeout_ms * 3, 30_000)}",
+        **params,
+    )
 
 
 def close_database(db: Database) -> None:
-    """Close this thread's connection to ``db`` and unbind the models.
+    """Close ``db``'s connections and unbind the models.
 
-    Other threads' connections close when those threads end: stop the
-    threads that used ``db`` first (the server shuts its executor down).
+    With SQLite only this thread's connection closes here; other threads'
+    close when those threads end, so stop them first (the server shuts its
+    executor down). A PostgreSQL pool closes every connection it holds.
     """
     try:
-        db.close()
+        if isinstance(db, PooledPostgresqlDatabase):
+            db.close_all()
+        else:
+            db.close()
     finally:
         if database.obj is db:
             database.initialize(None)
@@ -117,90 +203,106 @@ def write_lock(db: Database):
     return db.atomic("IMMEDIATE") if isinstance(db, SqliteDatabase) else db.atomic()
 
 
-class SchemaVersion(Model):
-    """One row per applied migration."""
+def lock_row(query, db: Database):
+    """``query`` as SELECT ... FOR UPDATE where the backend has row locks.
 
-    version = IntegerField(primary_key=True)
-    applied_time_us = BigIntegerField()
-
-    class Meta:
-        database = database
-        table_name = "schema_version"
-
-
-def _create_initial_tables(db: Database) -> None:
-    db.create_tables(ALL_MODELS)
-
-
-# Append only: a released migration never changes. Version 1 is the baseline
-# built from the models; once a later version alters a table, the baseline
-# must be frozen (explicit DDL) so fresh and upgraded databases stay identical.
-MIGRATIONS: tuple[tuple[int, Callable[[Database], None]], ...] = ((1, _create_initial_tables),)
-LATEST_VERSION = MIGRATIONS[-1][0]
-
-
-def migrate(db: Database) -> list[int]:
-    """Apply pending migrations, each in its own write transaction; returns the versions applied.
-
-    Refuses a database whose schema is newer than this release knows, rather
-    than serving it with rules that may no longer match. Any database failure
-    (a locked or corrupt file) becomes DatabaseError.
+    SQLite needs none: BEGIN IMMEDIATE already holds the only write lock.
     """
-    try:
-        return _apply_migrations(db)
-    except PeeweeDatabaseError as exc:
-        raise DatabaseError(f"cannot migrate the database: {exc}") from None
+    return query.for_update() if isinstance(db, PostgresqlDatabase) else query
 
 
-def _apply_migrations(db: Database) -> list[int]:
-    db.create_tables([SchemaVersion], safe=True)
-    newest = SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar() or 0
-    if newest > LATEST_VERSION:
-        raise DatabaseError(
-            f"the database schema is version {newest}, newer than this release's {LATEST_VERSION}"
-        )
-    applied: list[int] = []
-    for version, step in MIGRATIONS:
-        with write_lock(db):
-            if SchemaVersion.get_or_none(SchemaVersion.version == version) is not None:
-                continue
-            step(db)
-            SchemaVersion.create(version=version, applied_time_us=time.time_ns() // 1000)
-            applied.append(version)
-            log.info("applied schema migration %d", version)
-    return applied
+def _sqlstate(exc: BaseException) -> str | None:
+    # Peewee wraps the driver's exception as its first argument.
+    for candidate in (exc, *exc.args[:1], exc.__cause__, exc.__context__):
+        state = getattr(candidate, "sqlstate", None)
+        if state:
+            return state
+    return None
 
 
-def _is_unique_violation(exc: IntegrityError) -> bool:
+def _is_unique_violation(exc: BaseException) -> bool:
+    if _sqlstate(exc) == "23505":
+        return True
     text = str(exc).lower()
     return "unique" in text or "duplicate key" in text
 
 
-def _is_busy(exc: OperationalError) -> bool:
+def _is_busy(exc: BaseException) -> bool:
+    if _sqlstate(exc) in _BUSY_STATES:
+        return True
     text = str(exc).lower()
-    return "locked" in text or "busy" in text
+    return "database is locked" in text or "database is busy" in text
 
 
-def run_in_write_transaction(db: Database, work: Callable[[], T], *, attempts: int = 3) -> T:
+def _is_connection_failure(exc: BaseException) -> bool:
+    state = _sqlstate(exc) or ""
+    return (
+        isinstance(exc, (InterfaceError, MaxConnectionsExceeded))
+        or state.startswith("08")
+        or state in {"57P01", "57P02", "57P03"}  # the server is shutting down or starting
+        or (isinstance(exc, OperationalError) and not state and "connect" in str(exc).lower())
+    )
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn transient database failures into retryable domain errors.
+
+    A busy lock becomes Unavailable, a lost conflict Aborted, an unreachable
+    server (or an exhausted pool) DatabaseUnreachable. Anything else passes
+    through unchanged: it is a bug, not weather.
+    """
+    try:
+        yield
+    except (PeeweeDatabaseError, MaxConnectionsExceeded) as exc:
+        if _is_busy(exc):
+            raise Unavailable("the database is busy; retry the request") from exc
+        if _sqlstate(exc) in _RETRYABLE_STATES:
+            raise Aborted("the transaction conflicted with a concurrent one; retry the request") from exc
+        if _is_connection_failure(exc):
+            log.warning("database unreachable: %s", _first_line(exc))
+            raise DatabaseUnreachable("the database is unreachable; retry the request") from exc
+        raise
+
+
+@contextlib.contextmanager
+def unit_of_work(db: Database) -> Iterator[None]:
+    """The scope of one request: transient errors translated, pooled connection returned after.
+
+    SQLite keeps one connection per worker thread (opening one costs more
+    than the query); a PostgreSQL connection goes back to the bounded pool so
+    that more threads than connections can share it.
+    """
+    try:
+        with translate_errors():
+            yield
+    finally:
+        if isinstance(db, PooledPostgresqlDatabase) and not db.is_closed():
+            db.close()
+
+
+def run_in_write_transaction(db: Database, work: Callable[[], T], *, attempts: int = 4) -> T:
     """Run ``work`` in one write transaction, serialized against other writers.
 
     On SQLite the transaction starts with BEGIN IMMEDIATE, so a read-then-write
     waits for the write lock (up to the busy timeout) instead of failing later,
-    and no other writer can interleave. Where a backend lets two writers race
-    to insert the same unique key, the loser is retried so that ``work`` sees
-    the winner's row. A lock still held after the busy timeout becomes
-    Unavailable, which clients may retry.
+    and no other writer can interleave. On PostgreSQL ``work`` locks the rows
+    it changes (``lock_row``). Where two writers race to insert the same
+    unique key, or PostgreSQL reports a serialization failure or deadlock,
+    the loser is rolled back and retried, so ``work`` sees the winner's row;
+    only a conflict that outlasts every attempt reaches the client, as Aborted.
     """
     for attempt in range(1, attempts + 1):
         try:
-            with write_lock(db):
+            with translate_errors(), write_lock(db):
                 return work()
         except IntegrityError as exc:
             if attempt == attempts or not _is_unique_violation(exc):
                 raise
             log.info("unique-key race, retrying (attempt %d of %d)", attempt, attempts)
-        except OperationalError as exc:
-            if not _is_busy(exc):
+        except Aborted:
+            if attempt == attempts:
                 raise
-            raise Unavailable("the database is busy; retry the request") from exc
+            log.info("transaction conflict, retrying (attempt %d of %d)", attempt, attempts)
+            time.sleep(random.uniform(0, 0.005 * 2**attempt))  # de-synchronize the racers
     raise AssertionError("unreachable")

@@ -50,3 +50,11 @@ class Unauthenticated(LendingError):
 
 class Unavailable(LendingError):
     """Transient contention (database busy beyond the timeout); the client may retry."""
+
+
+class DatabaseUnreachable(Unavailable):
+    """The database server cannot be reached or has no free connection; the client may retry."""
+
+
+class Aborted(LendingError):
+    """A transaction lost a conflict with a concurrent one and was rolled back; retrying is safe."""

@@ -1,0 +1,148 @@
+"""Versioned migrations on both backends: idempotent, applied once under concurrency, true to the models."""
+
+from __future__ import annotations
+
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from databases import BACKENDS, sqlite_url
+from serverproc import run_cli
+
+from lending_grpc.core.database import close_database, open_database, sqlite_path
+from lending_grpc.core.migrations import LATEST_VERSION, SchemaVersion, migrate
+from lending_grpc.core.models import ALL_MODELS
+
+
+@pytest.fixture(params=BACKENDS)
+def new_blank(request: pytest.FixtureRequest, tmp_path: Path):
+    """Makes empty, never migrated databases of one backend."""
+    made: list[str] = []
+    databases = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+
+    def make() -> str:
+        url = (
+            sqlite_url(tmp_path, f"blank{len(made)}.db")
+            if databases is None
+            else databases.create(migrated=False)
+        )
+        made.append(url)
+        return url
+
+    yield make
+    for url in made if databases else ():
+        databases.drop(url)
+
+
+@pytest.fixture
+def blank_url(new_blank) -> str:
+    """An empty database that has never been migrated."""
+    return new_blank()
+
+
+def _execute(url: str, sql: str) -> list[tuple]:
+    path = sqlite_path(url)
+    if path is not None:
+        with sqlite3.connect(path) as conn:
+            return conn.execute(sql).fetchall()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _schema(url: str) -> set[tuple]:
+    """Every table, column, index and constraint, as comparable rows."""
+    if sqlite_path(url) is not None:
+        return set(_execute(url, "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+    return {
+        *_execute(
+            url,
+            "SELECT table_name, column_name, data_type, is_nullable, column_default, character_maximum_length"
+            " FROM information_schema.columns WHERE table_schema = 'public'",
+        ),
+        *_execute(url, "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'public'"),
+        *_execute(
+            url,
+            "SELECT conrelid::regclass::text, contype::text, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE connamespace = 'public'::regnamespace",
+        ),
+    }
+
+
+def _migrate(url: str, cwd: Path):
+    return run_cli("migrate", "--database-url", url, cwd=cwd, LENDING_SECRET_KEY="")
+
+
+def test_migrate_command_is_idempotent(blank_url, tmp_path):
+    first = _migrate(blank_url, tmp_path)
+    assert (
+        first.returncode == 0 and f"applied migrations: {list(range(1, LATEST_VERSION + 1))}" in first.stdout
+    )
+    second = _migrate(blank_url, tmp_path)
+    assert second.returncode == 0 and "schema is up to date" in second.stdout
+
+
+def test_processes_migrating_together_apply_each_version_once(blank_url, tmp_path):
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: _migrate(blank_url, tmp_path), range(4)))
+    assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
+    assert sum("applied migrations" in r.stdout for r in results) == 1
+    assert sum("schema is up to date" in r.stdout for r in results) == 3
+    versions = _execute(blank_url, "SELECT version FROM schema_version ORDER BY version")
+    assert versions == [(v,) for v in range(1, LATEST_VERSION + 1)]
+
+
+def test_migrated_schema_is_exactly_what_the_models_declare(new_blank, tmp_path):
+    """A migrated database and one created from today's models are identical, on each backend."""
+    migrated, declared = new_blank(), new_blank()
+    assert _migrate(migrated, tmp_path).returncode == 0
+    db = open_database(declared)
+    try:
+        with db.bind_ctx([SchemaVersion]):
+            db.create_tables([*ALL_MODELS, SchemaVersion])
+    finally:
+        close_database(db)
+    assert _schema(migrated) == _schema(declared)
+
+
+def test_a_database_from_a_newer_release_is_refused(blank_url, tmp_path):
+    assert _migrate(blank_url, tmp_path).returncode == 0
+    _execute(blank_url, "INSERT INTO schema_version VALUES (99, 0)")
+    result = _migrate(blank_url, tmp_path)
+    assert result.returncode == 1
+    assert f"schema is version 99, newer than this release's {LATEST_VERSION}" in result.stderr
+    db = open_database(blank_url)
+    try:
+        with pytest.raises(Exception, match="newer than this release"):
+            migrate(db)
+    finally:
+        close_database(db)
+
+
+def test_an_unreachable_postgresql_is_a_one_line_error(tmp_path):
+    result = run_cli(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        "postgresql://lender:hunter2-secret@127.0.0.1:1/lending",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot open the database postgresql://lender:***@127.0.0.1:1/lending" in result.stderr
+    assert "Traceback" not in result.stderr and "hunter2-secret" not in result.stderr
+
+
+def test_postgresql_requires_an_explicit_secret_key(tmp_path):
+    result = run_cli(
+        "serve",
+        "--database-url",
+        "postgresql://postgres@127.0.0.1:5432/x",
+        cwd=tmp_path,
+        LENDING_SECRET_KEY="",
+    )
+    assert result.returncode == 2
+    assert "with PostgreSQL, set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE" in result.stderr
