@@ -10,11 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from databases import sqlite_url
 
 from lending_grpc.commands.environment import CLIENT_ENV_NAMES
 from lending_grpc.config import Settings, load_settings
 
 PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """The clients do not care which database serves them: SQLite only (storage has its own tests)."""
+    return sqlite_url(tmp_path)
 
 
 class Cli:
@@ -217,6 +224,18 @@ def test_errors_are_one_line_with_exit_codes(cli: Cli) -> None:
             "field": "amount",
         }
     }
+
+    cli("pay", "L1", "--payoff")
+    result = cli("pay", "L1", "--payoff", ok=False)
+    assert (result.returncode, result.stderr) == (
+        1,
+        "lending-grpc: FAILED_PRECONDITION: loan 'L1' is paid off: nothing to pay\n",
+    )
+    result = cli("pay", "L1", "110000", ok=False)
+    assert (
+        result.stderr
+        == "lending-grpc: FAILED_PRECONDITION: the loan is paid off and accepts no more payments\n"
+    )
 
     result = cli("login", "ada", "--password-stdin", stdin="wrong password", ok=False)
     assert result.returncode == 3 and result.stderr.startswith("lending-grpc: UNAUTHENTICATED: ")

@@ -8,8 +8,10 @@ import sys
 import time
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from databases import sqlite_url
 
 from lending_grpc.client import (
     AlreadyExists,
@@ -25,6 +27,12 @@ from lending_grpc.client import (
 )
 
 PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """The clients do not care which database serves them: SQLite only (storage has its own tests)."""
+    return sqlite_url(tmp_path)
 
 
 @pytest.fixture

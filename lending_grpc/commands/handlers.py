@@ -14,12 +14,18 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
 import grpc
 
-from lending_grpc.client import LendingClient, LendingError, NotLoggedIn, TlsConfig, Unauthenticated
+from lending_grpc.client import (
+    LendingClient,
+    LendingError,
+    LoanPaidOff,
+    NotLoggedIn,
+    TlsConfig,
+    Unauthenticated,
+)
 from lending_grpc.commands import environment as env
 from lending_grpc.commands import output
 from lending_grpc.commands.token_cache import CachedLogin, TokenCache, TokenCacheError
@@ -312,6 +318,12 @@ def pay(ctx: Context) -> None:
     a = ctx.args
     with ctx.client() as client:
         amount = client.get_outstanding(a.loan_id).outstanding_balance if a.payoff else _amount(a.amount)
+        if a.payoff and not amount:  # the server would call 0.00 a malformed amount: say what is meant
+            raise LoanPaidOff(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"loan '{a.loan_id}' is paid off: nothing to pay",
+                reason="LOAN_PAID_OFF",
+            )
         payment = client.make_payment(a.loan_id, amount, request_id=a.request_id)
     weeks = (
         f"week {payment.first_week}"
@@ -350,6 +362,3 @@ def delinquent(ctx: Context) -> None:
     ]
     headers = ["LOAN", "MISSED", "OVERDUE", "DAYS PAST DUE", "OLDEST DUE", "AS OF"]
     ctx.emit(output.table(headers, rows, right=(1, 2, 3)), {"loans": loans})
-
-
-Command = Callable[[Context], None]
