@@ -190,6 +190,8 @@ def test_wrong_password_and_no_credentials(target) -> None:
         with pytest.raises(Unauthenticated) as info:
             anonymous.login("bob", "wrong password")
         assert info.value.code.name == "UNAUTHENTICATED"
+        with pytest.raises(NotLoggedIn):  # the refused password is not kept for later renewals
+            anonymous.list_loans()
         anonymous.login("bob", PASSWORD)
         assert anonymous.list_loans().items == ()
 

@@ -53,8 +53,11 @@ class Session:
     def login(self, username: str, password: str, timeout: float | None = None) -> Tokens:
         """Log in and remember the credentials, so the session can log in again when refresh expires."""
         with self._lock:
+            request = auth_pb2.LoginRequest(username=username, password=password)
+            tokens = self._store(self._call(self._auth.Login, request, timeout))
+            # Remembered only once they worked: a typo must not be replayed on every renewal.
             self._username, self._password = username, password
-            return self._login(timeout)
+            return tokens
 
     def refresh(self, timeout: float | None = None) -> Tokens:
         """Swap the refresh token for a new pair now."""
