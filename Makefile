@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 BUF_VERSION := 1.75.0
 PROTOS := $(wildcard protos/lending/v1/*.proto)
 
-.PHONY: help setup run demo test proto proto-check lint buf-lint buf-breaking buf-baseline bench clean
+.PHONY: help setup run demo test proto proto-check lint buf-lint buf-breaking buf-baseline bench bench-scale clean
 
 help:
 	@echo "make run          serve on 127.0.0.1:50051 (SQLite under ./var/)"
@@ -17,6 +17,8 @@ help:
 	@echo "make lint         ruff + buf lint"
 	@echo "make buf-breaking fail when protos/ breaks clients of the baseline in api-baseline/"
 	@echo "make buf-baseline record the current protos as the new baseline (a deliberate API release)"
+	@echo "make bench        throughput and latency against the echo and raw-sqlite3 ceilings"
+	@echo "make bench-scale  1,000 vs 1,000,000 loans: per-call cost, portfolio pages, bytes per loan"
 	@echo "make clean        remove the virtualenv, caches and ./var"
 
 setup: $(STAMP)
@@ -70,7 +72,11 @@ lint: $(STAMP) buf-lint
 	$(BIN)/ruff check lending_grpc tests
 
 bench: $(STAMP)
-	@echo "benchmarks arrive with the scale-out issue" >&2; exit 1
+	@command -v h2load >/dev/null || { echo "make bench needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
+	$(BIN)/python bench/run.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis build *.egg-info

@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve`, `lending-grpc migrate` and the client commands."""
+"""Command line: `lending-grpc serve`, `migrate`, `bench seed` and the client commands."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 
+from lending_grpc import seed as seed_command
 from lending_grpc.commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.database import DatabaseError, close_database, open_database
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level"))
+    bench = commands.add_parser("bench", help="benchmark helpers")
+    seed = bench.add_subparsers(dest="bench_command", required=True).add_parser(
+        "seed", help="fill the database with many loans and payment histories"
+    )
+    _add_setting_flags(seed, ("database_url", "db_busy_timeout_ms", "log_level"))
+    seed_command.add_arguments(seed)
     add_client_commands(commands)  # register, login, loan ..., pay, delinquent: lending_grpc/commands/
     return parser
 
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "bench":
+            return seed_command.run(settings, args)
         from lending_grpc.server import serve
 
         serve(settings)

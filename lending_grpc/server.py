@@ -30,7 +30,7 @@ from lending_grpc.config import Settings, resolve_secret_key
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import close_database, open_database
+from lending_grpc.core.database import close_database, open_database, release_connection
 from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
@@ -87,6 +87,7 @@ def create_server(settings: Settings, *, reuse_port: bool = False) -> RunningSer
     )
     try:
         migrate(db)
+        release_connection(db)  # the main thread serves no RPC: leave its connection to the pool
         return _start(settings, key, db, reuse_port)
     except BaseException:
         close_database(db)

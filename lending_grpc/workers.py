@@ -11,6 +11,7 @@ survive a fork. Each worker opens its own database connections.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -31,6 +32,7 @@ READY_TIMEOUT_S = 60.0
 # going to get better by restarting: give up and let the supervisor above us act.
 CRASH_LOOP_WINDOW_S = 10.0
 CRASH_LOOP_LIMIT = 5
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def reserve_port(listen: str) -> tuple[socket.socket, str, int]:
@@ -96,13 +98,23 @@ def _worker_main(settings: Settings, ready_w: int) -> int:
     return 0
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM this worker when the supervisor dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before we asked
+        os._exit(1)
+
+
 def _fork_worker(settings: Settings, index: int) -> _Worker:
     ready_r, ready_w = os.pipe()
+    parent_pid = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker
         # Drop the supervisor's handlers at once: they would signal the other workers.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent_pid)
         os.close(ready_r)
         code = 1
         try:

@@ -222,3 +222,65 @@ def test_dropped_postgresql_connections_cost_one_retryable_call_at_most(postgres
     finally:
         running.stop(0)
         postgres.drop(url)
+
+
+def test_the_postgresql_pool_is_bounded_and_shared_by_more_threads(postgres, tmp_path):
+    import psycopg
+    from conftest import make_settings
+
+    from lending_grpc.server import create_server
+
+    url = postgres.create()
+    running = create_server(make_settings(tmp_path, database_url=url, db_pool_size=2, max_workers=16))
+    dbname = url.rsplit("/", 1)[1]
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(url, autocommit=True) as admin:
+            while not done.is_set():
+                seen.append(
+                    admin.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+                        (dbname, "lending-grpc"),
+                    ).fetchone()[0]
+                )
+                time.sleep(0.005)
+
+    try:
+        target = f"127.0.0.1:{running.port}"
+        metadata = _user(target)
+        _create(target, metadata, "pooled", term_weeks=60)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda i: _pay(target, metadata, "pooled", WEEKLY, f"p-{i}"), range(60)))
+        done.set()
+        watcher.join()
+        assert all(isinstance(r, billing_pb2.Payment) for r in results), results
+        assert seen and max(seen) <= 2, max(seen)
+        assert sorted(r.first_week for r in results) == list(range(1, 61))
+    finally:
+        done.set()
+        running.stop(0)
+        postgres.drop(url)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path):
+    server = ServerProcess(tmp_path / "orphans.db", "--workers", "2")
+    pids = [int(pid) for pid in re.search(r"pids ([\d ]+)", "".join(server.log)).group(1).split()]
+    server.kill()  # SIGKILL: the supervisor gets no chance to stop its workers
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in pids if _running(pid)]
+    assert alive == [], "workers outlived their supervisor"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
