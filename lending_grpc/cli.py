@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve`, `migrate`, `health` and `bench seed`."""
+"""Command line: `lending-grpc serve`, `migrate`, `health`, `bench seed` and the client commands."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from lending_grpc import healthcheck
 from lending_grpc import seed as seed_command
+from lending_grpc.commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.database import DatabaseError, close_database, open_database
 from lending_grpc.core.migrations import migrate
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting_flags(seed, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
     seed_command.add_arguments(seed)
+    add_client_commands(commands)  # register, login, loan ..., pay, delinquent: lending_grpc/commands/
     return parser
 
 
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "health":  # a client: the server's settings do not apply
         return healthcheck.run(args)
+    if getattr(args, "client_command", None) is not None:
+        return run_client_command(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = load_settings(flags)
