@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve` and `lending-grpc migrate`."""
+"""Command line: `lending-grpc serve`, `migrate`, and the operator commands `users` and `audit`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 
+from lending_grpc import admin_cli
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.database import DatabaseError, close_database, open_database
 from lending_grpc.core.migrations import migrate
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level"))
+    admin_cli.add_commands(commands, _add_setting_flags)
     return parser
 
 
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command in admin_cli.COMMANDS:
+            return admin_cli.run(args, settings)
         from lending_grpc.server import serve
 
         serve(settings)

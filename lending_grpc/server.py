@@ -15,9 +15,11 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from peewee import Database
 
+from lending_grpc.api.audit_context import AuditContextInterceptor
+from lending_grpc.api.audit_servicer import AuditServicer
 from lending_grpc.api.auth_interceptor import AuthInterceptor
 from lending_grpc.api.auth_servicer import AuthServicer
 from lending_grpc.api.billing_servicer import BillingServicer
@@ -25,7 +27,9 @@ from lending_grpc.api.decoding import RequestDecodingInterceptor
 from lending_grpc.api.errors import ErrorMappingInterceptor
 from lending_grpc.api.logging_interceptor import AccessLogInterceptor
 from lending_grpc.api.unit_of_work import UnitOfWorkInterceptor
-from lending_grpc.config import Settings, resolve_secret_key
+from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
+from lending_grpc.core.admin import seal_legacy_emails
+from lending_grpc.core.audit import AuditLog
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
@@ -33,6 +37,7 @@ from lending_grpc.core.database import close_database, open_database
 from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -78,18 +84,22 @@ class ListenError(OSError):
 def create_server(settings: Settings) -> RunningServer:
     """Open and migrate the database, build the server, bind ``settings.listen`` and start it."""
     key = resolve_secret_key(settings)
+    sealer = resolve_data_key(settings)
     db = open_database(
         settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
     )
     try:
         migrate(db)
-        return _start(settings, key, db)
+        sealed = seal_legacy_emails(db, sealer)
+        if sealed:
+            log.info("sealed %d plaintext email(s) left by schema version 1", sealed)
+        return _start(settings, key, sealer, db)
     except BaseException:
         close_database(db)
         raise
 
 
-def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
+def _start(settings: Settings, key: bytes, sealer, db: Database) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
         key,
@@ -98,16 +108,32 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
     )
     if settings.insecure_fast_password_hash:
         log.warning("LENDING_INSECURE_FAST_PASSWORD_HASH is on: password hashes are weak (tests only)")
-    auth = AuthCore(db, clock, Passwords(fast_insecure=settings.insecure_fast_password_hash), signer)
-    billing = BillingCore(db, clock, PageTokens(key))
+    policy = LoginPolicy(
+        max_failures=settings.login_max_failures,
+        window_s=settings.login_failure_window_seconds,
+        lockout_s=settings.login_lockout_seconds,
+        lockout_max_s=settings.login_lockout_max_seconds,
+    )
+    auth = AuthCore(
+        db,
+        clock,
+        Passwords(fast_insecure=settings.insecure_fast_password_hash),
+        signer,
+        sealer,
+        policy=policy,
+        cache_s=settings.auth_cache_seconds,
+    )
+    page_tokens = PageTokens(key)
+    billing = BillingCore(db, clock, page_tokens)
 
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        # Outermost first: log, map errors, scope the database work,
-        # authenticate, then refuse undecodable bodies.
+        # Outermost first: log, set the audit context, map errors, scope the
+        # database work, authenticate, then refuse undecodable bodies.
         interceptors=[
             AccessLogInterceptor(),
+            AuditContextInterceptor(),
             ErrorMappingInterceptor(),
             UnitOfWorkInterceptor(db),
             AuthInterceptor(auth),
@@ -121,7 +147,8 @@ def _start(settings: Settings, key: bytes, db: Database) -> RunningServer:
         ],
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
-    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing), server)
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing, auth), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(page_tokens), auth), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

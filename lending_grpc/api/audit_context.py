@@ -1,0 +1,48 @@
+"""Gives every call an AuditContext (peer, RPC, request id) for the core's audit records."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+
+from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.core import audit
+
+REQUEST_ID_HEADER = "x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+def request_id(metadata) -> str:
+    """The caller's x-request-id when it is short printable text, else a fresh id."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            if 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable():
+                return value
+            break
+    return uuid.uuid4().hex
+
+
+class AuditContextInterceptor(grpc.ServerInterceptor):
+    """Sets ``core.audit.current`` for the call; the auth interceptor adds the actor."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+
+        def wrap(behaviour: Behaviour) -> Behaviour:
+            def with_context(request: Any, context: grpc.ServicerContext) -> Any:
+                ctx = audit.AuditContext(
+                    peer=context.peer() or "",
+                    rpc=method,
+                    request_id=request_id(context.invocation_metadata()),
+                )
+                token = audit.current.set(ctx)
+                try:
+                    return behaviour(request, context)
+                finally:
+                    audit.current.reset(token)
+
+            return with_context
+
+        return wrap_unary(continuation(handler_call_details), wrap)
