@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from lending_grpc.core import pagination
 from lending_grpc.core.auth import AuthCore
-from lending_grpc.core.crypto import Sealer, new_key_text
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
+from lending_grpc.core.crypto import Sealer, new_key_text
 from lending_grpc.core.database import close_database, open_database
 from lending_grpc.core.errors import (
     AlreadyExists,

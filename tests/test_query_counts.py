@@ -13,7 +13,6 @@ import pytest
 from test_core_billing import env  # noqa: F401  (fixture)
 
 
-
 class _Counter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
