@@ -121,7 +121,8 @@ class AuthServiceServicer:
         service that needs it). Its refresh tokens stop working at once; its
         access tokens at once on this server process and within
         LENDING_AUTH_CACHE_SECONDS (default 5) on the others. Other sessions of
-        the same user are not affected. Logging out twice is not an error.
+        the same user are not affected. The logged-out access token is refused
+        from then on, so a second Logout with it is UNAUTHENTICATED.
 
         Errors: UNAUTHENTICATED without a valid access token of a live session.
         """
