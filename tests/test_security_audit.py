@@ -182,3 +182,15 @@ def test_refused_requests_are_audited_but_change_nothing_else(api, alice):
     assert [(r["event"], r["loan_id"], r["summary"]["reason"]) for r in refused] == [
         ("payment.refused", "nope", "NotFound")
     ]
+
+
+def test_hostile_text_in_a_refused_request_is_audited_safely(api, alice):
+    """NUL and control characters (PostgreSQL refuses NUL in text) end up printable in the trail."""
+    hostile = "L\x00\x1b[31m1"
+    err = call_error(
+        api.billing.MakePayment, billing_pb2.MakePaymentRequest(loan_id=hostile, amount="1\x00.00"), metadata=alice
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    row = audit_rows(event="payment.refused")[-1]
+    assert row["loan_id"] == "L??[31m1" and row["summary"]["amount"] == "1\x00.00"
+    assert row["summary"]["reason"] == "InvalidArgument"
