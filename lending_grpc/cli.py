@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve`, `migrate`, and the operator commands `users` and `audit`."""
+"""Command line: `lending-grpc serve`, `migrate`, `bench seed`; operator commands `users`, `audit`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 
 from lending_grpc import admin_cli
+from lending_grpc import seed as seed_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.database import DatabaseError, close_database, open_database
 from lending_grpc.core.migrations import migrate
@@ -46,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level"))
     admin_cli.add_commands(commands, _add_setting_flags)
+    bench = commands.add_parser("bench", help="benchmark helpers")
+    seed = bench.add_subparsers(dest="bench_command", required=True).add_parser(
+        "seed", help="fill the database with many loans and payment histories"
+    )
+    _add_setting_flags(seed, ("database_url", "db_busy_timeout_ms", "log_level"))
+    seed_command.add_arguments(seed)
     return parser
 
 
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return _migrate(settings)
         if args.command in admin_cli.COMMANDS:
             return admin_cli.run(args, settings)
+        if args.command == "bench":
+            return seed_command.run(settings, args)
         from lending_grpc.server import serve
 
         serve(settings)

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -33,7 +34,8 @@ from lending_grpc.core.audit import AuditLog
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import close_database, open_database
+from lending_grpc.core.crypto import Sealer
+from lending_grpc.core.database import close_database, open_database, release_connection
 from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
@@ -81,8 +83,11 @@ class ListenError(OSError):
     """The listen address is malformed or already in use."""
 
 
-def create_server(settings: Settings) -> RunningServer:
-    """Open and migrate the database, build the server, bind ``settings.listen`` and start it."""
+def create_server(settings: Settings, *, reuse_port: bool = False) -> RunningServer:
+    """Open and migrate the database, build the server, bind ``settings.listen`` and start it.
+
+    ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT).
+    """
     key = resolve_secret_key(settings)
     sealer = resolve_data_key(settings)
     db = open_database(
@@ -93,13 +98,14 @@ def create_server(settings: Settings) -> RunningServer:
         sealed = seal_legacy_emails(db, sealer)
         if sealed:
             log.info("sealed %d plaintext email(s) left by schema version 1", sealed)
-        return _start(settings, key, sealer, db)
+        release_connection(db)  # the main thread serves no RPC: leave its connection to the pool
+        return _start(settings, key, sealer, db, reuse_port)
     except BaseException:
         close_database(db)
         raise
 
 
-def _start(settings: Settings, key: bytes, sealer, db: Database) -> RunningServer:
+def _start(settings: Settings, key: bytes, sealer: Sealer, db: Database, reuse_port: bool) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
         key,
@@ -143,7 +149,8 @@ def _start(settings: Settings, key: bytes, sealer, db: Database) -> RunningServe
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless asked: a second server on our port must fail, not share it.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
@@ -168,8 +175,40 @@ def _start(settings: Settings, key: bytes, sealer, db: Database) -> RunningServe
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully."""
+    """Serve until SIGTERM or SIGINT, then drain gracefully; ``settings.workers`` > 1 forks processes."""
+    if settings.workers > 1:
+        from lending_grpc.workers import serve_workers
+
+        serve_workers(settings)
+        return
     running = create_server(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+    run_until_signalled(
+        running,
+        settings,
+        (signal.SIGTERM, signal.SIGINT),
+        on_ready=lambda: log.info(
+            "lending-grpc serving on %s:%d (database %s)", host, running.port, database_kind(settings)
+        ),
+    )
+
+
+def database_kind(settings: Settings) -> str:
+    """The backend's name for logs ("sqlite", "postgresql"), never the URL with its password."""
+    return settings.database_url.split("://", 1)[0]
+
+
+def run_until_signalled(
+    running: RunningServer,
+    settings: Settings,
+    signals: tuple[signal.Signals, ...],
+    on_ready: Callable[[], None],
+) -> None:
+    """Wait for one of ``signals``, then drain and stop; a second signal stops at once.
+
+    ``on_ready`` runs once the handlers are installed: whoever it tells that
+    we are serving may stop us at once.
+    """
     stop = threading.Event()
     hurry = threading.Event()
 
@@ -188,16 +227,9 @@ def serve(settings: Settings) -> None:
         )
         stop.set()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    # Announced only once signals are handled: whoever waits for this line may stop us at once.
-    host = settings.listen.rsplit(":", 1)[0]
-    log.info(
-        "lending-grpc serving on %s:%d (database %s)",
-        host,
-        running.port,
-        settings.database_url.split("://", 1)[0],
-    )
+    for signum in signals:
+        signal.signal(signum, request_stop)
+    on_ready()
     stop.wait()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)
     log.info("lending-grpc stopped")

@@ -44,7 +44,9 @@ def run_cli(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProce
 class ServerProcess:
     """A `python -m lending_grpc serve` child on an ephemeral port; its log is collected."""
 
-    def __init__(self, db_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, database: Path | str, *extra_args: str, env: dict[str, str] | None = None) -> None:
+        """Serve ``database``: a SQLite file path or any database URL."""
+        url = database if isinstance(database, str) else f"sqlite:///{database}"
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -54,7 +56,7 @@ class ServerProcess:
                 "--listen",
                 "127.0.0.1:0",
                 "--database-url",
-                f"sqlite:///{db_path}",
+                url,
                 *extra_args,
             ],
             stdout=subprocess.DEVNULL,

@@ -12,6 +12,8 @@ import pytest
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from serverproc import ServerProcess
 
+from lending_grpc.core.database import sqlite_path
+
 LOANS = 4
 WEEKS = 50
 KILL_AFTER_ACKS = 60
@@ -28,9 +30,8 @@ def _login(target: str):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_burst_keeps_every_acknowledged_payment(tmp_path):
-    db_path = tmp_path / "crash.db"
-    server = ServerProcess(db_path)
+def test_sigkill_mid_burst_keeps_every_acknowledged_payment(database_url):
+    server = ServerProcess(database_url)
     metadata = _login(server.target)
     with grpc.insecure_channel(server.target) as channel:
         billing = billing_pb2_grpc.BillingServiceStub(channel)
@@ -74,7 +75,7 @@ def test_sigkill_mid_burst_keeps_every_acknowledged_payment(tmp_path):
     assert killed.is_set(), "the burst ended before the kill"
     assert len(acknowledged) >= KILL_AFTER_ACKS
 
-    restarted = ServerProcess(db_path)
+    restarted = ServerProcess(database_url)
     try:
         with grpc.insecure_channel(restarted.target) as channel:
             billing = billing_pb2_grpc.BillingServiceStub(channel)
@@ -120,5 +121,7 @@ def test_sigkill_mid_burst_keeps_every_acknowledged_payment(tmp_path):
             assert total_payments == before + newly_paid == len(sent)
     finally:
         assert restarted.terminate() == 0
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db_path = sqlite_path(database_url)
+    if db_path is not None:
+        with sqlite3.connect(db_path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -188,7 +188,9 @@ def test_hostile_text_in_a_refused_request_is_audited_safely(api, alice):
     """NUL and control characters (PostgreSQL refuses NUL in text) end up printable in the trail."""
     hostile = "L\x00\x1b[31m1"
     err = call_error(
-        api.billing.MakePayment, billing_pb2.MakePaymentRequest(loan_id=hostile, amount="1\x00.00"), metadata=alice
+        api.billing.MakePayment,
+        billing_pb2.MakePaymentRequest(loan_id=hostile, amount="1\x00.00"),
+        metadata=alice,
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     row = audit_rows(event="payment.refused")[-1]

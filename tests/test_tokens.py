@@ -142,6 +142,25 @@ def test_expired_by_signer_ttl():
     assert "expired" in info.value.message
 
 
+def test_a_remembered_token_still_expires(signer, monkeypatch):
+    now = int(time.time())
+    token = forge(claims(iat=now, nbf=now, exp=now + 60))
+    assert signer.verify(token, ACCESS).user_id == "user-1"
+    assert signer.verify(token, ACCESS).user_id == "user-1"  # answered from the verified tokens
+    monkeypatch.setattr(time, "time", lambda: now + 60.0)
+    with pytest.raises(Unauthenticated) as info:
+        signer.verify(token, ACCESS)
+    assert "expired" in info.value.message
+
+
+def test_a_remembered_token_keeps_its_type(signer):
+    token = signer.issue("user-1", ACCESS)
+    signer.verify(token, ACCESS)
+    with pytest.raises(Unauthenticated) as info:
+        signer.verify(token, REFRESH)
+    assert "refresh token is required" in info.value.message
+
+
 def test_not_yet_valid_is_refused(signer):
     now = int(time.time())
     with pytest.raises(Unauthenticated):

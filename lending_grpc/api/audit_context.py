@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
 from lending_grpc.core import audit
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -24,12 +24,10 @@ def request_id(metadata) -> str:
     return uuid.uuid4().hex
 
 
-class AuditContextInterceptor(grpc.ServerInterceptor):
+class AuditContextInterceptor(WrappingInterceptor):
     """Sets ``core.audit.current`` for the call; the auth interceptor adds the actor."""
 
-    def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-
+    def wrap_handler(self, handler, method):
         def wrap(behaviour: Behaviour) -> Behaviour:
             def with_context(request: Any, context: grpc.ServicerContext) -> Any:
                 ctx = audit.AuditContext(
@@ -45,4 +43,4 @@ class AuditContextInterceptor(grpc.ServerInterceptor):
 
             return with_context
 
-        return wrap_unary(continuation(handler_call_details), wrap)
+        return wrap_unary(handler, wrap)

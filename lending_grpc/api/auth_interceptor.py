@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from lending_grpc.api import context as call_context
-from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
 from lending_grpc.core import audit
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.errors import Unauthenticated
@@ -38,18 +38,17 @@ def bearer_token(metadata: tuple[tuple[str, Any], ...]) -> str:
     return token
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(WrappingInterceptor):
     """Authenticates BillingService, AuditService and Logout.
 
     The rest of AuthService, health and reflection stay open.
     """
 
     def __init__(self, auth: AuthCore) -> None:
+        super().__init__()
         self._auth = auth
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
+    def wrap_handler(self, handler, method):
         if not method.startswith(PROTECTED_PREFIXES) and method not in PROTECTED_METHODS:
             return handler
         auth = self._auth

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
 from lending_grpc.core.errors import InvalidArgument
 
 
@@ -44,12 +44,11 @@ def _refuse_undecodable(behaviour: Behaviour) -> Behaviour:
     return checked
 
 
-class RequestDecodingInterceptor(grpc.ServerInterceptor):
+class RequestDecodingInterceptor(WrappingInterceptor):
     """Refuses unparsable requests with INVALID_ARGUMENT (mapped by the error interceptor)."""
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+    def wrap_handler(self, handler, method):
+        if handler.request_deserializer is None:
             return handler
         return wrap_unary(
             handler, _refuse_undecodable, request_deserializer=_tolerant(handler.request_deserializer)

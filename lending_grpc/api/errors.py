@@ -18,7 +18,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
 from lending_grpc.core import errors
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,10 @@ def to_status(exc: errors.LendingError) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=exc.message, details=details)
 
 
-class ErrorMappingInterceptor(grpc.ServerInterceptor):
+class ErrorMappingInterceptor(WrappingInterceptor):
     """Maps domain errors to statuses and hides unexpected ones behind INTERNAL."""
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-
+    def wrap_handler(self, handler, method):
         def wrap(behaviour: Behaviour) -> Behaviour:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:
                 try:

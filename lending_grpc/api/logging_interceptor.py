@@ -12,18 +12,15 @@ from typing import Any
 import grpc
 
 from lending_grpc.api import context as call_context
-from lending_grpc.api.handlers import Behaviour, wrap_unary
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
 
 log = logging.getLogger("lending_grpc.access")
 
 
-class AccessLogInterceptor(grpc.ServerInterceptor):
+class AccessLogInterceptor(WrappingInterceptor):
     """Outermost interceptor: times the call and logs how it ended."""
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-
+    def wrap_handler(self, handler, method):
         def wrap(behaviour: Behaviour) -> Behaviour:
             def logged(request: Any, context: grpc.ServicerContext) -> Any:
                 call = call_context.CallInfo()

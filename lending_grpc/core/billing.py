@@ -6,11 +6,11 @@ import dataclasses
 import datetime as dt
 import uuid
 
-from peewee import Database
+from peewee import Database, Tuple
 
 from lending_grpc.core import audit, fields, pagination
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import lock_row, run_in_write_transaction
+from lending_grpc.core.database import run_in_write_transaction
 from lending_grpc.core.errors import (
     Aborted,
     AlreadyExists,
@@ -21,6 +21,7 @@ from lending_grpc.core.errors import (
 )
 from lending_grpc.core.models import Loan, Payment, User
 from lending_grpc.core.money import parse_money, parse_rate
+from lending_grpc.core.prepared import Prepared, PreparedSelect
 from lending_grpc.core.schedule import (
     MAX_PRINCIPAL_CENTS,
     MAX_TERM_WEEKS,
@@ -45,6 +46,65 @@ DEFAULT_RATE_E4 = 1000  # 0.10
 
 # LoanTerms' fields are named after the loan columns that store them: one mapping, both ways.
 _TERM_COLUMNS = tuple(field.name for field in dataclasses.fields(LoanTerms))
+
+
+# The statements every hot RPC runs, built into SQL once per database (see prepared.py).
+# Samples stand for the parameters while the SQL is built: distinctive values of the right type.
+_OWNER, _LOAN_PK, _PAID_WEEKS = -987_654_321, -123_456_789, -7
+_LOAN_KEY, _REQUEST_ID = "\0loan_id", "\0request_id"
+_LOAN_BY_KEY = PreparedSelect(
+    Loan,
+    Loan._meta.sorted_fields,
+    lambda query, owner, loan_id: query.where((Loan.owner == owner) & (Loan.loan_id == loan_id)).limit(1),
+    _OWNER,
+    _LOAN_KEY,
+)
+# Locked until commit where the backend has row locks: concurrent payments on one loan take turns.
+_LOAN_BY_KEY_FOR_UPDATE = PreparedSelect(
+    Loan,
+    Loan._meta.sorted_fields,
+    lambda query, owner, loan_id: query.where((Loan.owner == owner) & (Loan.loan_id == loan_id)).limit(1),
+    _OWNER,
+    _LOAN_KEY,
+    for_update=True,
+)
+_PAYMENT_BY_REQUEST = PreparedSelect(
+    Payment,
+    [*Payment._meta.sorted_fields, Loan.loan_id],
+    lambda query, owner, key: (
+        query.join(Loan).where((Payment.owner == owner) & (Payment.request_id == key)).limit(1)
+    ),
+    _OWNER,
+    _REQUEST_ID,
+)
+_PAYMENTS_OF_LOAN = PreparedSelect(
+    Payment,
+    Payment._meta.sorted_fields,
+    lambda query, loan: query.where(Payment.loan == loan).order_by(Payment.first_week),
+    _LOAN_PK,
+)
+_LOAN_FIELDS = tuple(field for field in Loan._meta.sorted_fields if field.name != "id")
+_INSERT_LOAN = Prepared(
+    lambda *values: Loan.insert({field: value for field, value in zip(_LOAN_FIELDS, values, strict=True)}),
+    *(f"\0{field.name}" for field in _LOAN_FIELDS),
+)
+_PAYMENT_FIELDS = tuple(field for field in Payment._meta.sorted_fields if field.name != "id")
+_INSERT_PAYMENT = Prepared(
+    lambda *values: Payment.insert(
+        {field: value for field, value in zip(_PAYMENT_FIELDS, values, strict=True)}
+    ),
+    *(f"\0{field.name}" for field in _PAYMENT_FIELDS),
+)
+_UPDATE_SUMMARY = Prepared(
+    lambda paid_weeks, paid_cents, second_unpaid, loan, expected: Loan.update(
+        paid_weeks=paid_weeks, paid_cents=paid_cents, second_unpaid_due_date=second_unpaid
+    ).where((Loan.id == loan) & (Loan.paid_weeks == expected)),
+    -1_111,
+    -2_222,
+    "\0second_unpaid_due_date",
+    _LOAN_PK,
+    _PAID_WEEKS,
+)
 
 
 def _term_columns(terms: LoanTerms) -> dict:
@@ -111,7 +171,7 @@ class BillingCore:
         )
 
         def create() -> LoanView:
-            existing = Loan.get_or_none((Loan.owner == owner) & (Loan.loan_id == loan_id))
+            existing = _LOAN_BY_KEY.first(self._db, owner, loan_id)
             if existing is not None:
                 # A retry: compare only the terms this request states.
                 stated = {
@@ -132,7 +192,7 @@ class BillingCore:
                 term_weeks or DEFAULT_TERM_WEEKS,
                 start or self._clock.today(),
             )
-            row = Loan.create(
+            row = Loan(
                 owner=owner,
                 loan_id=loan_id,
                 **_term_columns(terms),
@@ -140,6 +200,9 @@ class BillingCore:
                 paid_cents=0,
                 second_unpaid_due_date=terms.second_unpaid_due_date(0),
                 create_time_us=self._clock.now_us(),
+            )
+            _INSERT_LOAN.execute(
+                self._db, *(field.db_value(row.__data__[field.name]) for field in _LOAN_FIELDS)
             )
             audit.record(
                 "loan.create",
@@ -168,8 +231,8 @@ class BillingCore:
         return row.id
 
     def _loan_row(self, owner: int, loan_id: str, *, for_update: bool = False) -> Loan:
-        query = Loan.select().where((Loan.owner == owner) & (Loan.loan_id == fields.loan_id(loan_id)))
-        row = (lock_row(query, self._db) if for_update else query).first()
+        statement = _LOAN_BY_KEY_FOR_UPDATE if for_update else _LOAN_BY_KEY
+        row = statement.first(self._db, owner, fields.loan_id(loan_id))
         if row is None:
             raise NotFound(f"loan {loan_id!r} not found")
         return row
@@ -201,7 +264,7 @@ class BillingCore:
         loan = self._loan_row(owner, loan_id)
         terms = _loan_view(loan).terms
         covered: dict[int, Payment] = {}
-        for payment in Payment.select().where(Payment.loan == loan.id).order_by(Payment.first_week):
+        for payment in _PAYMENTS_OF_LOAN.all(self._db, loan.id):
             for week in range(payment.first_week, payment.last_week + 1):
                 covered[week] = payment
         installments = []
@@ -249,14 +312,9 @@ class BillingCore:
 
         def pay() -> PaymentView:
             if key is not None:
-                earlier = (
-                    Payment.select(Payment, Loan.loan_id)
-                    .join(Loan)
-                    .where((Payment.owner == owner) & (Payment.request_id == key))
-                    .first()
-                )
+                earlier = _PAYMENT_BY_REQUEST.first(self._db, owner, key)
                 if earlier is not None:
-                    if earlier.loan.loan_id != loan_id or earlier.amount_cents != amount_cents:
+                    if earlier.loan_loan_id != loan_id or earlier.amount_cents != amount_cents:
                         raise AlreadyExists(f"request_id {key!r} was already used for a different payment")
                     return _payment_view(earlier, loan_id)
             # Locked until commit: concurrent payments on one loan take turns.
@@ -265,7 +323,7 @@ class BillingCore:
             weeks = weeks_paid_by(view.terms, loan.paid_weeks, amount_cents, today)
             paid_weeks = loan.paid_weeks + weeks
             paid_cents = loan.paid_cents + amount_cents
-            payment = Payment.create(
+            payment = Payment(
                 payment_id=str(uuid.uuid4()),
                 loan=loan.id,
                 owner=owner,
@@ -276,17 +334,21 @@ class BillingCore:
                 outstanding_after_cents=view.terms.total_cents - paid_cents,
                 payment_time_us=self._clock.now_us(),
             )
+            _INSERT_PAYMENT.execute(
+                self._db,
+                *(field.db_value(payment.__data__[field.name]) for field in _PAYMENT_FIELDS),
+            )
             # Guarded on the summary read above as well: a lost update stays
             # impossible even if the lock were ever dropped.
-            updated = (
-                Loan.update(
-                    paid_weeks=paid_weeks,
-                    paid_cents=paid_cents,
-                    second_unpaid_due_date=view.terms.second_unpaid_due_date(paid_weeks),
-                )
-                .where((Loan.id == loan.id) & (Loan.paid_weeks == loan.paid_weeks))
-                .execute()
-            )
+            second_unpaid = view.terms.second_unpaid_due_date(paid_weeks)
+            updated = _UPDATE_SUMMARY.execute(
+                self._db,
+                paid_weeks,
+                paid_cents,
+                Loan.second_unpaid_due_date.db_value(second_unpaid),
+                loan.id,
+                loan.paid_weeks,
+            ).rowcount
             if updated != 1:
                 raise RuntimeError("loan summary changed during a payment transaction")
             audit.record(
@@ -347,9 +409,11 @@ class BillingCore:
                 raise InvalidArgument("as_of", "differs from the as_of of the page token")
             day = token_day
             last_due = dt.date.fromisoformat(after["due"])
+            # A row-value comparison, not "due > d OR (due = d AND id > i)": both
+            # SQLite and PostgreSQL turn it into one index range, where the OR
+            # made PostgreSQL fetch and sort every delinquent loan of the owner.
             query = query.where(
-                (Loan.second_unpaid_due_date > last_due)
-                | ((Loan.second_unpaid_due_date == last_due) & (Loan.id > int(after["id"])))
+                Tuple(Loan.second_unpaid_due_date, Loan.id) > Tuple(last_due, int(after["id"]))
             )
         rows = list(
             query.where(Loan.second_unpaid_due_date < day)

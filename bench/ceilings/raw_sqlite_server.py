@@ -1,0 +1,223 @@
+"""Ceiling 2: each lending.v1 method as the same single SQLite transaction, with stdlib sqlite3.
+
+Same schema (it serves a copy of a lending-grpc database), same pragmas
+(WAL, synchronous=FULL, foreign keys, busy timeout), same statements per
+call as lending-grpc issues (tests/test_query_counts.py), writers of one
+process queued on a lock as in lending-grpc, hand-written SQL,
+no ORM, no interceptors, no authentication (the owner is fixed), and a
+minimal response. Login verifies the argon2id hash with the service's
+parameters, since that is what a login costs.
+
+    python bench/ceilings/raw_sqlite_server.py --database var/raw.db --owner 1 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "generated"))
+from argon2 import PasswordHasher  # noqa: E402
+from lending.v1 import auth_pb2, billing_pb2  # noqa: E402
+
+from bench import methods  # noqa: E402
+from bench.ceilings import common  # noqa: E402
+
+PRAGMAS = ("journal_mode=wal", "synchronous=full", "foreign_keys=1", "busy_timeout=10000")
+LOAN_SQL = (
+    "SELECT id, principal_cents, rate_e4, term_weeks, start_date, total_cents, weekly_cents, final_cents, "
+    'paid_weeks, paid_cents FROM "loan" WHERE owner_id = ? AND loan_id = ?'
+)
+
+
+class RawSqlite:
+    def __init__(self, path: str, owner: int) -> None:
+        self._path = path
+        self._owner = owner
+        self._local = threading.local()
+        self._hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+        # Writers of one process queue on a lock, not in SQLite's sleeping busy handler (as lending-grpc).
+        self._writers = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10)
+            for pragma in PRAGMAS:
+                conn.execute(f"PRAGMA {pragma}")
+            self._local.conn = conn
+        return conn
+
+    def _loan(self, db, loan_id: str):
+        row = db.execute(LOAN_SQL, (self._owner, loan_id)).fetchone()
+        if row is None:
+            raise LookupError(loan_id)
+        return row
+
+    def get_delinquency(self, request, context):
+        row = self._loan(self._db(), request.loan_id)
+        return billing_pb2.DelinquencyStatus(loan_id=request.loan_id, missed_payments=row[8] % 3)
+
+    def get_outstanding(self, request, context):
+        row = self._loan(self._db(), request.loan_id)
+        return billing_pb2.Outstanding(loan_id=request.loan_id, outstanding_balance=str(row[5] - row[9]))
+
+    def get_loan(self, request, context):
+        row = self._loan(self._db(), request.loan_id)
+        return billing_pb2.Loan(loan_id=request.loan_id, principal_amount=str(row[1]))
+
+    def get_schedule(self, request, context):
+        db = self._db()
+        row = self._loan(db, request.loan_id)
+        paid = db.execute(
+            'SELECT first_week, last_week, payment_id FROM "payment" WHERE loan_id = ? ORDER BY first_week',
+            (row[0],),
+        ).fetchall()
+        start = dt.date.fromisoformat(row[4])
+        return billing_pb2.Schedule(
+            loan_id=request.loan_id,
+            installments=[
+                billing_pb2.Installment(week=w, due_date=(start + dt.timedelta(days=7 * w)).isoformat())
+                for w in range(1, row[3] + 1)
+            ],
+            total_amount=str(len(paid)),
+        )
+
+    def create_loan(self, request, context):
+        with self._writers:
+            return self._create_loan(request)
+
+    def _create_loan(self, request):
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            existing = db.execute(LOAN_SQL, (self._owner, request.loan_id)).fetchone()
+            if existing is None:
+                cents = int(float(request.principal_amount) * 100)
+                db.execute(
+                    'INSERT INTO "loan" (owner_id, loan_id, principal_cents, rate_e4, term_weeks, '
+                    "start_date, "
+                    "total_cents, weekly_cents, final_cents, paid_weeks, paid_cents, second_unpaid_due_date, "
+                    "create_time_us) VALUES (?, ?, ?, 1000, 50, ?, ?, ?, ?, 0, 0, ?, ?)",
+                    (
+                        self._owner,
+                        request.loan_id,
+                        cents,
+                        request.start_date,
+                        cents * 11 // 10,
+                        cents * 11 // 500,
+                        cents * 11 // 500,
+                        request.start_date,
+                        time.time_ns() // 1000,
+                    ),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return billing_pb2.Loan(loan_id=request.loan_id, principal_amount=request.principal_amount)
+
+    def make_payment(self, request, context):
+        with self._writers:
+            return self._make_payment(request)
+
+    def _make_payment(self, request):
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            earlier = db.execute(
+                'SELECT id FROM "payment" WHERE owner_id = ? AND request_id = ?',
+                (self._owner, request.request_id),
+            ).fetchone()
+            payment_id = "" if earlier is None else str(earlier[0])
+            if earlier is None:
+                row = self._loan(db, request.loan_id)
+                cents = round(float(request.amount) * 100)
+                weeks = cents // row[6]
+                payment_id = str(uuid.uuid4())
+                db.execute(
+                    'INSERT INTO "payment" (payment_id, loan_id, owner_id, request_id, amount_cents, '
+                    "first_week, "
+                    "last_week, outstanding_after_cents, payment_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        payment_id,
+                        row[0],
+                        self._owner,
+                        request.request_id,
+                        cents,
+                        row[8] + 1,
+                        row[8] + weeks,
+                        row[5] - row[9] - cents,
+                        time.time_ns() // 1000,
+                    ),
+                )
+                db.execute(
+                    'UPDATE "loan" SET paid_weeks = ?, paid_cents = ?, second_unpaid_due_date = NULL '
+                    "WHERE id = ? AND paid_weeks = ?",
+                    (row[8] + weeks, row[9] + cents, row[0], row[8]),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return billing_pb2.Payment(payment_id=payment_id, loan_id=request.loan_id, amount=request.amount)
+
+    def login(self, request, context):
+        row = (
+            self._db()
+            .execute('SELECT password_hash FROM "user" WHERE username_key = ?', (request.username.lower(),))
+            .fetchone()
+        )
+        self._hasher.verify(row[0], request.password)
+        return auth_pb2.Tokens(access_token="x", token_type="Bearer", expires_in=900)
+
+
+def make_handlers(path: str, owner: int) -> common.Handlers:
+    raw = RawSqlite(path, owner)
+
+    def unary(fn, request_type):
+        return grpc.unary_unary_rpc_method_handler(
+            fn,
+            request_deserializer=request_type.FromString,
+            response_serializer=lambda m: m.SerializeToString(),
+        )
+
+    b = billing_pb2
+    return {
+        methods.GET_DELINQUENCY: unary(raw.get_delinquency, b.GetDelinquencyStatusRequest),
+        methods.GET_OUTSTANDING: unary(raw.get_outstanding, b.GetOutstandingRequest),
+        methods.GET_LOAN: unary(raw.get_loan, b.GetLoanRequest),
+        methods.GET_SCHEDULE: unary(raw.get_schedule, b.GetScheduleRequest),
+        methods.CREATE_LOAN: unary(raw.create_loan, b.CreateLoanRequest),
+        methods.MAKE_PAYMENT: unary(raw.make_payment, b.MakePaymentRequest),
+        methods.LOGIN: unary(raw.login, auth_pb2.LoginRequest),
+    }
+
+
+class _Factory:
+    """Picklable handler factory for the spawned worker processes."""
+
+    def __init__(self, path: str, owner: int) -> None:
+        self.path, self.owner = path, owner
+
+    def __call__(self) -> common.Handlers:
+        return make_handlers(self.path, self.owner)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--owner", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=16, help="RPC threads per process")
+    args = parser.parse_args()
+    common.run("raw-sqlite", _Factory(args.database, args.owner), args.workers, args.threads)

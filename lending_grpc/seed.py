@@ -1,0 +1,382 @@
+"""`lending-grpc bench seed`: fill a database with many loans for benchmarks.
+
+Loans get varied start dates, terms, principals and payment histories, built
+with the same rules as BillingCore (LoanTerms.build, second_unpaid_due_date,
+installment amounts), so every seeded loan reconciles with its payments
+exactly as a loan paid through the API does. Rows go in with executemany in
+batches, one write transaction per batch, with explicit ids (payments need
+their loan's id without a round trip per row); on PostgreSQL the id
+sequences are moved past them at the end.
+
+Seeded users all share one password (``SEED_PASSWORD`` unless told
+otherwise), hashed once, so a benchmark can log in as any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TextIO
+
+from peewee import Database, SqliteDatabase, fn
+
+from lending_grpc.core import fields
+from lending_grpc.core.database import write_lock
+from lending_grpc.core.models import Loan, Payment, User
+from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.schedule import LoanTerms
+
+SEED_PASSWORD = "bench password"
+USERNAME_PREFIX = "seed-"
+LOAN_ID_PREFIX = "S-"
+_TERMS = (4, 12, 25, 50, 50, 50, 52, 104)
+_RATES_E4 = (0, 500, 1000, 1000, 1000, 1500, 2500)
+MAX_USERS = 10_000
+_MAX_PAYMENTS_PER_LOAN = 6  # a history covers its installments in at most this many payments
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedReport:
+    """What a seeding run inserted and how long it took."""
+
+    users: int
+    loans: int
+    payments: int
+    seconds: float
+
+
+class Progress:
+    """A hand-written progress bar on stderr: redrawn in place on a terminal, every 10% otherwise."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, width: int = 30) -> None:
+        self._label = label
+        self._total = max(total, 1)
+        self._stream = stream or sys.stderr
+        self._width = width
+        self._tty = self._stream.isatty()
+        self._started = time.perf_counter()
+        self._last_decile = -1
+
+    def update(self, done: int) -> None:
+        """Show ``done`` of the total."""
+        fraction = min(done / self._total, 1.0)
+        decile = int(fraction * 10)
+        if not self._tty and decile == self._last_decile:
+            return
+        self._last_decile = decile
+        elapsed = time.perf_counter() - self._started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        filled = int(fraction * self._width)
+        bar = "#" * filled + "." * (self._width - filled)
+        line = (
+            f"{self._label} [{bar}] {fraction * 100:5.1f}% {done:,}/{self._total:,} "
+            f"{elapsed:6.1f}s {rate:,.0f}/s"
+        )
+        self._stream.write(("\r" + line) if self._tty else line + "\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """End the bar's line."""
+        if self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _epoch_us(day: dt.date, seconds: int = 0) -> int:
+    return (int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) + seconds) * 1_000_000
+
+
+def _paid_weeks(rng: random.Random, terms: LoanTerms, as_of: dt.date) -> int:
+    """A varied history: most loans on time, some behind (many delinquent), some ahead or paid off."""
+    due = terms.weeks_due_before(as_of)
+    roll = rng.random()
+    if roll < 0.55:
+        paid = due
+    elif roll < 0.65:
+        paid = due - 1
+    elif roll < 0.85:
+        paid = due - rng.randint(2, 10)
+    elif roll < 0.95:
+        paid = due + rng.randint(1, 4)
+    else:
+        paid = terms.term_weeks
+    return max(0, min(terms.term_weeks, paid))
+
+
+def _history(rng: random.Random, paid_weeks: int) -> list[tuple[int, int]]:
+    """Split installments 1..paid_weeks into consecutive (first_week, last_week) payments."""
+    if paid_weeks == 0:
+        return []
+    count = rng.randint(1, min(paid_weeks, _MAX_PAYMENTS_PER_LOAN))
+    cuts = sorted(rng.sample(range(1, paid_weeks), count - 1)) if count > 1 else []
+    bounds = [0, *cuts, paid_weeks]
+    return [(bounds[i] + 1, bounds[i + 1]) for i in range(count)]
+
+
+def _rows(
+    rng: random.Random,
+    first_id: int,
+    count: int,
+    user_ids: list[int],
+    as_of: dt.date,
+    first_payment_id: int,
+) -> tuple[list[tuple], list[tuple]]:
+    """``count`` loan rows (ids from ``first_id``) and the payment rows of their histories."""
+    loans: list[tuple] = []
+    payments: list[tuple] = []
+    payment_id = first_payment_id
+    for loan_pk in range(first_id, first_id + count):
+        owner = user_ids[loan_pk % len(user_ids)]
+        term_weeks = rng.choice(_TERMS)
+        start = as_of - dt.timedelta(days=rng.randint(-28, 730))
+        terms = LoanTerms.build(
+            rng.randint(1000, 10_000_000) * 100, rng.choice(_RATES_E4), term_weeks, start
+        )
+        paid_weeks = _paid_weeks(rng, terms, as_of)
+        paid_cents = 0
+        for first, last in _history(rng, paid_weeks):
+            amount = terms.cents_for_next(first - 1, last - first + 1)
+            paid_cents += amount
+            # Paid on the last covered due date, or today for installments paid ahead.
+            paid_on = min(terms.due_date(last), as_of)
+            payments.append(
+                (
+                    payment_id,
+                    str(uuid.uuid4()),
+                    loan_pk,
+                    owner,
+                    None,
+                    amount,
+                    first,
+                    last,
+                    terms.total_cents - paid_cents,
+                    _epoch_us(paid_on, 3600 + first),
+                )
+            )
+            payment_id += 1
+        second_unpaid = terms.second_unpaid_due_date(paid_weeks)
+        loans.append(
+            (
+                loan_pk,
+                owner,
+                f"{LOAN_ID_PREFIX}{loan_pk:08d}",
+                terms.principal_cents,
+                terms.rate_e4,
+                terms.term_weeks,
+                start,
+                terms.total_cents,
+                terms.weekly_cents,
+                terms.final_cents,
+                paid_weeks,
+                paid_cents,
+                second_unpaid,
+                _epoch_us(start),
+            )
+        )
+    return loans, payments
+
+
+_LOAN_COLUMNS = (
+    Loan.id,
+    Loan.owner,
+    Loan.loan_id,
+    Loan.principal_cents,
+    Loan.rate_e4,
+    Loan.term_weeks,
+    Loan.start_date,
+    Loan.total_cents,
+    Loan.weekly_cents,
+    Loan.final_cents,
+    Loan.paid_weeks,
+    Loan.paid_cents,
+    Loan.second_unpaid_due_date,
+    Loan.create_time_us,
+)
+_PAYMENT_COLUMNS = (
+    Payment.id,
+    Payment.payment_id,
+    Payment.loan,
+    Payment.owner,
+    Payment.request_id,
+    Payment.amount_cents,
+    Payment.first_week,
+    Payment.last_week,
+    Payment.outstanding_after_cents,
+    Payment.payment_time_us,
+)
+
+
+def _insert_sql(db: Database, model, columns) -> str:
+    names = ", ".join(f'"{column.column_name}"' for column in columns)
+    marks = ", ".join([db.param] * len(columns))
+    return f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({marks})'
+
+
+def _to_db(columns, rows: list[tuple]) -> Iterator[tuple]:
+    # Peewee's own conversions (dates to ISO text on SQLite), without building a query per row.
+    converters = [column.db_value for column in columns]
+    for row in rows:
+        yield tuple(convert(value) for convert, value in zip(converters, row, strict=True))
+
+
+def _user_ids(names: list[str]) -> dict[str, int]:
+    query = User.select(User.id, User.username_key).where(User.username_key.in_(names))
+    return {row.username_key: row.id for row in query}
+
+
+def _ensure_users(db: Database, users: int, password: str) -> list[int]:
+    """Ids of users seed-0..seed-(users-1), creating the missing ones with ``password``."""
+    names = [f"{USERNAME_PREFIX}{i}" for i in range(users)]
+    existing = _user_ids(names)
+    missing = [name for name in names if name not in existing]
+    if missing:
+        password_hash = Passwords().hash(fields.password(password))
+        now = time.time_ns() // 1000
+        with write_lock(db):
+            for start in range(0, len(missing), 500):
+                User.insert_many(
+                    [
+                        {
+                            "user_id": str(uuid.uuid4()),
+                            "username": name,
+                            "username_key": fields.username_key(name),
+                            "email": f"{name}@seed.invalid",
+                            "password_hash": password_hash,
+                            "create_time_us": now,
+                        }
+                        for name in missing[start : start + 500]
+                    ]
+                ).execute()
+        existing = _user_ids(names)
+    return [existing[name] for name in names]
+
+
+def _advance_sequences(db: Database) -> None:
+    # Explicit ids do not move PostgreSQL's sequences; SQLite's AUTOINCREMENT-free ids need nothing.
+    if isinstance(db, SqliteDatabase):
+        return
+    for model in (Loan, Payment):
+        table = model._meta.table_name
+        db.execute_sql(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f'(SELECT COALESCE(MAX(id), 1) FROM "{table}"))'
+        )
+
+
+def seed(
+    db: Database,
+    loans: int,
+    *,
+    users: int = 10,
+    batch_size: int = 10_000,
+    as_of: dt.date | None = None,
+    random_seed: int = 1,
+    password: str = SEED_PASSWORD,
+    progress: bool = True,
+    stream: TextIO | None = None,
+) -> SeedReport:
+    """Add ``loans`` loans spread round-robin over ``users`` seed users (seed-0, seed-1, ...).
+
+    Each batch of ``batch_size`` loans and their payments is one write
+    transaction. Start dates fall from two years before ``as_of`` (default
+    today) to four weeks after it; histories are judged as of ``as_of``.
+    Loan ids are ``S-<8 digits>`` from the loan row id, so seeding again adds
+    new loans instead of colliding.
+    """
+    if loans < 0 or not 1 <= users <= MAX_USERS or batch_size < 1:
+        raise ValueError(f"loans must be >= 0, users 1..{MAX_USERS}, batch_size >= 1")
+    started = time.perf_counter()
+    as_of = as_of or dt.date.today()
+    rng = random.Random(random_seed)
+    user_ids = _ensure_users(db, users, password)
+    next_loan = (Loan.select(fn.MAX(Loan.id)).scalar() or 0) + 1
+    next_payment = (Payment.select(fn.MAX(Payment.id)).scalar() or 0) + 1
+    loan_sql = _insert_sql(db, Loan, _LOAN_COLUMNS)
+    payment_sql = _insert_sql(db, Payment, _PAYMENT_COLUMNS)
+    bar = Progress("seeding loans", loans, stream) if progress else None
+    payments_total = 0
+    for done in range(0, loans, batch_size):
+        count = min(batch_size, loans - done)
+        loan_rows, payment_rows = _rows(rng, next_loan, count, user_ids, as_of, next_payment)
+        with write_lock(db):
+            cursor = db.cursor()
+            cursor.executemany(loan_sql, list(_to_db(_LOAN_COLUMNS, loan_rows)))
+            if payment_rows:
+                cursor.executemany(payment_sql, list(_to_db(_PAYMENT_COLUMNS, payment_rows)))
+        next_loan += count
+        next_payment += len(payment_rows)
+        payments_total += len(payment_rows)
+        if bar:
+            bar.update(done + count)
+    if bar:
+        bar.finish()
+    _advance_sequences(db)
+    return SeedReport(users, loans, payments_total, time.perf_counter() - started)
+
+
+def table_bytes(db: Database) -> dict[str, int]:
+    """Bytes each table occupies with its indexes (SQLite pages via dbstat; PostgreSQL relation sizes)."""
+    names = [model._meta.table_name for model in (User, Loan, Payment)]
+    if isinstance(db, SqliteDatabase):
+        query = (
+            "SELECT m.tbl_name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name "
+            "GROUP BY m.tbl_name"
+        )
+    else:
+        query = (
+            "SELECT relname, pg_total_relation_size(oid) FROM pg_class "
+            "WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+        )
+    sizes = {name: int(size) for name, size in db.execute_sql(query).fetchall()}
+    return {name: sizes.get(name, 0) for name in names} | {
+        "other": sum(size for name, size in sizes.items() if name not in names)
+    }
+
+
+def add_arguments(parser) -> None:
+    """The `bench seed` options (database settings are added by the CLI)."""
+    parser.add_argument("--loans", type=int, required=True, help="number of loans to add")
+    parser.add_argument("--users", type=int, default=10, help="spread the loans over this many seed users")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="loans per transaction")
+    parser.add_argument(
+        "--as-of", type=dt.date.fromisoformat, default=None, help="judge histories as of this date (today)"
+    )
+    parser.add_argument("--random-seed", type=int, default=1, help="seed of the random generator")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(settings, args) -> int:
+    """`lending-grpc bench seed`: migrate, seed, and print what was added and the size per loan."""
+    from lending_grpc.core.database import close_database, open_database
+    from lending_grpc.core.migrations import migrate
+
+    db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+    try:
+        migrate(db)
+        report = seed(
+            db,
+            args.loans,
+            users=args.users,
+            batch_size=args.batch_size,
+            as_of=args.as_of,
+            random_seed=args.random_seed,
+            progress=args.progress,
+        )
+        loans, payments = Loan.select().count(), Payment.select().count()
+        sizes = table_bytes(db)
+    finally:
+        close_database(db)
+    without_payments = sizes["user"] + sizes["loan"] + sizes["other"]
+    print(
+        f"seeded {report.loans} loans and {report.payments} payments for {report.users} users "
+        f"in {report.seconds:.1f}s\n"
+        f"the database holds {loans} loans and {payments} payments in {sum(sizes.values())} bytes: "
+        f"{without_payments / max(loans, 1):.0f} bytes per loan without payments, "
+        f"{sizes['payment'] / max(payments, 1):.0f} bytes per payment"
+    )
+    return 0
