@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import grpc
 import pytest
@@ -55,8 +56,12 @@ def test_emails_are_never_logged_even_at_debug(tmp_path):
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             stub.Register(auth_pb2.RegisterRequest(username="ada", password=PASSWORD, email=EMAIL))
             stub.Login(auth_pb2.LoginRequest(username="ada", password=PASSWORD))
+        # Each access line is written before its response is sent: both are in the log by now.
+        deadline = time.monotonic() + 10
+        while "AuthService/Login code=OK" not in "".join(server.log) and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
-        server.terminate()
+        server.kill()  # the log is what matters here, not a graceful stop (tested elsewhere)
     log = "".join(server.log)
     assert "method=/lending.v1.AuthService/Register code=OK" in log
     assert EMAIL not in log and PASSWORD not in log and TEST_DATA_KEY not in log
