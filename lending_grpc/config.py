@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 
 MAX_INT32 = 2**31 - 1
 MAX_WORKER_PROCESSES = 64
+MAX_BUSY_TIMEOUT_MS = 3_600_000
 
 
 def _flag(default: Any, help_text: str, *, flag: bool = True) -> Any:
@@ -182,7 +183,6 @@ def validate(settings: Settings) -> None:
         "max_workers",
         "max_concurrent_rpcs",
         "max_message_bytes",
-        "db_busy_timeout_ms",
         "db_pool_size",
         "login_max_failures",
         "login_failure_window_seconds",
@@ -193,6 +193,11 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{Settings.env_name(name)} must be between 1 and {MAX_INT32}")
     if settings.login_lockout_max_seconds < settings.login_lockout_seconds:
         raise ConfigError("LENDING_LOGIN_LOCKOUT_MAX_SECONDS must not be below LENDING_LOGIN_LOCKOUT_SECONDS")
+    # PostgreSQL's statement_timeout is set to three times this: keep it well inside an int32.
+    if not 0 < settings.db_busy_timeout_ms <= MAX_BUSY_TIMEOUT_MS:
+        raise ConfigError(
+            f"LENDING_DB_BUSY_TIMEOUT_MS must be between 1 and {MAX_BUSY_TIMEOUT_MS} (one hour)"
+        )
     for name in ("shutdown_grace_seconds", "drain_delay_seconds", "auth_cache_seconds"):
         if not 0 <= getattr(settings, name) <= 3600:
             raise ConfigError(f"{Settings.env_name(name)} must be between 0 and 3600")

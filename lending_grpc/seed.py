@@ -134,9 +134,7 @@ def _rows(
         owner = user_ids[loan_pk % len(user_ids)]
         term_weeks = rng.choice(_TERMS)
         start = as_of - dt.timedelta(days=rng.randint(-28, 730))
-        terms = LoanTerms.build(
-            rng.randint(1000, 10_000_000) * 100, rng.choice(_RATES_E4), term_weeks, start
-        )
+        terms = LoanTerms.build(rng.randint(1000, 10_000_000) * 100, rng.choice(_RATES_E4), term_weeks, start)
         paid_weeks = _paid_weeks(rng, terms, as_of)
         paid_cents = 0
         for first, last in _history(rng, paid_weeks):

@@ -109,26 +109,42 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _fork_worker(settings: Settings, index: int) -> _Worker:
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _fork_worker(settings: Settings, index: int, inherited: socket.socket, register) -> _Worker:
+    """Fork a worker; ``register`` records it in the parent before any stop signal can be handled.
+
+    Stop signals are blocked across the fork: in the parent they would find
+    the new worker unregistered (and never forward to it), in the child they
+    would run the supervisor's handler (and signal its siblings).
+    """
     ready_r, ready_w = os.pipe()
     parent_pid = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the worker
-        # Drop the supervisor's handlers at once: they would signal the other workers.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _die_with_parent(parent_pid)
-        os.close(ready_r)
-        code = 1
-        try:
-            code = _worker_main(settings, ready_w)
-        except BaseException:
-            log.exception("worker %d failed", index)
-        finally:
-            logging.shutdown()
-            os._exit(code)
-    os.close(ready_w)
-    return _Worker(index, pid, ready_r, time.monotonic())
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor alone decides
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            _die_with_parent(parent_pid)
+            inherited.close()
+            os.close(ready_r)
+            code = 1
+            try:
+                code = _worker_main(settings, ready_w)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(ready_w)
+        worker = _Worker(index, pid, ready_r, time.monotonic())
+        register(worker)
+        return worker
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
 def _await_ready(worker: _Worker, timeout: float) -> bool:
@@ -141,43 +157,56 @@ def _await_ready(worker: _Worker, timeout: float) -> bool:
 class _Supervisor:
     """Starts the workers, restarts one that dies, and stops them all on SIGTERM/SIGINT."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, port_socket: socket.socket) -> None:
         self.settings = settings  # what each worker serves with (workers=1)
         self.count = count
+        self.port_socket = port_socket
         self.workers: dict[int, _Worker] = {}
         self.stopping = False
-        self.signals_received = 0
         self.quick_deaths = 0
 
-    def _on_signal(self, signum, _frame) -> None:
-        self.signals_received += 1
+    def on_signal(self, signum, _frame) -> None:
+        """SIGTERM/SIGINT: stop every worker (a second signal makes them stop at once)."""
         if not self.stopping:
             log.info("received %s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
         self.stopping = True
-        # A second signal is forwarded too: each worker then stops at once.
         self._signal_workers(signal.SIGTERM)
 
     def _signal_workers(self, signum: int) -> None:
-        for worker in self.workers.values():
+        for worker in list(self.workers.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signum)
 
-    def start(self) -> None:
-        for index in range(self.count):
-            self._start_worker(index, first=True)
-
-    def _start_worker(self, index: int, *, first: bool = False) -> None:
-        worker = _fork_worker(self.settings, index)
+    def _register(self, worker: _Worker) -> None:
         self.workers[worker.pid] = worker
-        if not _await_ready(worker, READY_TIMEOUT_S):
-            if self.stopping:  # asked to stop while starting
+
+    def _start_worker(self, index: int) -> bool:
+        """Fork worker ``index`` and wait until it serves; False if it did not come up."""
+        worker = _fork_worker(self.settings, index, self.port_socket, self._register)
+        return _await_ready(worker, READY_TIMEOUT_S)
+
+    def start(self) -> None:
+        """Start every worker; WorkerError (after stopping the others) if one does not come up."""
+        for index in range(self.count):
+            if self.stopping:
                 return
-            self.stopping = True
-            self._signal_workers(signal.SIGTERM)
-            self._reap_all()
-            raise WorkerError(f"worker {index} did not start (see its log above)")
-        if not first:
-            log.info("worker %d restarted (pid %d)", index, worker.pid)
+            if not self._start_worker(index) and not self.stopping:
+                self.stopping = True
+                self._signal_workers(signal.SIGTERM)
+                raise WorkerError(f"worker {index} did not start (see its log above)")
+
+    def _restart(self, index: int) -> bool:
+        """Restart worker ``index``, backing off while it cannot start; False once it is hopeless."""
+        for attempt in range(CRASH_LOOP_LIMIT):
+            if self.stopping:
+                return True
+            if self._start_worker(index):
+                log.info("worker %d restarted", index)
+                return True
+            delay = min(2.0**attempt, 10.0)
+            log.error("worker %d did not start; retrying in %.0f s", index, delay)
+            time.sleep(delay)
+        return False
 
     def run(self) -> int:
         """Reap workers until all are gone; returns the exit code."""
@@ -187,32 +216,22 @@ class _Supervisor:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-            except InterruptedError:
-                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
             exit_code = os.waitstatus_to_exitcode(status)
             if self.stopping:
-                code = code or (exit_code if exit_code > 0 else 0)
+                code = code or max(exit_code, 0)
                 continue
             log.error("worker %d (pid %d) exited with %d; restarting it", worker.index, pid, exit_code)
             quick = time.monotonic() - worker.started < CRASH_LOOP_WINDOW_S
             self.quick_deaths = self.quick_deaths + 1 if quick else 0
-            if self.quick_deaths >= CRASH_LOOP_LIMIT:
-                log.error("workers keep dying right after start; stopping")
+            if self.quick_deaths >= CRASH_LOOP_LIMIT or not self._restart(worker.index):
+                log.error("workers keep dying; stopping")
                 self.stopping = True
                 self._signal_workers(signal.SIGTERM)
                 code = 1
-                continue
-            self._start_worker(worker.index)
         return code
-
-    def _reap_all(self) -> None:
-        for pid in list(self.workers):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            self.workers.pop(pid, None)
 
 
 def serve_workers(settings: Settings) -> None:
@@ -222,9 +241,9 @@ def serve_workers(settings: Settings) -> None:
     _prepare(settings)
     sock, host, port = reserve_port(settings.listen)
     worker_settings = dataclasses.replace(settings, listen=f"{host}:{port}", workers=1)
-    supervisor = _Supervisor(worker_settings, settings.workers)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, supervisor._on_signal)
+    supervisor = _Supervisor(worker_settings, settings.workers, sock)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, supervisor.on_signal)
     try:
         supervisor.start()
         if not supervisor.stopping:
@@ -239,6 +258,7 @@ def serve_workers(settings: Settings) -> None:
         code = supervisor.run()
     except WorkerError as exc:
         log.error("%s", exc)
+        supervisor.run()  # reap the workers that did start; they are stopping
         code = 1
     finally:
         sock.close()

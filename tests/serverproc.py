@@ -89,10 +89,14 @@ class ServerProcess:
         self.proc.kill()
         self.proc.wait(10)
 
-    def terminate(self, timeout: float = 20) -> int:
-        """SIGTERM and wait for the graceful exit; returns the exit code."""
+    def terminate(self, timeout: float = 20) -> int | None:
+        """SIGTERM and wait for the graceful exit; returns the exit code (None if it had to be killed)."""
         self.proc.terminate()
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
 
     def wait_gone(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout

@@ -62,19 +62,23 @@ def test_psycopg_conflicts_that_peewee_does_not_wrap_are_retried_too():
     assert len(calls) == 2
 
 
-def test_an_exhausted_pool_or_lost_server_is_unavailable_not_internal():
+def test_an_exhausted_pool_or_a_lost_server_is_unavailable_not_internal():
     from playhouse.pool import MaxConnectionsExceeded
 
     from lending_grpc.core.database import translate_errors
-    from lending_grpc.core.errors import DatabaseUnreachable
+    from lending_grpc.core.errors import DatabaseUnreachable, Unavailable
 
     for failure in (
-        MaxConnectionsExceeded("Max connections exceeded, timed out attempting to connect."),
         OperationalError(_DriverError("08006")),  # connection failure
         OperationalError(_DriverError("57P01")),  # admin shutdown
+        OperationalError(_DriverError("53100")),  # disk full
     ):
-        with pytest.raises(DatabaseUnreachable), translate_errors():
+        with pytest.raises(DatabaseUnreachable, match="request_id"), translate_errors():
             raise failure
+    # Every pooled connection busy for the busy timeout: local saturation, not an outage.
+    with pytest.raises(Unavailable) as info, translate_errors():
+        raise MaxConnectionsExceeded("Max connections exceeded, timed out attempting to connect.")
+    assert not isinstance(info.value, DatabaseUnreachable)
 
 
 def test_a_unique_race_is_retried_and_other_integrity_errors_are_not():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,8 +73,8 @@ def _schema(url: str) -> set[tuple]:
     }
 
 
-def _migrate(url: str, cwd: Path):
-    return run_cli("migrate", "--database-url", url, cwd=cwd, LENDING_SECRET_KEY="")
+def _migrate(url: str, cwd: Path, **settings: str):
+    return run_cli("migrate", "--database-url", url, cwd=cwd, LENDING_SECRET_KEY="", **settings)
 
 
 def test_migrate_command_is_idempotent(blank_url, tmp_path):
@@ -85,12 +86,42 @@ def test_migrate_command_is_idempotent(blank_url, tmp_path):
     assert second.returncode == 0 and "schema is up to date" in second.stdout
 
 
+def _hold_migration_lock(url: str):
+    """What a migrating process holds: SQLite's write lock, PostgreSQL's advisory lock."""
+    path = sqlite_path(url)
+    if path is not None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = wal")  # as lending-grpc opens every file
+        conn.execute("BEGIN IMMEDIATE")
+        return lambda: (conn.execute("ROLLBACK"), conn.close())
+    import psycopg
+
+    from lending_grpc.core.migrations import _MIGRATION_LOCK_KEY
+
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+    return conn.close
+
+
 def test_processes_migrating_together_apply_each_version_once(blank_url, tmp_path):
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: _migrate(blank_url, tmp_path), range(4)))
-    assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
+    release = _hold_migration_lock(blank_url)
+    with ThreadPoolExecutor(3) as pool:
+        try:
+            # Three processes start while a fourth migrates: they must wait, not fail or skip.
+            migrating = [
+                pool.submit(_migrate, blank_url, tmp_path, LENDING_DB_BUSY_TIMEOUT_MS="60000")
+                for _ in range(3)
+            ]
+            time.sleep(3)
+            assert not any(future.done() for future in migrating), [
+                f.result().stderr for f in migrating if f.done()
+            ]
+        finally:
+            release()
+        results = [future.result() for future in migrating]
+    assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
     assert sum("applied migrations" in r.stdout for r in results) == 1
-    assert sum("schema is up to date" in r.stdout for r in results) == 3
+    assert sum("schema is up to date" in r.stdout for r in results) == 2
     versions = _execute(blank_url, "SELECT version FROM schema_version ORDER BY version")
     assert versions == [(v,) for v in range(1, LATEST_VERSION + 1)]
 
@@ -134,6 +165,40 @@ def test_an_unreachable_postgresql_is_a_one_line_error(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "cannot open the database postgresql://lender:***@127.0.0.1:1/lending" in result.stderr
     assert "Traceback" not in result.stderr and "hunter2-secret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://lender:my secret pw@127.0.0.1:1/lending",  # unparsable: psycopg would quote it
+        "postgresql://lender@127.0.0.1:1/lending?password=my-secret-pw",
+        "postgresql://lender:my-secret-pw@127.0.0.1:1/lending?sslpassword=my-secret-pw",
+    ],
+)
+def test_database_passwords_never_reach_the_output(tmp_path, url):
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--database-url", url, cwd=tmp_path)
+    assert result.returncode in (1, 2), result.stderr
+    assert "my secret pw" not in result.stderr and "my-secret-pw" not in result.stderr, result.stderr
+    assert "***" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_url_options_are_kept_beside_the_server_side_timeouts(postgres):
+    url = postgres.create()
+    try:
+        db = open_database(
+            url + "?options=-c%20search_path%3Dpublic&application_name=billing-eu", busy_timeout_ms=750
+        )
+        try:
+            show = {
+                name: db.execute_sql(f"SHOW {name}").fetchone()[0] for name in ("search_path", "lock_timeout")
+            }
+            assert show == {"search_path": "public", "lock_timeout": "750ms"}
+            assert db.execute_sql("SHOW statement_timeout").fetchone()[0] == "30s"
+            assert db.execute_sql("SHOW application_name").fetchone()[0] == "billing-eu"
+        finally:
+            close_database(db)
+    finally:
+        postgres.drop(url)
 
 
 def test_postgresql_requires_an_explicit_secret_key(tmp_path):

@@ -120,8 +120,17 @@ def test_rows_stay_small(seeded):
 @pytest.mark.slow
 def test_cli_reports_what_it_seeded(tmp_path: Path):
     result = run_cli(
-        "bench", "seed", "--loans", "2000", "--users", "2", "--as-of", "2026-06-01",
-        "--database-url", f"sqlite:///{tmp_path}/seed.db", cwd=tmp_path,
+        "bench",
+        "seed",
+        "--loans",
+        "2000",
+        "--users",
+        "2",
+        "--as-of",
+        "2026-06-01",
+        "--database-url",
+        f"sqlite:///{tmp_path}/seed.db",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "seeding loans [##############################] 100.0% 2,000/2,000" in result.stderr

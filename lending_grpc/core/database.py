@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from peewee import (
     Database,
@@ -44,6 +44,7 @@ T = TypeVar("T")
 # a lock wait beyond lock_timeout means "busy"; class 08 is a broken connection.
 _RETRYABLE_STATES = {"40001", "40P01"}
 _BUSY_STATES = {"55P03", "57014"}
+_INSUFFICIENT_RESOURCES = "53"  # class 53: disk full, out of memory, too many connections
 
 
 class DatabaseError(RuntimeError):
@@ -88,13 +89,26 @@ def check_database_url(url: str) -> None:
         raise DatabaseError("the PostgreSQL URL must name a database: postgresql://user@host:port/dbname")
 
 
+_SECRET_PARAMETERS = {"password", "sslpassword"}
+
+
 def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """``url`` without its passwords (user info and query parameters), for logs and messages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+        query = urlencode(
+            [
+                (name, "***" if name.lower() in _SECRET_PARAMETERS else value)
+                for name, value in parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*",
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "(an unparsable URL)"
 
 
 def _create_private_file(path: Path) -> None:
@@ -164,20 +178,22 @@ def _postgresql(url: str, busy_timeout_ms: int, pool_size: int) -> PooledPostgre
         ) from None
     try:
         params = conninfo_to_dict(url)
-    except Exception as exc:  # psycopg.ProgrammingError; message never holds the password
-        raise DatabaseError(f"malformed PostgreSQL URL: {_first_line(exc)}") from None
+    except Exception:  # psycopg's message may quote the password: never pass it on
+        raise DatabaseError(f"malformed PostgreSQL URL {redact_url(url)}") from None
     dbname = params.pop("dbname")
     params.setdefault("connect_timeout", 5)
     params.setdefault("application_name", "lending-grpc")
+    # Server-side timeouts: a blocked row lock or runaway statement fails the
+    # transaction (retryable) instead of holding a worker forever. Appended to
+    # any options the URL brings (some hosted PostgreSQL services need theirs).
+    timeouts = f"-c lock_timeout={busy_timeout_ms} -c statement_timeout={max(busy_timeout_ms * 3, 30_000)}"
+    params["options"] = f"{params.get('options', '')} {timeouts}".strip()
     return PooledPostgresqlDatabase(
         dbname,
         max_connections=pool_size,
         stale_timeout=300,
         timeout=busy_timeout_ms / 1000,  # wait this long for a free pooled connection
         prefer_psycopg3=True,
-        # Server-side timeouts: a blocked row lock or runaway statement fails
-        # the transaction (retryable) instead of holding a worker forever.
-        options=f"-c lock_timeout={busy_timeout_ms} -c statement_timeout={max(busy_timeout_ms * 3, 30_000)}",
         **params,
     )
 
@@ -238,8 +254,8 @@ def _is_busy(exc: BaseException) -> bool:
 def _is_connection_failure(exc: BaseException) -> bool:
     state = _sqlstate(exc) or ""
     return (
-        isinstance(exc, (InterfaceError, MaxConnectionsExceeded))
-        or state.startswith("08")
+        isinstance(exc, InterfaceError)
+        or state.startswith(("08", _INSUFFICIENT_RESOURCES))
         or state in {"57P01", "57P02", "57P03"}  # the server is shutting down or starting
         or (isinstance(exc, OperationalError) and not state and "connect" in str(exc).lower())
     )
@@ -260,13 +276,17 @@ def translate_errors() -> Iterator[None]:
         # family (serialization failures, deadlocks): recognise those by SQLSTATE.
         if not isinstance(exc, (PeeweeDatabaseError, MaxConnectionsExceeded)) and not _sqlstate(exc):
             raise
-        if _is_busy(exc):
+        if _is_busy(exc) or isinstance(exc, MaxConnectionsExceeded):
+            # MaxConnectionsExceeded: every pooled connection stayed busy for the busy timeout.
             raise Unavailable("the database is busy; retry the request") from exc
         if _sqlstate(exc) in _RETRYABLE_STATES:
             raise Aborted("the transaction conflicted with a concurrent one; retry the request") from exc
         if _is_connection_failure(exc):
             log.warning("database unreachable: %s", _first_line(exc))
-            raise DatabaseUnreachable("the database is unreachable; retry the request") from exc
+            raise DatabaseUnreachable(
+                "the database connection failed; a write may or may not have been applied: "
+                "retry with the same request_id (payments) or loan_id (loans), which never applies twice"
+            ) from exc
         raise
 
 
@@ -281,6 +301,12 @@ def unit_of_work(db: Database) -> Iterator[None]:
     try:
         with translate_errors():
             yield
+    except DatabaseUnreachable:
+        # The server restarted or dropped us: its other idle connections are
+        # as dead as this one, so do not hand them to the next calls.
+        if isinstance(db, PooledPostgresqlDatabase):
+            db.close_idle()
+        raise
     finally:
         release_connection(db)
 

@@ -226,12 +226,22 @@ def migrate(db: Database) -> list[int]:
     try:
         with db.bind_ctx([SchemaVersion]):
             return _apply_migrations(db)
-    except PeeweeDatabaseError as exc:
+    except DatabaseError:
+        raise
+    except Exception as exc:
+        # Peewee's errors, and the psycopg ones it leaves unwrapped (they carry a SQLSTATE).
+        if not isinstance(exc, PeeweeDatabaseError) and not getattr(exc, "sqlstate", None):
+            raise
         raise DatabaseError(f"cannot migrate the database: {exc}") from None
 
 
 def _lock_for_migration(db: Database) -> None:
     if isinstance(db, PostgresqlDatabase):
+        # The request timeouts set on every connection do not apply here: a
+        # process starting while another migrates waits for it, however long
+        # a step (an index build) takes.
+        db.execute_sql("SET LOCAL lock_timeout = 0")
+        db.execute_sql("SET LOCAL statement_timeout = 0")
         # Released at commit; SQLite's BEGIN IMMEDIATE already excludes other writers.
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
 
