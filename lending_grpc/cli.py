@@ -10,6 +10,7 @@ import sys
 from lending_grpc import admin_cli
 from lending_grpc import seed as seed_command
 from lending_grpc.config import ConfigError, Settings, load_settings
+from lending_grpc.core.crypto import DataKeyError
 from lending_grpc.core.database import DatabaseError, close_database, open_database
 from lending_grpc.core.migrations import migrate
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         from lending_grpc.server import serve
 
         serve(settings)
-    except ConfigError as exc:
+    except (ConfigError, DataKeyError) as exc:
         print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
         return 2
     except (DatabaseError, OSError) as exc:

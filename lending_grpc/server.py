@@ -97,7 +97,7 @@ def create_server(settings: Settings, *, reuse_port: bool = False) -> RunningSer
         migrate(db)
         sealed = seal_legacy_emails(db, sealer)
         if sealed:
-            log.info("sealed %d plaintext email(s) left by schema version 1", sealed)
+            log.info("sealed %d email(s): plaintext from schema version 1 or an older data key", sealed)
         release_connection(db)  # the main thread serves no RPC: leave its connection to the pool
         return _start(settings, key, sealer, db, reuse_port)
     except BaseException:

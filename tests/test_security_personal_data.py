@@ -225,3 +225,20 @@ def test_keys_rotate_by_version():
         rotated.open(tampered, "u")
     with pytest.raises(DataKeyError):
         Sealer.from_text(f"1:{new_text},1:{old_text}")
+
+
+def test_a_rotated_key_reseals_every_email_on_start(tmp_path, database_url):
+    old, new = TEST_DATA_KEY, new_key_text()
+    with running_api(tmp_path, database_url, data_key=old) as api:
+        ada = register(api, "ada", email=EMAIL).user_id
+    # Removing the old key too early: the server refuses to start, and says why (exit code 2).
+    refused = run_cli("serve", "--listen", "127.0.0.1:0", "--database-url", database_url, cwd=tmp_path,
+                      LENDING_DATA_KEY=f"2:{new}")  # fmt: skip
+    assert refused.returncode == 2
+    assert f"cannot re-seal the email of user {ada}" in refused.stderr and "Traceback" not in refused.stderr
+    with running_api(tmp_path, database_url, data_key=f"2:{new},1:{old}"):
+        sealed = User.get(User.user_id == ada).email_sealed
+        assert sealed.startswith("v2.") and Sealer.from_text(f"2:{new}").open(sealed, ada) == EMAIL
+        assert audit_rows(event="user.emails_sealed")[-1]["summary"] == {"count": 1}
+    with running_api(tmp_path, database_url, data_key=f"2:{new}") as api:  # the old key can go now
+        assert login(api, "ada").access_token

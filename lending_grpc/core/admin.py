@@ -13,7 +13,7 @@ from peewee import Database
 
 from lending_grpc.core import audit, fields
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.crypto import Sealer
+from lending_grpc.core.crypto import DataKeyError, Sealer, UnsealError
 from lending_grpc.core.database import lock_row, run_in_write_transaction
 from lending_grpc.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from lending_grpc.core.models import LoginThrottle, TokenFamily, User
@@ -100,24 +100,35 @@ class AccountAdmin:
 
 
 def seal_legacy_emails(db: Database, sealer: Sealer, batch: int = 500) -> int:
-    """Seal the plaintext emails a schema-v1 database holds; returns how many. Run at every start.
+    """Seal plaintext emails (schema v1) and re-seal those of older keys; returns how many. Run at start.
 
-    Idempotent and cheap once done (one indexed-free scan for ``email <> ''``
-    that finds nothing). Each batch is one write transaction, so concurrent
-    starts of several processes seal each row once.
+    Idempotent and cheap once done (a scan that finds nothing). Each batch is
+    one write transaction with its rows locked, so several processes
+    starting together handle each row once. After a key rotation
+    (``LENDING_DATA_KEY=2:NEW,1:OLD``) this moves every value to the new key,
+    so the old one can then be removed.
     """
+    stale = (User.email != "") | (
+        User.email_sealed.is_null(False) & ~User.email_sealed.startswith(sealer.current_prefix)
+    )
     total = 0
     while True:
 
         def seal_batch() -> int:
-            rows = list(
-                lock_row(
-                    User.select(User.id, User.user_id, User.email).where(User.email != "").limit(batch), db
-                )
+            query = (
+                User.select(User.id, User.user_id, User.email, User.email_sealed).where(stale).limit(batch)
             )
+            rows = list(lock_row(query, db))
             for row in rows:
-                User.update(email="", email_sealed=sealer.seal(row.email, row.user_id)).where(
-                    (User.id == row.id) & (User.email == row.email)
+                try:
+                    plain = row.email or sealer.open(row.email_sealed, row.user_id)
+                except UnsealError as exc:
+                    raise DataKeyError(
+                        f"LENDING_DATA_KEY: cannot re-seal the email of user {row.user_id}: {exc}; keep "
+                        "the old key in LENDING_DATA_KEY (after the new one) until every email is re-sealed"
+                    ) from None
+                User.update(email="", email_sealed=sealer.seal(plain, row.user_id)).where(
+                    User.id == row.id
                 ).execute()
             if rows:
                 audit.record("user.emails_sealed", actor="server", summary={"count": len(rows)})

@@ -97,6 +97,11 @@ class Sealer:
             raise UnsealError("sealed value failed authentication (wrong key, row or tampering)") from None
         return plain.decode("utf-8")
 
+    @property
+    def current_prefix(self) -> str:
+        """How values sealed with the current key begin."""
+        return f"v{self._current}."
+
     def needs_reseal(self, sealed: str) -> bool:
         """Whether ``sealed`` was made with an older key than the current one."""
-        return not sealed.startswith(f"v{self._current}.")
+        return not sealed.startswith(self.current_prefix)
