@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve`, `migrate`, `bench seed`; operator commands `users`, `audit`."""
+"""Command line: `serve`, `migrate`, `bench seed`, operator `users`/`audit`, and the client commands."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 from lending_grpc import admin_cli
 from lending_grpc import seed as seed_command
+from lending_grpc.commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.crypto import DataKeyError
 from lending_grpc.core.database import DatabaseError, close_database, open_database
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting_flags(seed, ("database_url", "db_busy_timeout_ms", "log_level"))
     seed_command.add_arguments(seed)
+    add_client_commands(commands)  # register, login, loan ..., pay, delinquent: lending_grpc/commands/
     return parser
 
 
@@ -71,6 +73,8 @@ def _configure_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lending-grpc` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "client_command", None) is not None:
+        return run_client_command(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = load_settings(flags)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from lending_grpc.commands.environment import CLIENT_ENV_NAMES
 from lending_grpc.core.crypto import DataKeyError, Sealer, new_key_text
 from lending_grpc.core.database import DatabaseError, check_database_url, database_file, is_postgresql_url
 from lending_grpc.core.tokens import MIN_KEY_BYTES
@@ -120,7 +121,8 @@ _KEY_SETTINGS = tuple(name for pair in _KEY_PAIRS for name in pair)
 
 
 def _unknown_names(names, source: str) -> list[str]:
-    known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)]
+    # The client commands' variables (LENDING_SERVER, ...) may live in the same .env.
+    known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)] + list(CLIENT_ENV_NAMES)
     problems = []
     for name in names:
         if name.startswith(ENV_PREFIX) and name not in known:
