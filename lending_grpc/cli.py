@@ -1,4 +1,4 @@
-"""Command line: `lending-grpc serve`, `migrate`, `health`, `bench seed` and the client commands."""
+"""Command line: `serve`, `migrate`, `health`, `bench seed`, operator `users`/`audit`, client commands."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import argparse
 import dataclasses
 import sys
 
-from lending_grpc import healthcheck
+from lending_grpc import admin_cli, healthcheck
 from lending_grpc import seed as seed_command
 from lending_grpc.commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
+from lending_grpc.core.crypto import DataKeyError
 from lending_grpc.core.database import DatabaseError, close_database, open_database
 from lending_grpc.core.migrations import migrate
 from lending_grpc.logs import configure_logging
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
     health = commands.add_parser("health", help="check a running server's health service (exit 0 = SERVING)")
     healthcheck.add_arguments(health)
+    admin_cli.add_commands(commands, _add_setting_flags)
     bench = commands.add_parser("bench", help="benchmark helpers")
     seed = bench.add_subparsers(dest="bench_command", required=True).add_parser(
         "seed", help="fill the database with many loans and payment histories"
@@ -76,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command in admin_cli.COMMANDS:
+            return admin_cli.run(args, settings)
         if args.command == "bench":
             return seed_command.run(settings, args)
         from lending_grpc.server import serve
 
         serve(settings)
-    except ConfigError as exc:
+    except (ConfigError, DataKeyError) as exc:
         print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
         return 2
     except (DatabaseError, OSError) as exc:

@@ -16,10 +16,12 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from peewee import Database
 from prometheus_client import CollectorRegistry
 
+from lending_grpc.api.audit_context import AuditContextInterceptor
+from lending_grpc.api.audit_servicer import AuditServicer
 from lending_grpc.api.auth_interceptor import AuthInterceptor
 from lending_grpc.api.auth_servicer import AuthServicer
 from lending_grpc.api.billing_servicer import BillingServicer
@@ -29,14 +31,18 @@ from lending_grpc.api.logging_interceptor import AccessLogInterceptor
 from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics, worker_address
 from lending_grpc.api.rate_limit import PeerRateLimitInterceptor, TokenBuckets, UserRateLimitInterceptor
 from lending_grpc.api.unit_of_work import UnitOfWorkInterceptor
-from lending_grpc.config import Settings, resolve_secret_key
+from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
+from lending_grpc.core.admin import seal_legacy_emails
+from lending_grpc.core.audit import AuditLog
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
+from lending_grpc.core.crypto import Sealer
 from lending_grpc.core.database import close_database, open_database, release_connection
 from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
 from lending_grpc.transport import server_credentials, server_options
 
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -90,20 +97,24 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
     ``worker_index`` (0 for a single process) picks the worker's metrics port.
     """
     key = resolve_secret_key(settings)
+    sealer = resolve_data_key(settings)
     db = open_database(
         settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
     )
     try:
         migrate(db)
+        sealed = seal_legacy_emails(db, sealer)
+        if sealed:
+            log.info("sealed %d email(s): plaintext from schema version 1 or an older data key", sealed)
         release_connection(db)  # the main thread serves no RPC: leave its connection to the pool
-        return _start(settings, key, db, reuse_port, worker_index)
+        return _start(settings, key, sealer, db, reuse_port, worker_index)
     except BaseException:
         close_database(db)
         raise
 
 
 def _start(
-    settings: Settings, key: bytes, db: Database, reuse_port: bool, worker_index: int
+    settings: Settings, key: bytes, sealer: Sealer, db: Database, reuse_port: bool, worker_index: int
 ) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
@@ -113,8 +124,23 @@ def _start(
     )
     if settings.insecure_fast_password_hash:
         log.warning("LENDING_INSECURE_FAST_PASSWORD_HASH is on: password hashes are weak (tests only)")
-    auth = AuthCore(db, clock, Passwords(fast_insecure=settings.insecure_fast_password_hash), signer)
-    billing = BillingCore(db, clock, PageTokens(key))
+    policy = LoginPolicy(
+        max_failures=settings.login_max_failures,
+        window_s=settings.login_failure_window_seconds,
+        lockout_s=settings.login_lockout_seconds,
+        lockout_max_s=settings.login_lockout_max_seconds,
+    )
+    auth = AuthCore(
+        db,
+        clock,
+        Passwords(fast_insecure=settings.insecure_fast_password_hash),
+        signer,
+        sealer,
+        policy=policy,
+        cache_s=settings.auth_cache_seconds,
+    )
+    page_tokens = PageTokens(key)
+    billing = BillingCore(db, clock, page_tokens)
 
     registry = CollectorRegistry(auto_describe=True)
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
@@ -125,7 +151,8 @@ def _start(
         options=server_options(settings, reuse_port=reuse_port),
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
-    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing), server)
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing, auth), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(page_tokens), auth), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -162,8 +189,8 @@ def _interceptors(
 ) -> list[grpc.ServerInterceptor]:
     """Outermost first: observe (request id, log, metrics: it must see the final code), limit
     per peer (before auth, so anonymous floods are limited too, and before any database work),
-    map errors, scope the database work, authenticate, limit per user (needs the authenticated
-    user), then refuse undecodable bodies."""
+    set the audit context, map errors, scope the database work, authenticate, limit per user
+    (needs the authenticated user), then refuse undecodable bodies."""
     chain: list[grpc.ServerInterceptor] = [AccessLogInterceptor(metrics)]
     if settings.rate_limit_peer_per_second > 0:
         chain.append(
@@ -171,7 +198,12 @@ def _interceptors(
                 TokenBuckets(settings.rate_limit_peer_per_second, settings.rate_limit_peer_burst)
             )
         )
-    chain += [ErrorMappingInterceptor(), UnitOfWorkInterceptor(db), AuthInterceptor(auth)]
+    chain += [
+        AuditContextInterceptor(),
+        ErrorMappingInterceptor(),
+        UnitOfWorkInterceptor(db),
+        AuthInterceptor(auth),
+    ]
     if settings.rate_limit_user_per_second > 0:
         chain.append(
             UserRateLimitInterceptor(

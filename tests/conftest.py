@@ -29,6 +29,7 @@ if os.environ.get("CI") == "true":
     hypothesis_settings.load_profile("ci")
 
 TEST_SECRET_KEY = "test-secret-key-of-at-least-32-bytes-000000"
+TEST_DATA_KEY = "dGVzdC1kYXRhLWtleS0zMi1ieXRlcy0wMDAwMDAwMDA="  # base64 of 32 bytes
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:
@@ -37,6 +38,7 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         listen="127.0.0.1:0",
         database_url=sqlite_url(tmp_path),
         secret_key=TEST_SECRET_KEY,
+        data_key=TEST_DATA_KEY,
         insecure_fast_password_hash=True,
         shutdown_grace_seconds=1.0,
     )

@@ -29,8 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 BIN = Path(sys.executable).parent
 KNOWN_ENV = {Settings.env_name(field.name) for field in dataclasses.fields(Settings)}
-# Set by the accounts work (encryption of stored personal data); merged separately.
-KNOWN_ENV.add("LENDING_DATA_KEY_FILE")
 
 
 def _tool(name: str) -> str:

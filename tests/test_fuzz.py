@@ -24,7 +24,7 @@ from google.protobuf import symbol_database
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from rpc_helpers import today
 
 from lending_grpc.core.database import sqlite_path
@@ -32,7 +32,7 @@ from lending_grpc.server import create_server
 
 SERVICES = [
     service
-    for file in (auth_pb2.DESCRIPTOR, billing_pb2.DESCRIPTOR)
+    for file in (auth_pb2.DESCRIPTOR, billing_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR)
     for service in file.services_by_name.values()
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
@@ -68,10 +68,11 @@ REFUSAL_ALLOWED = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.PERMISSION_DENIED,  # roles: an authenticated caller without the right
 }
-# Tables that record refused requests on purpose (an audit trail of failed calls, login-attempt
-# counters) are left out of the "refused calls change nothing" comparison. Keep this list to
-# exactly such tables: every business table (users, loans, payments) must stay in it.
-DELIBERATE_WRITES: frozenset[str] = frozenset()
+# Tables that record refused requests on purpose are left out of the "refused calls change
+# nothing" comparison: the audit trail (refusals are audited), failed sign-in counters, and
+# refresh-token families (a replayed refresh token revokes its family). Keep this list to exactly
+# such tables: the business tables (users, loans, payments) must stay compared.
+DELIBERATE_WRITES = frozenset({"audit_event", "login_throttle", "token_family"})
 
 SQL_AND_FORMAT = [
     "' OR '1'='1",
@@ -117,9 +118,10 @@ SQL_AND_FORMAT = [
 
 def _plausible_text(field_name: str, state: dict) -> str:
     values = {
-        "username": "alice",
+        # Sign-ins under attack target mallory, whose account absorbs the lockouts.
+        "username": "mallory",
         "password": PASSWORD,
-        "email": "alice@example.com",
+        "email": "mallory@example.com",
         "refresh_token": state["refresh_token"],
         "loan_id": "L-1",
         "principal_amount": "1000",
@@ -201,8 +203,12 @@ class Target:
     def _prepare(self, database_url: str) -> None:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.billing = billing_pb2_grpc.BillingServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.state: dict = {}
         self.metadata = {"alice": self._user("alice"), "bob": self._user("bob")}
+        self._user("mallory")
+        # The refresh token under attack is carol's, so replays revoking it leave alice's session alone.
+        self._user("carol")
         self.metadata["none"] = ()
         self.metadata["forged"] = (("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."),)
         alice = self.metadata["alice"]
@@ -229,9 +235,20 @@ class Target:
         self.auth.Register(
             auth_pb2.RegisterRequest(username=name, password=PASSWORD, email=f"{name}@example.com")
         )
+        return self._login(name)
+
+    def _login(self, name: str):
         tokens = self.auth.Login(auth_pb2.LoginRequest(username=name, password=PASSWORD))
-        self.state.setdefault("refresh_token", tokens.refresh_token)
+        self.state["refresh_token"] = tokens.refresh_token
         return (("authorization", f"Bearer {tokens.access_token}"),)
+
+    def after(self, path: str, who: str, code: grpc.StatusCode) -> None:
+        """A fuzzed Logout that succeeded ended that user's session: sign in again."""
+        if code is grpc.StatusCode.OK and path.endswith("/Logout") and who in ("alice", "bob"):
+            refresh = self.state["refresh_token"]
+            self.metadata[who] = self._login(who)
+            self.state["refresh_token"] = refresh  # still carol's
+            self.ledger.rows = self.ledger.read()
 
     def raw(self, method: str, payload: bytes, metadata) -> tuple[grpc.StatusCode, str]:
         call = self.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
@@ -331,6 +348,7 @@ def test_random_and_mutated_bytes_to_every_method(target):
             who = identities[n % len(identities)]
             code, details = target.raw(path, payload, target.metadata[who])
             target.check((path, who, payload[:64]), code, details)
+            target.after(path, who, code)
             sent += 1
     for n in range(100):  # the health service gets garbage too
         code, details = target.raw(HEALTH_CHECK, rng.randbytes(rng.randint(0, 64)), ())
@@ -389,7 +407,9 @@ def test_hypothesis_field_values_through_the_stubs(target, call):
     method, message, who = call
     path = f"/{method.containing_service.full_name}/{method.name}"
     # The generated stub's own method: the request is serialized exactly as a client's would be.
-    stub = {"AuthService": target.auth, "BillingService": target.billing}[method.containing_service.name]
+    stub = {"AuthService": target.auth, "BillingService": target.billing, "AuditService": target.audit}[
+        method.containing_service.name
+    ]
     stub_call = getattr(stub, method.name)
     try:
         stub_call(message, metadata=target.metadata[who], timeout=30)
@@ -398,6 +418,7 @@ def test_hypothesis_field_values_through_the_stubs(target, call):
         code, details = err.code(), err.details() or ""
     inputs = tuple(getattr(message, f.name) for f in method.input_type.fields if f.type == f.TYPE_STRING)
     target.check((path, who, str(message)[:200]), code, details, inputs)
+    target.after(path, who, code)
 
 
 def test_five_megabyte_request_is_resource_exhausted_and_the_server_stays_healthy(target):
