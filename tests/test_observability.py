@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import sys
 import time
 import urllib.request
@@ -231,3 +232,23 @@ def test_json_lines_stay_one_line_and_carry_the_request_id_and_exception():
     assert entry["message"] == "bad\ninput\u2028\x00"
     assert entry["request_id"] == "req-1" and entry["level"] == "ERROR"
     assert entry["exception"].startswith("Traceback") and "ValueError: boom" in entry["exception"]
+
+
+def test_the_audit_trail_records_the_request_id_returned_to_the_caller(tmp_path):
+    running = create_server(make_settings(tmp_path))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            auth = auth_pb2_grpc.AuthServiceStub(channel)
+            register = auth_pb2.RegisterRequest(username="erin", password="correct horse 1", email="e@x.co")
+            auth.Register(register)
+            wrong = auth_pb2.LoginRequest(username="erin", password="wrong password!")
+            err = call_error(auth.Login, wrong, metadata=(("x-request-id", "trace-audit-1"),))
+            assert ("x-request-id", "trace-audit-1") in err.initial_metadata()
+            err = call_error(auth.Login, wrong)  # no id sent: the generated one is returned
+            generated = dict(err.initial_metadata())["x-request-id"]
+    finally:
+        running.stop(0)
+    with sqlite3.connect(tmp_path / "lending.db") as db:
+        query = "SELECT request_id FROM audit_event WHERE event = 'login.failure' ORDER BY id"
+        ids = [row[0] for row in db.execute(query)]
+    assert ids == ["trace-audit-1", generated]
