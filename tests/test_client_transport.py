@@ -7,18 +7,12 @@ definitions from tiny servicers that count what they receive.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import threading
 import time
 from concurrent import futures
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 
 from lending_grpc.client import (
@@ -168,71 +162,7 @@ def test_a_slow_server_gives_deadline_exceeded(stand_in) -> None:
             client.get_loan("L-1")
 
 
-# -- TLS --
-
-
-def self_signed(common_name: str) -> tuple[bytes, bytes]:
-    """A (certificate PEM, private key PEM) pair valid for localhost and 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def test_tls_with_the_servers_ca_and_refusal_without_it(stand_in, tmp_path) -> None:
-    cert, key = self_signed("localhost")
-    server = stand_in(Billing(), grpc.ssl_server_credentials([(key, cert)]))
-    (tmp_path / "ca.pem").write_bytes(cert)
-    tls = TlsConfig.from_files(ca_file=tmp_path / "ca.pem")
-    with LendingClient(
-        f"localhost:{server.port}", tls=tls, username="ada", password="pw", timeout=TIMEOUT
-    ) as c:
-        assert c.make_payment("L-1", "110000.00").payment_id == "p-1"  # logs in over TLS first
-    assert server.billing.calls[0][1] == "Bearer access-from-login"
-
-    with LendingClient(f"localhost:{server.port}", tls=True, tokens=fresh_tokens(), timeout=TIMEOUT) as c:
-        with pytest.raises(Unavailable):  # the system's roots do not trust a self-signed certificate
-            c.make_payment("L-1", "110000.00")
-    with LendingClient(f"localhost:{server.port}", tokens=fresh_tokens(), timeout=TIMEOUT) as c:
-        with pytest.raises(Unavailable):  # plaintext to a TLS port
-            c.make_payment("L-1", "110000.00")
-    assert len(server.billing.calls) == 1
-
-
-def test_mutual_tls_needs_the_client_certificate(stand_in) -> None:
-    server_cert, server_key = self_signed("localhost")
-    client_cert, client_key = self_signed("lending-client")
-    credentials = grpc.ssl_server_credentials(
-        [(server_key, server_cert)], root_certificates=client_cert, require_client_auth=True
-    )
-    server = stand_in(Billing(), credentials)
-    target = f"localhost:{server.port}"
-    with LendingClient(target, tls=TlsConfig(server_cert), tokens=fresh_tokens(), timeout=TIMEOUT) as c:
-        with pytest.raises(Unavailable):
-            c.make_payment("L-1", "110000.00")
-    mutual = TlsConfig(server_cert, certificate_chain=client_cert, private_key=client_key)
-    with LendingClient(target, tls=mutual, tokens=fresh_tokens(), timeout=TIMEOUT) as c:
-        assert c.make_payment("L-1", "110000.00").payment_id == "p-1"
+# TLS and mTLS are tested against the real server in test_tls.py.
 
 
 def test_a_client_certificate_needs_its_key() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -136,3 +138,33 @@ def test_cli_flags_serve_mtls_on_all_interfaces_and_insecure_needs_saying(tmp_pa
             assert _check(channel) == SERVING
     finally:
         assert proc.terminate() == 0
+
+
+def test_the_python_sdk_pays_over_mutual_tls(tmp_path, pki):
+    """The SDK end to end over mTLS: register, log in, create and pay; without its certificate it fails."""
+    from lending_grpc.client import LendingClient, TlsConfig
+    from lending_grpc.client.errors import Unavailable
+
+    running = create_server(
+        make_settings(
+            tmp_path,
+            tls_cert=str(pki["server_cert"]),
+            tls_key=str(pki["server_key"]),
+            tls_client_ca=str(pki["ca_file"]),
+        )
+    )
+    client_cert = pki["client"]
+    target = f"localhost:{running.port}"
+    try:
+        mutual = TlsConfig(pki["ca"], certificate_chain=client_cert.cert_pem, private_key=client_cert.key_pem)
+        with LendingClient(target, tls=mutual, timeout=10) as client:
+            client.register("tls-ada", "correct horse battery", "ada@example.com")
+            client.login("tls-ada", "correct horse battery")
+            client.create_loan("L-TLS", Decimal("5000000"), start_date=dt.date(2026, 1, 5))
+            payment = client.make_payment("L-TLS", Decimal("110000"))
+            assert (payment.first_week, payment.outstanding_balance) == (1, Decimal("5390000.00"))
+        with LendingClient(target, tls=TlsConfig(pki["ca"]), timeout=5) as anonymous:
+            with pytest.raises(Unavailable):  # the handshake fails without a client certificate
+                anonymous.login("tls-ada", "correct horse battery")
+    finally:
+        running.stop(0)

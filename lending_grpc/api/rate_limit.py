@@ -131,51 +131,52 @@ def exhausted_status(scope: str, wait_s: float) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-class PeerRateLimitInterceptor(WrappingInterceptor):
+class _RateLimitInterceptor(WrappingInterceptor):
+    """Takes a token from the caller's bucket before each lending.v1 call; refuses when it is empty."""
+
+    scope = ""
+
+    def __init__(self, buckets: TokenBuckets) -> None:
+        super().__init__()
+        self._buckets = buckets
+
+    def caller(self, context: grpc.ServicerContext) -> str | None:
+        """The bucket key of this call's caller, or None to let it through unmetered."""
+        raise NotImplementedError
+
+    def wrap_handler(self, handler, method):
+        if not method.startswith(LIMITED_PREFIX):
+            return handler
+        buckets, caller, scope = self._buckets, self.caller, self.scope
+
+        def wrap(behaviour: Behaviour) -> Behaviour:
+            def limited(request: Any, context: grpc.ServicerContext) -> Any:
+                key = caller(context)
+                if key is not None:
+                    wait = buckets.take(key)
+                    if wait:
+                        context.abort_with_status(exhausted_status(scope, wait))
+                return behaviour(request, context)
+
+            return limited
+
+        return wrap_unary(handler, wrap)
+
+
+class PeerRateLimitInterceptor(_RateLimitInterceptor):
     """Limits every lending.v1 call per client IP address, authenticated or not."""
 
-    def __init__(self, buckets: TokenBuckets) -> None:
-        super().__init__()
-        self._buckets = buckets
+    scope = "peer"
 
-    def wrap_handler(self, handler, method):
-        if not method.startswith(LIMITED_PREFIX):
-            return handler
-        buckets = self._buckets
-
-        def wrap(behaviour: Behaviour) -> Behaviour:
-            def limited(request: Any, context: grpc.ServicerContext) -> Any:
-                wait = buckets.take(peer_key(context.peer()))
-                if wait:
-                    context.abort_with_status(exhausted_status("peer", wait))
-                return behaviour(request, context)
-
-            return limited
-
-        return wrap_unary(handler, wrap)
+    def caller(self, context: grpc.ServicerContext) -> str | None:
+        return peer_key(context.peer())
 
 
-class UserRateLimitInterceptor(WrappingInterceptor):
+class UserRateLimitInterceptor(_RateLimitInterceptor):
     """Limits each authenticated user; sits inside the auth interceptor, which names the user."""
 
-    def __init__(self, buckets: TokenBuckets) -> None:
-        super().__init__()
-        self._buckets = buckets
+    scope = "user"
 
-    def wrap_handler(self, handler, method):
-        if not method.startswith(LIMITED_PREFIX):
-            return handler
-        buckets = self._buckets
-
-        def wrap(behaviour: Behaviour) -> Behaviour:
-            def limited(request: Any, context: grpc.ServicerContext) -> Any:
-                principal = call_context.current_principal.get(None)
-                if principal is not None:
-                    wait = buckets.take(principal.user_id)
-                    if wait:
-                        context.abort_with_status(exhausted_status("user", wait))
-                return behaviour(request, context)
-
-            return limited
-
-        return wrap_unary(handler, wrap)
+    def caller(self, context: grpc.ServicerContext) -> str | None:
+        principal = call_context.current_principal.get(None)
+        return None if principal is None else principal.user_id
