@@ -6,14 +6,17 @@ STAMP  := $(VENV)/.installed-stamp
 BUF_VERSION := 1.75.0
 PROTOS := $(wildcard protos/lending/v1/*.proto)
 
-.PHONY: help setup run test proto proto-check lint buf-lint bench bench-scale clean
+.PHONY: help setup run demo test proto proto-check lint buf-lint buf-breaking buf-baseline bench bench-scale clean
 
 help:
 	@echo "make run          serve on 127.0.0.1:50051 (SQLite under ./var/)"
+	@echo "make demo         walk a loan from registration to payoff with the command line client"
 	@echo "make test         run the whole test suite"
 	@echo "make proto        regenerate generated/ from protos/"
 	@echo "make proto-check  fail when generated/ is stale"
 	@echo "make lint         ruff + buf lint"
+	@echo "make buf-breaking fail when protos/ breaks clients of the baseline in api-baseline/"
+	@echo "make buf-baseline record the current protos as the new baseline (a deliberate API release)"
 	@echo "make bench        throughput and latency against the echo and raw-sqlite3 ceilings"
 	@echo "make bench-scale  1,000 vs 1,000,000 loans: per-call cost, portfolio pages, bytes per loan"
 	@echo "make clean        remove the virtualenv, caches and ./var"
@@ -29,6 +32,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/lending-grpc serve
+
+demo: $(STAMP)
+	bash examples/demo.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -48,6 +54,19 @@ proto-check: proto
 
 buf-lint:
 	npx --yes @bufbuild/buf@$(BUF_VERSION) lint
+
+# Compared against a committed image, not a git ref: CI's clean clone always has it,
+# and additions (new RPCs, fields) pass while removals and renames fail.
+BUF_BASELINE := api-baseline/lending-v1.json
+
+buf-breaking:
+	npx --yes @bufbuild/buf@$(BUF_VERSION) breaking --against $(BUF_BASELINE)
+
+# JSON, pretty-printed, so a review sees what the new baseline contains.
+buf-baseline: $(STAMP)
+	npx --yes @bufbuild/buf@$(BUF_VERSION) build --exclude-source-info -o $(BUF_BASELINE)
+	$(BIN)/python -m json.tool --indent 1 $(BUF_BASELINE) $(BUF_BASELINE).tmp
+	mv $(BUF_BASELINE).tmp $(BUF_BASELINE)
 
 lint: $(STAMP) buf-lint
 	$(BIN)/ruff check lending_grpc tests

@@ -177,6 +177,9 @@ def lending_server(name: str, database_url: str, workers: int, work: Path) -> Se
         LENDING_ACCESS_TOKEN_TTL_SECONDS="86400",
         LENDING_DRAIN_DELAY_SECONDS="0",
         LENDING_SHUTDOWN_GRACE_SECONDS="2",
+        # One user on one address drives every call: the rate limits would measure themselves.
+        LENDING_RATE_LIMIT_USER_PER_SECOND="0",
+        LENDING_RATE_LIMIT_PEER_PER_SECOND="0",
     )
     return Server(name, "lending", workers, argv, env, work / f"{name}.log")
 

@@ -1,16 +1,19 @@
-"""Command line: `lending-grpc serve`, `lending-grpc migrate` and `lending-grpc bench seed`."""
+"""Command line: `serve`, `migrate`, `health`, `bench seed`, operator `users`/`audit`, client commands."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 
+from lending_grpc import admin_cli, healthcheck
 from lending_grpc import seed as seed_command
+from lending_grpc.commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
+from lending_grpc.core.crypto import DataKeyError
 from lending_grpc.core.database import DatabaseError, close_database, open_database
 from lending_grpc.core.migrations import migrate
+from lending_grpc.logs import configure_logging
 
 _TYPES = {bool: None, int: int, float: float, str: str}
 
@@ -44,51 +47,45 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
     _add_setting_flags(serve)
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
-    _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level"))
+    _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
+    health = commands.add_parser("health", help="check a running server's health service (exit 0 = SERVING)")
+    healthcheck.add_arguments(health)
+    admin_cli.add_commands(commands, _add_setting_flags)
     bench = commands.add_parser("bench", help="benchmark helpers")
     seed = bench.add_subparsers(dest="bench_command", required=True).add_parser(
         "seed", help="fill the database with many loans and payment histories"
     )
-    _add_setting_flags(seed, ("database_url", "db_busy_timeout_ms", "log_level"))
+    _add_setting_flags(seed, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
     seed_command.add_arguments(seed)
+    add_client_commands(commands)  # register, login, loan ..., pay, delinquent: lending_grpc/commands/
     return parser
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # Peewee logs every statement with its parameters (password hashes,
-    # emails) at DEBUG: never let it through, whatever the service level.
-    logging.getLogger("peewee").setLevel(logging.INFO)
-    # The format names none of these, and gathering them for every record
-    # (one access-log line per RPC) was a visible share of a cheap call.
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lending-grpc` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "health":  # a client: the server's settings do not apply
+        return healthcheck.run(args)
+    if getattr(args, "client_command", None) is not None:
+        return run_client_command(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = load_settings(flags)
     except ConfigError as exc:
         print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command in admin_cli.COMMANDS:
+            return admin_cli.run(args, settings)
         if args.command == "bench":
             return seed_command.run(settings, args)
         from lending_grpc.server import serve
 
         serve(settings)
-    except ConfigError as exc:
+    except (ConfigError, DataKeyError) as exc:
         print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
         return 2
     except (DatabaseError, OSError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import difflib
+import ipaddress
 import logging
 import os
 import secrets
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from lending_grpc.commands.environment import CLIENT_ENV_NAMES
+from lending_grpc.core.crypto import DataKeyError, Sealer, new_key_text
 from lending_grpc.core.database import DatabaseError, check_database_url, database_file, is_postgresql_url
 from lending_grpc.core.tokens import MIN_KEY_BYTES
 
@@ -59,7 +62,31 @@ class Settings:
     shutdown_grace_seconds: float = _flag(10.0, "how long in-flight RPCs may finish after SIGTERM")
     drain_delay_seconds: float = _flag(1.0, "how long health says NOT_SERVING before new calls are refused")
     log_level: str = _flag("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _flag("text", "text, or json for one JSON object per line")
+    # Transport security: TLS, mTLS, and the explicit opt-out for plaintext off loopback.
+    tls_cert: str = _flag("", "PEM certificate chain to serve TLS with (needs --tls-key)")
+    tls_key: str = _flag("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _flag("", "PEM CA bundle: require client certificates signed by it (mTLS)")
+    insecure: bool = _flag(False, "allow plaintext on a non-loopback address (behind a TLS-terminating mesh)")
+    # Rate limits: in-process token buckets; a rate of 0 turns that limit off.
+    rate_limit_user_per_second: float = _flag(100.0, "sustained requests per second per user (0 = off)")
+    rate_limit_user_burst: int = _flag(200, "requests a user may send at once before being throttled")
+    rate_limit_peer_per_second: float = _flag(500.0, "sustained requests per second per peer IP (0 = off)")
+    rate_limit_peer_burst: int = _flag(1000, "requests one peer IP may send at once before being throttled")
+    metrics_listen: str = _flag("", "host:port of the Prometheus /metrics endpoint (empty = off)")
     insecure_fast_password_hash: bool = _flag(False, "TESTS ONLY: cheap argon2 parameters")
+    # Personal data at rest (emails): AES-256-GCM keys, never on the command line.
+    data_key: str = _flag(
+        "", "data encryption key(s): base64 of 32 bytes, '2:NEW,1:OLD' to rotate", flag=False
+    )
+    data_key_file: str = _flag("", "file holding the data encryption key(s)")
+    login_max_failures: int = _flag(5, "failed sign-ins within the window that lock an account")
+    login_failure_window_seconds: int = _flag(900, "window in which failed sign-ins are counted")
+    login_lockout_seconds: int = _flag(300, "first lockout; each further one doubles")
+    login_lockout_max_seconds: int = _flag(86400, "longest lockout")
+    auth_cache_seconds: float = _flag(
+        5.0, "how long a process trusts its cached user role/erasure and token revocation state"
+    )
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
@@ -101,11 +128,14 @@ def _convert(field: dataclasses.Field, text: str, source: str) -> Any:
 
 
 _SOURCES = ("command line", "environment", ".env")
-_KEY_SETTINGS = ("secret_key", "secret_key_file")
+# Each pair (inline value, file) is one setting.
+_KEY_PAIRS = (("secret_key", "secret_key_file"), ("data_key", "data_key_file"))
+_KEY_SETTINGS = tuple(name for pair in _KEY_PAIRS for name in pair)
 
 
 def _unknown_names(names, source: str) -> list[str]:
-    known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)]
+    # The client commands' variables (LENDING_SERVER, ...) may live in the same .env.
+    known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)] + list(CLIENT_ENV_NAMES)
     problems = []
     for name in names:
         if name.startswith(ENV_PREFIX) and name not in known:
@@ -148,13 +178,13 @@ def load_settings(
             chosen[field.name], rank[field.name] = _convert(field, environ[env], env), 1
         elif env in file_values and not (skip_empty and not file_values[env]):
             chosen[field.name], rank[field.name] = _convert(field, file_values[env], f"{dotenv}: {env}"), 2
-    key_ranks = {rank[name] for name in _KEY_SETTINGS if name in chosen}
-    if len(key_ranks) == 2:
-        del chosen[max(_KEY_SETTINGS, key=lambda name: rank[name])]
-    elif all(name in chosen for name in _KEY_SETTINGS):
-        raise ConfigError(
-            f"{_SOURCES[key_ranks.pop()]}: set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE, not both"
-        )
+    for pair in _KEY_PAIRS:
+        key_ranks = {rank[name] for name in pair if name in chosen}
+        if len(key_ranks) == 2:
+            del chosen[max(pair, key=lambda name: rank[name])]
+        elif all(name in chosen for name in pair):
+            inline, file = (Settings.env_name(name) for name in pair)
+            raise ConfigError(f"{_SOURCES[key_ranks.pop()]}: set {inline} or {file}, not both")
     settings = Settings(**chosen)
     validate(settings)
     return settings
@@ -169,21 +199,33 @@ def validate(settings: Settings) -> None:
         "max_concurrent_rpcs",
         "max_message_bytes",
         "db_pool_size",
+        "login_max_failures",
+        "login_failure_window_seconds",
+        "login_lockout_seconds",
+        "login_lockout_max_seconds",
     ):
         if not 0 < getattr(settings, name) <= MAX_INT32:
             raise ConfigError(f"{Settings.env_name(name)} must be between 1 and {MAX_INT32}")
+    if settings.login_lockout_max_seconds < settings.login_lockout_seconds:
+        raise ConfigError("LENDING_LOGIN_LOCKOUT_MAX_SECONDS must not be below LENDING_LOGIN_LOCKOUT_SECONDS")
     # PostgreSQL's statement_timeout is set to three times this: keep it well inside an int32.
     if not 0 < settings.db_busy_timeout_ms <= MAX_BUSY_TIMEOUT_MS:
         raise ConfigError(
             f"LENDING_DB_BUSY_TIMEOUT_MS must be between 1 and {MAX_BUSY_TIMEOUT_MS} (one hour)"
         )
-    for name in ("shutdown_grace_seconds", "drain_delay_seconds"):
+    for name in ("shutdown_grace_seconds", "drain_delay_seconds", "auth_cache_seconds"):
         if not 0 <= getattr(settings, name) <= 3600:
             raise ConfigError(f"{Settings.env_name(name)} must be between 0 and 3600")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{Settings.env_name('log_level')} must be DEBUG, INFO, WARNING or ERROR")
+    if settings.log_format not in {"text", "json"}:
+        raise ConfigError(f"{Settings.env_name('log_format')} must be text or json")
     if not 1 <= settings.workers <= MAX_WORKER_PROCESSES:
         raise ConfigError(f"LENDING_WORKERS must be between 1 and {MAX_WORKER_PROCESSES}")
+    _validate_rate_limits(settings)
+    _validate_transport(settings)
+    if settings.metrics_listen:
+        _split_host_port(settings.metrics_listen, "LENDING_METRICS_LISTEN")
     try:
         check_database_url(settings.database_url)
     except DatabaseError as exc:
@@ -194,6 +236,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"LENDING_TIME_ZONE {settings.time_zone!r} is not an IANA time zone") from None
     if settings.secret_key and settings.secret_key_file:
         raise ConfigError("set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE, not both")
+    if settings.data_key and settings.data_key_file:
+        raise ConfigError("set LENDING_DATA_KEY or LENDING_DATA_KEY_FILE, not both")
 
 
 def resolve_secret_key(settings: Settings) -> bytes:
@@ -209,6 +253,39 @@ def resolve_secret_key(settings: Settings) -> bytes:
     return key
 
 
+def resolve_data_key(settings: Settings) -> Sealer:
+    """The sealer for personal data: key(s) inline, from a file, or generated once beside the SQLite file."""
+    if settings.data_key:
+        text, where = settings.data_key, "LENDING_DATA_KEY"
+    elif settings.data_key_file:
+        path = Path(settings.data_key_file)
+        text, where = _read_key_file(path, "LENDING_DATA_KEY_FILE").decode("utf-8"), str(path)
+    else:
+        text, where = _generated_data_key(settings.database_url), "the generated data key"
+    try:
+        return Sealer.from_text(text)
+    except DataKeyError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _generated_data_key(database_url: str) -> str:
+    if is_postgresql_url(database_url):
+        raise ConfigError("with PostgreSQL, set LENDING_DATA_KEY or LENDING_DATA_KEY_FILE")
+    try:
+        db_path = database_file(database_url)
+    except DatabaseError as exc:
+        raise ConfigError(str(exc)) from None
+    key_path = db_path.with_name(db_path.name + ".data-key")
+    if not key_path.exists():
+        _write_new_key(key_path, new_key_text().encode("ascii"))
+    log.warning(
+        "no LENDING_DATA_KEY set: using the generated data encryption key in %s; back it up "
+        "(emails cannot be read without it) and set LENDING_DATA_KEY_FILE in production",
+        key_path,
+    )
+    return _read_key_file(key_path, "generated data key").decode("utf-8")
+
+
 def _read_key_file(path: Path, setting: str) -> bytes:
     try:
         info = path.stat()
@@ -219,7 +296,7 @@ def _read_key_file(path: Path, setting: str) -> bytes:
     if info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o022:
         raise ConfigError(f"{setting} {path} is owned or writable by another user; refusing it")
     if info.st_mode & 0o044:
-        log.warning("JWT key file %s is readable by other users; chmod 600 it", path)
+        log.warning("key file %s is readable by other users; chmod 600 it", path)
     return key
 
 
@@ -242,7 +319,7 @@ def _generated_key(database_url: str) -> bytes:
     return _read_key_file(key_path, "generated key")
 
 
-def _write_new_key(key_path: Path) -> None:
+def _write_new_key(key_path: Path, content: bytes | None = None) -> None:
     """Create a random key file, mode 0600, safe against a concurrent start and planted symlinks."""
     key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Written to a private temporary file, then hard-linked into place, so a
@@ -252,7 +329,7 @@ def _write_new_key(key_path: Path) -> None:
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(base64.urlsafe_b64encode(secrets.token_bytes(48)) + b"\n")
+            handle.write((content or base64.urlsafe_b64encode(secrets.token_bytes(48))) + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.link(tmp_path, key_path)
@@ -260,3 +337,52 @@ def _write_new_key(key_path: Path) -> None:
         pass  # another process won the race: its key is used
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _validate_rate_limits(settings: Settings) -> None:
+    for scope in ("user", "peer"):
+        rate = getattr(settings, f"rate_limit_{scope}_per_second")
+        burst = getattr(settings, f"rate_limit_{scope}_burst")
+        if not 0 <= rate <= 1_000_000:
+            raise ConfigError(
+                f"{Settings.env_name(f'rate_limit_{scope}_per_second')} must be between 0 (off) and 1000000"
+            )
+        if not 1 <= burst <= 1_000_000:
+            raise ConfigError(
+                f"{Settings.env_name(f'rate_limit_{scope}_burst')} must be between 1 and 1000000"
+            )
+
+
+def _split_host_port(address: str, setting: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{setting} {address!r} must be host:port")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a listen address only accepts connections from this machine."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def _validate_transport(settings: Settings) -> None:
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("LENDING_TLS_CERT and LENDING_TLS_KEY must be set together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ConfigError("LENDING_TLS_CLIENT_CA (mTLS) needs LENDING_TLS_CERT and LENDING_TLS_KEY")
+    # An address without a port cannot be bound at all: the listen error says so at startup.
+    has_port = ":" in settings.listen
+    if has_port and not settings.tls_cert and not settings.insecure and not is_loopback(settings.listen):
+        raise ConfigError(
+            f"refusing plaintext on the non-loopback address {settings.listen}: serve TLS with "
+            "--tls-cert/--tls-key, or pass --insecure (LENDING_INSECURE=true) when a proxy or "
+            "service mesh terminates TLS in front of the service"
+        )

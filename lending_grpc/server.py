@@ -16,31 +16,42 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from peewee import Database
+from prometheus_client import CollectorRegistry
 
+from lending_grpc.api.audit_context import AuditContextInterceptor
+from lending_grpc.api.audit_servicer import AuditServicer
 from lending_grpc.api.auth_interceptor import AuthInterceptor
 from lending_grpc.api.auth_servicer import AuthServicer
 from lending_grpc.api.billing_servicer import BillingServicer
 from lending_grpc.api.decoding import RequestDecodingInterceptor
 from lending_grpc.api.errors import ErrorMappingInterceptor
 from lending_grpc.api.logging_interceptor import AccessLogInterceptor
+from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics, worker_address
+from lending_grpc.api.rate_limit import PeerRateLimitInterceptor, TokenBuckets, UserRateLimitInterceptor
 from lending_grpc.api.unit_of_work import UnitOfWorkInterceptor
-from lending_grpc.config import Settings, resolve_secret_key
+from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
+from lending_grpc.core.admin import seal_legacy_emails
+from lending_grpc.core.audit import AuditLog
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
+from lending_grpc.core.crypto import Sealer
 from lending_grpc.core.database import close_database, open_database, release_connection
 from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
+from lending_grpc.transport import server_credentials, server_options
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -53,6 +64,7 @@ class RunningServer:
     health: health.HealthServicer
     database: Database
     executor: futures.ThreadPoolExecutor
+    metrics: MetricsServer | None = None
 
     def stop(
         self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
@@ -69,6 +81,8 @@ class RunningServer:
             hurry.wait(drain_delay)
         self.server.stop(0 if hurry.is_set() else grace).wait()
         self.executor.shutdown(wait=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         close_database(self.database)
 
 
@@ -76,25 +90,32 @@ class ListenError(OSError):
     """The listen address is malformed or already in use."""
 
 
-def create_server(settings: Settings, *, reuse_port: bool = False) -> RunningServer:
+def create_server(settings: Settings, *, reuse_port: bool = False, worker_index: int = 0) -> RunningServer:
     """Open and migrate the database, build the server, bind ``settings.listen`` and start it.
 
-    ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT).
+    ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT);
+    ``worker_index`` (0 for a single process) picks the worker's metrics port.
     """
     key = resolve_secret_key(settings)
+    sealer = resolve_data_key(settings)
     db = open_database(
         settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
     )
     try:
         migrate(db)
+        sealed = seal_legacy_emails(db, sealer)
+        if sealed:
+            log.info("sealed %d email(s): plaintext from schema version 1 or an older data key", sealed)
         release_connection(db)  # the main thread serves no RPC: leave its connection to the pool
-        return _start(settings, key, db, reuse_port)
+        return _start(settings, key, sealer, db, reuse_port, worker_index)
     except BaseException:
         close_database(db)
         raise
 
 
-def _start(settings: Settings, key: bytes, db: Database, reuse_port: bool) -> RunningServer:
+def _start(
+    settings: Settings, key: bytes, sealer: Sealer, db: Database, reuse_port: bool, worker_index: int
+) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
         key,
@@ -103,47 +124,94 @@ def _start(settings: Settings, key: bytes, db: Database, reuse_port: bool) -> Ru
     )
     if settings.insecure_fast_password_hash:
         log.warning("LENDING_INSECURE_FAST_PASSWORD_HASH is on: password hashes are weak (tests only)")
-    auth = AuthCore(db, clock, Passwords(fast_insecure=settings.insecure_fast_password_hash), signer)
-    billing = BillingCore(db, clock, PageTokens(key))
+    policy = LoginPolicy(
+        max_failures=settings.login_max_failures,
+        window_s=settings.login_failure_window_seconds,
+        lockout_s=settings.login_lockout_seconds,
+        lockout_max_s=settings.login_lockout_max_seconds,
+    )
+    auth = AuthCore(
+        db,
+        clock,
+        Passwords(fast_insecure=settings.insecure_fast_password_hash),
+        signer,
+        sealer,
+        policy=policy,
+        cache_s=settings.auth_cache_seconds,
+    )
+    page_tokens = PageTokens(key)
+    billing = BillingCore(db, clock, page_tokens)
 
+    registry = CollectorRegistry(auto_describe=True)
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        # Outermost first: log, map errors, scope the database work,
-        # authenticate, then refuse undecodable bodies.
-        interceptors=[
-            AccessLogInterceptor(),
-            ErrorMappingInterceptor(),
-            UnitOfWorkInterceptor(db),
-            AuthInterceptor(auth),
-            RequestDecodingInterceptor(),
-        ],
+        interceptors=_interceptors(settings, db, auth, RpcMetrics(registry)),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            # Off unless asked: a second server on our port must fail, not share it.
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ],
+        options=server_options(settings, reuse_port=reuse_port),
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
-    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing), server)
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing, auth), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(page_tokens), auth), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    credentials = server_credentials(settings)
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError:
         raise ListenError(
             f"cannot listen on {settings.listen}: malformed address or already in use"
         ) from None
+    metrics = None
+    if settings.metrics_listen:
+        if worker_index == 0:  # portfolio counts once, not once per worker process
+            registry.register(PortfolioCollector(db, clock.today))
+        address = worker_address(settings.metrics_listen, worker_index)
+        try:
+            metrics = MetricsServer(address, registry)
+        except OSError as exc:
+            raise ListenError(f"cannot serve metrics on {address}: {exc.strerror}") from None
     server.start()
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, executor)
+    return RunningServer(server, port, health_servicer, db, executor, metrics)
+
+
+def _interceptors(
+    settings: Settings, db: Database, auth: AuthCore, metrics: RpcMetrics
+) -> list[grpc.ServerInterceptor]:
+    """Outermost first: observe (request id, log, metrics: it must see the final code), limit
+    per peer (before auth, so anonymous floods are limited too, and before any database work),
+    set the audit context, map errors, scope the database work, authenticate, limit per user
+    (needs the authenticated user), then refuse undecodable bodies."""
+    chain: list[grpc.ServerInterceptor] = [AccessLogInterceptor(metrics)]
+    if settings.rate_limit_peer_per_second > 0:
+        chain.append(
+            PeerRateLimitInterceptor(
+                TokenBuckets(settings.rate_limit_peer_per_second, settings.rate_limit_peer_burst)
+            )
+        )
+    chain += [
+        AuditContextInterceptor(),
+        ErrorMappingInterceptor(),
+        UnitOfWorkInterceptor(db),
+        AuthInterceptor(auth),
+    ]
+    if settings.rate_limit_user_per_second > 0:
+        chain.append(
+            UserRateLimitInterceptor(
+                TokenBuckets(settings.rate_limit_user_per_second, settings.rate_limit_user_burst)
+            )
+        )
+    chain.append(RequestDecodingInterceptor())
+    return chain
 
 
 def serve(settings: Settings) -> None:
@@ -155,14 +223,32 @@ def serve(settings: Settings) -> None:
         return
     running = create_server(settings)
     host = settings.listen.rsplit(":", 1)[0]
-    run_until_signalled(
-        running,
-        settings,
-        (signal.SIGTERM, signal.SIGINT),
-        on_ready=lambda: log.info(
-            "lending-grpc serving on %s:%d (database %s)", host, running.port, database_kind(settings)
-        ),
-    )
+
+    def ready() -> None:
+        log_metrics_address(settings, running)
+        log.info(
+            "lending-grpc serving on %s:%d (database %s, %s)",
+            host,
+            running.port,
+            database_kind(settings),
+            transport_kind(settings),
+        )
+
+    run_until_signalled(running, settings, (signal.SIGTERM, signal.SIGINT), on_ready=ready)
+
+
+def transport_kind(settings: Settings) -> str:
+    """How calls arrive, for the startup line: "plaintext", "TLS" or "mTLS"."""
+    if not settings.tls_cert:
+        return "plaintext"
+    return "mTLS" if settings.tls_client_ca else "TLS"
+
+
+def log_metrics_address(settings: Settings, running: RunningServer) -> None:
+    """Say where this process serves /metrics, if it does."""
+    if running.metrics is not None:
+        host = settings.metrics_listen.rpartition(":")[0]
+        log.info("metrics on http://%s:%d/metrics", host, running.metrics.port)
 
 
 def database_kind(settings: Settings) -> str:

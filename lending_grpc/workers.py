@@ -21,7 +21,8 @@ import socket
 import sys
 import time
 
-from lending_grpc.config import Settings, resolve_secret_key
+from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
+from lending_grpc.core.admin import seal_legacy_emails
 from lending_grpc.core.database import close_database, open_database
 from lending_grpc.core.migrations import migrate
 
@@ -61,11 +62,13 @@ def reserve_port(listen: str) -> tuple[socket.socket, str, int]:
 
 
 def _prepare(settings: Settings) -> None:
-    """What must happen once, before the fork: the signing key and the schema."""
+    """What must happen once, before the fork: the keys, the schema and sealing legacy emails."""
     resolve_secret_key(settings)  # generates the key file now, so every worker reads the same key
+    sealer = resolve_data_key(settings)  # likewise the data key
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=1)
     try:
         migrate(db)
+        seal_legacy_emails(db, sealer)
     finally:
         close_database(db)
 
@@ -82,15 +85,17 @@ class _Worker:
     started: float
 
 
-def _worker_main(settings: Settings, ready_w: int) -> int:
+def _worker_main(settings: Settings, ready_w: int, index: int) -> int:
     """Body of a forked worker: serve until the supervisor sends SIGTERM."""
-    from lending_grpc.server import create_server, run_until_signalled
+    from lending_grpc.server import create_server, log_metrics_address, run_until_signalled
 
     # Ctrl-C reaches the whole process group (SIGINT stays ignored here): the
     # supervisor alone decides, then sends SIGTERM.
-    running = create_server(settings, reuse_port=True)
+    # The index also picks this worker's metrics port (a restarted worker keeps it).
+    running = create_server(settings, reuse_port=True, worker_index=index)
 
     def ready() -> None:
+        log_metrics_address(settings, running)
         os.write(ready_w, b"R")
         os.close(ready_w)
 
@@ -130,7 +135,7 @@ def _fork_worker(settings: Settings, index: int, inherited: socket.socket, regis
             os.close(ready_r)
             code = 1
             try:
-                code = _worker_main(settings, ready_w)
+                code = _worker_main(settings, ready_w, index)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -233,7 +238,7 @@ class _Supervisor:
 
 def serve_workers(settings: Settings) -> None:
     """Serve with ``settings.workers`` processes until SIGTERM/SIGINT; exits non-zero if they fail."""
-    from lending_grpc.server import database_kind
+    from lending_grpc.server import database_kind, transport_kind
 
     _prepare(settings)
     sock, host, port = reserve_port(settings.listen)
@@ -245,10 +250,11 @@ def serve_workers(settings: Settings) -> None:
         supervisor.start()
         if not supervisor.stopping:
             log.info(
-                "lending-grpc serving on %s:%d (database %s, %d workers, pids %s)",
+                "lending-grpc serving on %s:%d (database %s, %s, %d workers, pids %s)",
                 host,
                 port,
                 database_kind(settings),
+                transport_kind(settings),
                 settings.workers,
                 " ".join(str(pid) for pid in supervisor.workers),
             )

@@ -29,6 +29,7 @@ if os.environ.get("CI") == "true":
     hypothesis_settings.load_profile("ci")
 
 TEST_SECRET_KEY = "test-secret-key-of-at-least-32-bytes-000000"
+TEST_DATA_KEY = "dGVzdC1kYXRhLWtleS0zMi1ieXRlcy0wMDAwMDAwMDA="  # base64 of 32 bytes
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:
@@ -37,6 +38,7 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         listen="127.0.0.1:0",
         database_url=sqlite_url(tmp_path),
         secret_key=TEST_SECRET_KEY,
+        data_key=TEST_DATA_KEY,
         insecure_fast_password_hash=True,
         shutdown_grace_seconds=1.0,
     )
@@ -86,8 +88,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def server(tmp_path: Path, database_url: str) -> Iterator[RunningServer]:
-    running = create_server(make_settings(tmp_path, database_url=database_url))
+def server(request, tmp_path: Path, database_url: str) -> Iterator[RunningServer]:
+    """A server with the test defaults; ``@pytest.mark.settings(name=value)`` overrides some."""
+    marker = request.node.get_closest_marker("settings")
+    overrides = marker.kwargs if marker else {}
+    running = create_server(make_settings(tmp_path, database_url=database_url, **overrides))
     yield running
     running.stop(0)
 

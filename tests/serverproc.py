@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import TEST_SECRET_KEY
+from conftest import TEST_DATA_KEY, TEST_SECRET_KEY
 
 _SERVING = re.compile(r"serving on [^\s]+:(\d+)")
 
@@ -21,6 +21,7 @@ def child_env(**settings: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("LENDING_")}
     env.update(
         LENDING_SECRET_KEY=TEST_SECRET_KEY,
+        LENDING_DATA_KEY=TEST_DATA_KEY,
         LENDING_INSECURE_FAST_PASSWORD_HASH="true",
         LENDING_DRAIN_DELAY_SECONDS="0.2",
     )

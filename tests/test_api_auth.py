@@ -46,6 +46,7 @@ def claims_for(user_id: str, **overrides) -> dict:
         "exp": now + 600,
         "jti": uuid.uuid4().hex,
         "typ": "access",
+        "fam": None,  # a real session's family: forged claims need one to get past the session check
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
@@ -54,6 +55,11 @@ def claims_for(user_id: str, **overrides) -> dict:
 def jwt_payload(token: str) -> dict:
     part = token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def family(tokens) -> str:
+    """The session (token family) id a token pair belongs to."""
+    return jwt_payload(tokens.access_token)["fam"]
 
 
 def jwt_header(token: str) -> dict:
@@ -409,8 +415,8 @@ def test_billing_token_with_alg_none(api):
 
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 def test_billing_token_with_other_hmac_algorithm(api):
-    _md, _tokens, user = api.register_and_login()
-    token = jwt.encode(claims_for(user.user_id), TEST_SECRET_KEY, algorithm="HS512")
+    _md, tokens, user = api.register_and_login()
+    token = jwt.encode(claims_for(user.user_id, fam=family(tokens)), TEST_SECRET_KEY, algorithm="HS512")
     err = call_error(api.billing.ListLoans, billing_pb2.ListLoansRequest(), metadata=bearer(token))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 
@@ -425,6 +431,7 @@ def test_billing_expired_token(api):
             "typ": "access",
             "sub": user.user_id,
             "jti": uuid.uuid4().hex,
+            "fam": jwt_payload(_tokens.access_token)["fam"],
             "iat": now - 3600,
             "exp": now - 60,
         },
@@ -438,8 +445,8 @@ def test_billing_expired_token(api):
 
 def test_billing_forged_token_with_right_key_is_accepted_control(api):
     """Control for the negative cases below: hand-made claims signed with the server key work."""
-    _md, _tokens, user = api.register_and_login()
-    token = jwt.encode(claims_for(user.user_id), TEST_SECRET_KEY, algorithm="HS256")
+    _md, tokens, user = api.register_and_login()
+    token = jwt.encode(claims_for(user.user_id, fam=family(tokens)), TEST_SECRET_KEY, algorithm="HS256")
     assert list(list_loans(api, bearer(token)).loans) == []
 
 
@@ -457,19 +464,24 @@ def test_billing_forged_token_with_right_key_is_accepted_control(api):
         {"typ": "refresh"},
         {"typ": "admin"},
         {"sub": None},
+        {"fam": None},
+        {"fam": "0" * 32},  # a session that does not exist
         {"nbf": int(time.time()) + 3600},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_billing_token_with_bad_claims(api, overrides):
-    _md, _tokens, user = api.register_and_login()
-    token = jwt.encode(claims_for(user.user_id, **overrides), TEST_SECRET_KEY, algorithm="HS256")
+    _md, tokens, user = api.register_and_login()
+    claims = claims_for(user.user_id, **{"fam": family(tokens), **overrides})
+    token = jwt.encode(claims, TEST_SECRET_KEY, algorithm="HS256")
     err = call_error(api.billing.ListLoans, billing_pb2.ListLoansRequest(), metadata=bearer(token))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_billing_token_of_nonexistent_user(api):
-    token = jwt.encode(claims_for(str(uuid.uuid4())), TEST_SECRET_KEY, algorithm="HS256")
+    _md, tokens, _user = api.register_and_login()
+    # Even with a live session's family, a sub that is not that session's user is refused.
+    token = jwt.encode(claims_for(str(uuid.uuid4()), fam=family(tokens)), TEST_SECRET_KEY, algorithm="HS256")
     err = call_error(api.billing.ListLoans, billing_pb2.ListLoansRequest(), metadata=bearer(token))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 

@@ -14,6 +14,7 @@ from lending_grpc.core import pagination
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
+from lending_grpc.core.crypto import Sealer, new_key_text
 from lending_grpc.core.database import close_database, open_database
 from lending_grpc.core.errors import (
     AlreadyExists,
@@ -60,7 +61,8 @@ def make_env(database_url: str, clock: Clock | None = None) -> Env:
     db = open_database(database_url)
     migrate(db)
     clock = clock or Clock()
-    auth = AuthCore(db, clock, Passwords(fast_insecure=True), TokenSigner(b"x" * 32))
+    sealer = Sealer.from_text(new_key_text())
+    auth = AuthCore(db, clock, Passwords(fast_insecure=True), TokenSigner(b"x" * 32), sealer)
     billing = BillingCore(db, clock, PageTokens(b"k" * 32))
     return Env(db, auth, billing)
 

@@ -1,4 +1,4 @@
-"""Cross-language check: a Node.js client (@grpc/grpc-js) runs the worked example against the server.
+"""Cross-language check: the Node.js example client (examples/node, @grpc/grpc-js) runs the worked example.
 
 Needs `node` and `npm` on PATH. Without them the test is skipped locally and fails in CI
 (environment variable CI=true), so a CI image that lost Node.js cannot pass silently.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node"
 NPM_CI_TIMEOUT_SECONDS = 300
 NODE_RUN_TIMEOUT_SECONDS = 120
 

@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from conftest import TEST_SECRET_KEY
+from conftest import TEST_DATA_KEY, TEST_SECRET_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serverproc import ServerProcess, run_cli
@@ -24,19 +24,20 @@ def test_serve_reports_serving_lists_services_and_drains_on_sigterm(tmp_path):
     server = ServerProcess(tmp_path / "p.db")
     with grpc.insecure_channel(server.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "lending.v1.BillingService", "lending.v1.AuthService"):
+        for service in ("", "lending.v1.BillingService", "lending.v1.AuthService", "lending.v1.AuditService"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         assert _list_services(channel) == {
             "lending.v1.AuthService",
             "lending.v1.BillingService",
+            "lending.v1.AuditService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         }
     assert server.terminate() == 0
     log = "".join(server.log)
     assert "received SIGTERM: draining" in log and "lending-grpc stopped" in log
-    assert TEST_SECRET_KEY not in log
+    assert TEST_SECRET_KEY not in log and TEST_DATA_KEY not in log
 
 
 def test_health_turns_not_serving_when_draining(server):

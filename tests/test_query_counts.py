@@ -12,8 +12,6 @@ import logging
 import pytest
 from test_core_billing import env  # noqa: F401  (fixture)
 
-from lending_grpc.core.tokens import ACCESS
-
 
 class _Counter(logging.Handler):
     def __init__(self) -> None:
@@ -54,11 +52,11 @@ def loan(env):  # noqa: F811
         (lambda b, o: b.list_delinquent(o, "2026-03-01"), 1),
         (lambda b, o: b.list_payments(o, "Q1"), 2),
         (lambda b, o: b.get_schedule(o, "Q1"), 2),
-        # idempotency lookup, loan, insert payment, guarded update of the summary
-        (lambda b, o: b.make_payment(o, "Q1", "110000.00", "fresh-key"), 4),
+        # idempotency lookup, loan, insert payment, guarded update of the summary, audit row
+        (lambda b, o: b.make_payment(o, "Q1", "110000.00", "fresh-key"), 5),
         # a retry is answered from the idempotency lookup alone
         (lambda b, o: b.make_payment(o, "Q1", "110000.00", "warm"), 1),
-        (lambda b, o: b.create_loan(o, "Q2", "2000000"), 2),
+        (lambda b, o: b.create_loan(o, "Q2", "2000000"), 3),  # lookup, insert, audit row
     ],
     ids=[
         "get_loan",
@@ -78,10 +76,12 @@ def test_query_budget(env, loan, operation, budget):  # noqa: F811
     assert len(statements) == budget, statements
 
 
-def test_authenticating_a_known_user_costs_no_query(env):  # noqa: F811
+def test_authenticating_a_known_session_costs_no_query(env):  # noqa: F811
     owner_user = env.auth.register("cached-user", "correct horse battery", "c@example.com")
-    token = env.auth._signer.issue(owner_user.user_id, ACCESS)
-    env.auth.authenticate(token)  # first call resolves and caches the user
+    token = env.auth.login("cached-user", "correct horse battery").access_token
+    with count_queries() as statements:
+        env.auth.authenticate(token)  # the first call resolves user and session in one query
+    assert len(statements) == 1
     with count_queries() as statements:
         principal = env.auth.authenticate(token)
     assert statements == [] and principal.user_id == owner_user.user_id

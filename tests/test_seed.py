@@ -112,7 +112,8 @@ def test_rows_stay_small(seeded):
     env, _, _ = seeded
     sizes = table_bytes(env.db)
     # Pages (4 or 8 KiB per table and index) dominate at 400 loans: make bench-scale measures 1,000,000.
-    assert 0 < sizes["loan"] / 400 < 500
+    # Four indexes since schema v2 added (second_unpaid_due_date, id) for operators' portfolio scans.
+    assert 0 < sizes["loan"] / 400 < 600
     assert sizes["payment"] > 0
 
 

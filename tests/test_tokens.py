@@ -41,6 +41,7 @@ def claims(**overrides) -> dict:
         "exp": now + 600,
         "jti": uuid.uuid4().hex,
         "typ": ACCESS,
+        "fam": uuid.uuid4().hex,
     }
     values.update(overrides)
     return {k: v for k, v in values.items() if v is not None}
@@ -226,7 +227,7 @@ def test_garbage_is_refused(signer, token):
 # -- claims ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "iss", "aud", "jti", "typ"])
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "iss", "aud", "jti", "typ", "fam"])
 def test_missing_claim_is_refused(signer, missing):
     payload = claims()
     del payload[missing]
@@ -242,6 +243,7 @@ def test_missing_claim_is_refused(signer, missing):
         dict(aud=["someone-else"]),
         dict(sub=123),
         dict(jti=123),
+        dict(fam=123),
         dict(exp="tomorrow"),
         dict(iat="now"),
     ],

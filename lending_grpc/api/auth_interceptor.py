@@ -1,4 +1,4 @@
-"""Checks `authorization: Bearer <access token>` on every BillingService call.
+"""Checks `authorization: Bearer <access token>` on BillingService, AuditService and Logout calls.
 
 The verified caller is put in a context variable for the duration of the
 call (grpcio runs interceptor and handler in the same context), where the
@@ -13,10 +13,12 @@ import grpc
 
 from lending_grpc.api import context as call_context
 from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
+from lending_grpc.core import audit
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.errors import Unauthenticated
 
-PROTECTED_PREFIX = "/lending.v1.BillingService/"
+PROTECTED_PREFIXES = ("/lending.v1.BillingService/", "/lending.v1.AuditService/")
+PROTECTED_METHODS = frozenset({"/lending.v1.AuthService/Logout"})
 _SCHEME = "bearer "
 
 
@@ -37,14 +39,17 @@ def bearer_token(metadata: tuple[tuple[str, Any], ...]) -> str:
 
 
 class AuthInterceptor(WrappingInterceptor):
-    """Authenticates BillingService calls; AuthService, health and reflection stay open."""
+    """Authenticates BillingService, AuditService and Logout.
+
+    The rest of AuthService, health and reflection stay open.
+    """
 
     def __init__(self, auth: AuthCore) -> None:
         super().__init__()
         self._auth = auth
 
     def wrap_handler(self, handler, method):
-        if not method.startswith(PROTECTED_PREFIX):
+        if not method.startswith(PROTECTED_PREFIXES) and method not in PROTECTED_METHODS:
             return handler
         auth = self._auth
 
@@ -54,6 +59,7 @@ class AuthInterceptor(WrappingInterceptor):
                 call = call_context.current_call.get(None)
                 if call is not None:
                     call.user_id = principal.user_id
+                audit.context().actor = principal.user_id
                 token = call_context.current_principal.set(principal)
                 try:
                     return behaviour(request, context)

@@ -1,10 +1,11 @@
-"""AuthService: register, login and refresh, delegated to AuthCore."""
+"""AuthService: register, login, refresh and logout, delegated to AuthCore."""
 
 from __future__ import annotations
 
-from lending.v1 import auth_pb2_grpc
+from lending.v1 import auth_pb2, auth_pb2_grpc
 
 from lending_grpc.api import convert
+from lending_grpc.api.context import principal
 from lending_grpc.core.auth import AuthCore
 
 
@@ -22,3 +23,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     def RefreshToken(self, request, context):
         return convert.tokens(self._auth.refresh(request.refresh_token))
+
+    def Logout(self, request, context):
+        self._auth.logout(principal())
+        return auth_pb2.LogoutResponse()

@@ -6,14 +6,24 @@ from lending.v1 import billing_pb2, billing_pb2_grpc
 
 from lending_grpc.api import convert
 from lending_grpc.api.context import principal
+from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     """Thin adapter: the caller comes from the auth interceptor, rules from the core."""
 
-    def __init__(self, billing: BillingCore) -> None:
+    def __init__(self, billing: BillingCore, auth: AuthCore) -> None:
         self._billing = billing
+        self._auth = auth
+
+    def _owner(self, request) -> int:
+        """Whose loan a read is about: the caller's, or (operators only) the `owner` the request names."""
+        caller = principal()
+        if not request.owner:
+            return caller.id
+        self._auth.require_operator(caller, "owner")
+        return self._billing.resolve_owner(request.owner, request.loan_id)
 
     def CreateLoan(self, request, context):
         return convert.loan(
@@ -28,7 +38,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
     def GetLoan(self, request, context):
-        return convert.loan(self._billing.get_loan(principal().id, request.loan_id))
+        return convert.loan(self._billing.get_loan(self._owner(request), request.loan_id))
 
     def ListLoans(self, request, context):
         page = self._billing.list_loans(principal().id, request.page_size, request.page_token)
@@ -37,10 +47,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
     def GetSchedule(self, request, context):
-        return convert.schedule(self._billing.get_schedule(principal().id, request.loan_id))
+        return convert.schedule(self._billing.get_schedule(self._owner(request), request.loan_id))
 
     def GetOutstanding(self, request, context):
-        return convert.outstanding(self._billing.get_loan(principal().id, request.loan_id))
+        return convert.outstanding(self._billing.get_loan(self._owner(request), request.loan_id))
 
     def MakePayment(self, request, context):
         return convert.payment(
@@ -49,7 +59,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     def ListPayments(self, request, context):
         page = self._billing.list_payments(
-            principal().id, request.loan_id, request.page_size, request.page_token
+            self._owner(request), request.loan_id, request.page_size, request.page_token
         )
         return billing_pb2.ListPaymentsResponse(
             payments=[convert.payment(view) for view in page.items],
@@ -58,12 +68,15 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     def GetDelinquencyStatus(self, request, context):
         return convert.delinquency(
-            self._billing.get_delinquency(principal().id, request.loan_id, request.as_of)
+            self._billing.get_delinquency(self._owner(request), request.loan_id, request.as_of)
         )
 
     def ListDelinquentLoans(self, request, context):
+        caller = principal()
+        if request.all_owners:
+            self._auth.require_operator(caller, "all_owners")
         page = self._billing.list_delinquent(
-            principal().id, request.as_of, request.page_size, request.page_token
+            None if request.all_owners else caller.id, request.as_of, request.page_size, request.page_token
         )
         return billing_pb2.ListDelinquentLoansResponse(
             loans=[convert.delinquency(view) for view in page.items],

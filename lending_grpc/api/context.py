@@ -13,6 +13,7 @@ class CallInfo:
     """What the logging interceptor reports about the current call; filled in by inner layers."""
 
     user_id: str = ""
+    request_id: str = ""
 
 
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")

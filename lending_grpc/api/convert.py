@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
-from lending.v1 import auth_pb2, billing_pb2
+import json
 
+from google.protobuf.timestamp_pb2 import Timestamp
+from lending.v1 import audit_pb2, auth_pb2, billing_pb2
+
+from lending_grpc.core.audit import AuditView
 from lending_grpc.core.money import format_cents, format_rate
 from lending_grpc.core.views import (
     DelinquencyView,
@@ -110,4 +113,21 @@ def delinquency(view: DelinquencyView) -> billing_pb2.DelinquencyStatus:
         days_past_due=standing.days_past_due,
         next_due_date=standing.next_due_date.isoformat() if standing.next_due_date else "",
         as_of=standing.as_of.isoformat(),
+        owner=view.owner,
+    )
+
+
+def audit_event(view: AuditView) -> audit_pb2.AuditEvent:
+    return audit_pb2.AuditEvent(
+        sequence=view.seq,
+        event_time=timestamp(view.time_us),
+        event=view.event,
+        outcome=view.outcome,
+        actor=view.actor,
+        subject=view.subject,
+        peer=view.peer,
+        rpc=view.rpc,
+        request_id=view.request_id,
+        loan_id=view.loan_id,
+        summary=json.dumps(view.summary, separators=(",", ":"), sort_keys=True),
     )

@@ -10,10 +10,11 @@ no internals in the message.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -33,6 +34,9 @@ _CODES: tuple[tuple[type[errors.LendingError], int, str], ...] = (
     (errors.LoanPaidOff, code_pb2.FAILED_PRECONDITION, "LOAN_PAID_OFF"),
     (errors.FailedPrecondition, code_pb2.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
     (errors.Unauthenticated, code_pb2.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    (errors.PermissionDenied, code_pb2.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    (errors.AccountLocked, code_pb2.RESOURCE_EXHAUSTED, "ACCOUNT_LOCKED"),
+    (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
     (errors.DatabaseUnreachable, code_pb2.UNAVAILABLE, "DATABASE_UNREACHABLE"),
     (errors.Unavailable, code_pb2.UNAVAILABLE, "DATABASE_BUSY"),
     (errors.Aborted, code_pb2.ABORTED, "TRANSACTION_CONFLICT"),
@@ -52,6 +56,10 @@ def to_status(exc: errors.LendingError) -> status_pb2.Status:
     if isinstance(exc, errors.InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)
         details.insert(0, _packed(error_details_pb2.BadRequest(field_violations=[violation])))
+    if isinstance(exc, errors.ResourceExhausted):
+        # Whole seconds, rounded up: retrying at the advertised moment must not be too early.
+        delay = duration_pb2.Duration(seconds=max(1, math.ceil(exc.retry_after_s)))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=code, message=exc.message, details=details)
 
 

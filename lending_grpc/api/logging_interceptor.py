@@ -1,4 +1,10 @@
-"""One log line per RPC: method, status code, milliseconds, user id and peer.
+"""One log line per RPC (method, status code, milliseconds, user id, peer, request id), and its metrics.
+
+The outermost interceptor: it sees the final status code of every call,
+so it both writes the access log and feeds the Prometheus RPC series.
+Each call gets a request id, taken from the caller's `x-request-id`
+metadata when that is a sane token, otherwise generated; it is returned as
+`x-request-id` initial metadata and appears on every log line of the call.
 
 Never logs request or response bodies, metadata, tokens or passwords.
 """
@@ -6,43 +12,97 @@ Never logs request or response bodies, metadata, tokens or passwords.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from typing import Any
 
 import grpc
 
 from lending_grpc.api import context as call_context
 from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
+from lending_grpc.api.metrics import RpcMetrics
 
 log = logging.getLogger("lending_grpc.access")
 
+REQUEST_ID_KEY = "x-request-id"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Letters, digits and the punctuation of common trace-id formats; anything
+# else (spaces, newlines, quotes, huge values) would let a caller forge or
+# bloat log lines, so such an id is replaced by a generated one.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:=+/-]{1,128}")
+
+
+def request_id_from(metadata: Any) -> str:
+    """The caller's x-request-id if it is a safe token, else a new random one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY:
+            if isinstance(value, str) and _SAFE_REQUEST_ID.fullmatch(value):
+                return value
+            break
+    return uuid.uuid4().hex
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """``/lending.v1.BillingService/GetLoan`` -> (``lending.v1.BillingService``, ``GetLoan``)."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service, method
+
 
 class AccessLogInterceptor(WrappingInterceptor):
-    """Outermost interceptor: times the call and logs how it ended."""
+    """Outermost interceptor: request id, timing, the access log line and the RPC metrics."""
+
+    def __init__(self, metrics: RpcMetrics | None = None) -> None:
+        super().__init__()
+        self._metrics = metrics
 
     def wrap_handler(self, handler, method):
+        service_name, method_name = split_method(method)
+        metrics = self._metrics
+        # Probes call every few seconds: their lines would drown the rest at INFO.
+        level = logging.DEBUG if method.startswith(HEALTH_PREFIX) else logging.INFO
+
         def wrap(behaviour: Behaviour) -> Behaviour:
             def logged(request: Any, context: grpc.ServicerContext) -> Any:
-                call = call_context.CallInfo()
+                call = call_context.CallInfo(request_id=request_id_from(context.invocation_metadata()))
                 token = call_context.current_call.set(call)
+                if metrics is not None:
+                    metrics.started(service_name, method_name)
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
-                    return behaviour(request, context)
+                    context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
+                    response = behaviour(request, context)
+                    code = context.code() or grpc.StatusCode.OK
+                    return response
                 except BaseException:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    code = context.code() or (
+                        grpc.StatusCode.CANCELLED if not context.is_active() else grpc.StatusCode.UNKNOWN
+                    )
                     raise
                 finally:
-                    call_context.current_call.reset(token)
-                    elapsed_ms = (time.perf_counter() - started) * 1000
-                    log.info(
-                        "rpc method=%s code=%s ms=%.1f user=%s peer=%s",
+                    elapsed = time.perf_counter() - started
+                    if metrics is not None:
+                        metrics.handled(service_name, method_name, code, elapsed)
+                    fields = {
+                        "method": method,
+                        "code": code.name,
+                        "ms": round(elapsed * 1000, 1),
+                        "user": call.user_id or "-",
+                        "peer": context.peer(),
+                    }
+                    log.log(
+                        level,
+                        "rpc method=%s code=%s ms=%.1f user=%s peer=%s request_id=%s",
                         method,
                         code.name,
-                        elapsed_ms,
-                        call.user_id or "-",
-                        context.peer(),
+                        elapsed * 1000,
+                        fields["user"],
+                        fields["peer"],
+                        call.request_id,
+                        extra={"rpc": fields},
                     )
+                    call_context.current_call.reset(token)
 
             return logged
 

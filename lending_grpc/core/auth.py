@@ -1,38 +1,81 @@
-"""AuthCore: registration, login, token refresh and resolving a token to its user."""
+"""AuthCore: registration, sign-in with lockout, rotating refresh tokens, logout, resolving callers.
+
+Token families: every login starts a family (a row in ``token_family``) whose
+``current_jti`` names the one refresh token that may be used next. A refresh
+compares-and-sets it in one write transaction; presenting any older token of
+the family is reuse (a stolen token, or a client replaying one), and revokes
+the whole family. Access tokens carry the family too, so logout and reuse
+end them as well, within ``cache_s`` seconds in other processes (at once in
+the process that revoked).
+"""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from peewee import Database
 
-from lending_grpc.core import fields
+from lending_grpc.core import audit, fields, throttle
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import run_in_write_transaction
-from lending_grpc.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
-from lending_grpc.core.models import User
+from lending_grpc.core.crypto import Sealer
+from lending_grpc.core.database import lock_row, run_in_write_transaction
+from lending_grpc.core.errors import (
+    AccountLocked,
+    AlreadyExists,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
+from lending_grpc.core.models import TokenFamily, User
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.tokens import ACCESS, REFRESH, TokenSigner
 from lending_grpc.core.views import Principal, TokenPair, UserView
 
 BAD_CREDENTIALS = "invalid username or password"
-_MAX_CACHED_PRINCIPALS = 100_000
+LOCKED = "too many failed sign-ins: this account is locked for {seconds} more seconds"
+_MAX_CACHED_FAMILIES = 100_000
+_REFRESH_REFUSALS = {
+    "unknown": "the refresh token's session does not exist",
+    "revoked": "the refresh token's session was revoked (logout, reuse or erasure)",
+    "reuse": "this refresh token was already used: its session is now revoked; sign in again",
+    "blocked": "the account is blocked",
+}
+
+
+def _locked(seconds: float) -> AccountLocked:
+    return AccountLocked(LOCKED.format(seconds=max(1, round(seconds))), seconds)
 
 
 class AuthCore:
-    """Users and their credentials."""
+    """Users, their credentials and their sessions (token families)."""
 
-    def __init__(self, db: Database, clock: Clock, passwords: Passwords, signer: TokenSigner) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        passwords: Passwords,
+        signer: TokenSigner,
+        sealer: Sealer,
+        *,
+        policy: throttle.LoginPolicy | None = None,
+        cache_s: float = 5.0,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._passwords = passwords
         self._signer = signer
-        # Public-to-internal id mapping never changes, so hits are cached
-        # (dict operations are atomic under the GIL); misses are not.
-        self._principals: dict[str, Principal] = {}
+        self._sealer = sealer
+        self._policy = policy or throttle.LoginPolicy()
+        self._cache_s = cache_s
+        # family id -> (monotonic expiry, principal). Roles, erasure and
+        # revocation made by another process show after at most cache_s.
+        self._sessions: dict[str, tuple[float, Principal]] = {}
+
+    # -- accounts --------------------------------------------------------------
 
     def register(self, username: str, password: str, email: str) -> UserView:
-        """Create an account; the username is unique case-insensitively."""
+        """Create an account; the username is unique case-insensitively; the email is stored sealed."""
         username = fields.username(username)
         password = fields.password(password)
         email = fields.email(email)
@@ -40,24 +83,34 @@ class AuthCore:
         if User.get_or_none(User.username_key == key) is not None:
             raise AlreadyExists(f"username {username!r} is taken")
         password_hash = self._passwords.hash(password)  # slow: outside the write lock
+        user_id = str(uuid.uuid4())
+        sealed = self._sealer.seal(email, user_id)
 
         def create() -> UserView:
             if User.get_or_none(User.username_key == key) is not None:
                 raise AlreadyExists(f"username {username!r} is taken")
             row = User.create(
-                user_id=str(uuid.uuid4()),
+                user_id=user_id,
                 username=username,
                 username_key=key,
-                email=email,
+                email="",
+                email_sealed=sealed,
                 password_hash=password_hash,
                 create_time_us=self._clock.now_us(),
             )
-            return UserView(row.user_id, row.username, row.email, row.create_time_us)
+            audit.record("user.register", subject=user_id, actor=user_id)
+            return UserView(row.user_id, row.username, email, row.create_time_us)
 
         return run_in_write_transaction(self._db, create)
 
+    # -- sign-in ---------------------------------------------------------------
+
     def login(self, username: str, password: str) -> TokenPair:
-        """Tokens for valid credentials; one and the same error for unknown user and wrong password."""
+        """Tokens for valid credentials; one and the same error for unknown user and wrong password.
+
+        A locked account is refused (AccountLocked) whatever the password,
+        without spending a hash on it.
+        """
         if not username:
             raise InvalidArgument("username", "is required")
         if not password:
@@ -67,7 +120,33 @@ class AuthCore:
         # but it still costs a hash below, like any unknown user.
         if fields.USERNAME_RE.fullmatch(username) and len(password) <= fields.MAX_PASSWORD_CHARS:
             row = User.get_or_none(User.username_key == fields.username_key(username))
+        if row is not None and row.erased_time_us is not None:
+            row = None  # blocked: exactly like an unknown user
+        if row is not None:
+            remaining = throttle.remaining_lockout_s(row.id, self._clock.now_us())
+            if remaining:
+                audit.record_alone(
+                    self._db,
+                    "login.locked",
+                    audit.REFUSED,
+                    subject=row.user_id,
+                    summary={"retry_after_s": round(remaining)},
+                )
+                raise _locked(remaining)
         if not self._passwords.verify(row.password_hash if row else None, password):
+            if row is None:
+                audit.record_alone(
+                    self._db, "login.failure", audit.REFUSED, summary={"reason": "unknown_user"}
+                )
+                raise Unauthenticated(BAD_CREDENTIALS)
+            lockout = run_in_write_transaction(
+                self._db,
+                lambda: throttle.record_failure(
+                    self._db, self._policy, row.id, row.user_id, self._clock.now_us()
+                ),
+            )
+            if lockout:
+                raise _locked(lockout)
             raise Unauthenticated(BAD_CREDENTIALS)
         if self._passwords.needs_rehash(row.password_hash):
             # Hashing parameters were raised since this hash was made.
@@ -76,37 +155,138 @@ class AuthCore:
                 self._db,
                 lambda: User.update(password_hash=new_hash).where(User.id == row.id).execute(),
             )
-        return self._issue(row.user_id)
+        family, jti = uuid.uuid4().hex, uuid.uuid4().hex
+
+        def start_session() -> float:
+            now = self._clock.now_us()
+            remaining = throttle.clear_on_success(self._db, row.id, row.user_id, now)
+            if remaining:
+                return remaining
+            TokenFamily.create(family_id=family, user=row.id, current_jti=jti, create_time_us=now)
+            audit.record("login.success", subject=row.user_id, actor=row.user_id, summary={"family": family})
+            return 0.0
+
+        remaining = run_in_write_transaction(self._db, start_session)
+        if remaining:
+            raise _locked(remaining)
+        return self._issue(row.user_id, family, jti)
+
+    # -- sessions --------------------------------------------------------------
 
     def refresh(self, refresh_token: str) -> TokenPair:
-        """A new token pair for a valid refresh token of an existing user."""
+        """Rotate: a new pair for the family's current refresh token; reuse revokes the family."""
         if not refresh_token:
             raise InvalidArgument("refresh_token", "is required")
         claims = self._signer.verify(refresh_token, REFRESH)
-        self.principal(claims.user_id)
-        return self._issue(claims.user_id)
+        new_jti = uuid.uuid4().hex
+
+        def rotate() -> str:
+            now = self._clock.now_us()
+            query = (
+                TokenFamily.select(TokenFamily, User.user_id, User.erased_time_us)
+                .join(User)
+                .where(TokenFamily.family_id == claims.family)
+            )
+            row = lock_row(query, self._db).first()
+            summary = {"family": claims.family}
+            if row is None or row.user.user_id != claims.user_id:
+                refusal = "unknown"
+            elif row.user.erased_time_us is not None:
+                refusal = "blocked"
+            elif row.revoked_time_us is not None:
+                refusal = "revoked"
+            elif row.current_jti != claims.token_id:
+                # An older token of the family: whoever holds it, the family is no longer safe.
+                TokenFamily.update(revoked_time_us=now, revoked_reason="reuse").where(
+                    TokenFamily.id == row.id
+                ).execute()
+                audit.record("token.reuse_detected", audit.REFUSED, subject=row.user.user_id, summary=summary)
+                return "reuse"
+            else:
+                TokenFamily.update(current_jti=new_jti).where(
+                    (TokenFamily.id == row.id) & (TokenFamily.current_jti == claims.token_id)
+                ).execute()
+                audit.record(
+                    "token.refresh", subject=row.user.user_id, actor=row.user.user_id, summary=summary
+                )
+                return ""
+            audit.record(
+                "token.refresh", audit.REFUSED, subject=claims.user_id, summary={**summary, "reason": refusal}
+            )
+            return refusal
+
+        refusal = run_in_write_transaction(self._db, rotate)
+        if refusal:
+            self._sessions.pop(claims.family, None)
+            raise Unauthenticated(_REFRESH_REFUSALS[refusal])
+        return self._issue(claims.user_id, claims.family, new_jti)
+
+    def logout(self, caller: Principal) -> None:
+        """Revoke the caller's token family: its refresh token and (after the cache) its access tokens."""
+
+        def revoke() -> None:
+            now = self._clock.now_us()
+            TokenFamily.update(revoked_time_us=now, revoked_reason="logout").where(
+                (TokenFamily.family_id == caller.family)
+                & (TokenFamily.user == caller.id)
+                & TokenFamily.revoked_time_us.is_null()
+            ).execute()
+            audit.record("token.logout", subject=caller.user_id, summary={"family": caller.family})
+
+        run_in_write_transaction(self._db, revoke)
+        self._sessions.pop(caller.family, None)
 
     def authenticate(self, access_token: str) -> Principal:
-        """The caller behind a valid access token, else Unauthenticated."""
+        """The caller behind a valid access token of a live session, else Unauthenticated."""
         claims = self._signer.verify(access_token, ACCESS)
-        return self.principal(claims.user_id)
-
-    def principal(self, user_id: str) -> Principal:
-        """Resolve a public user id; Unauthenticated when the user does not exist."""
-        principal = self._principals.get(user_id)
-        if principal is None:
-            row = User.select(User.id, User.user_id).where(User.user_id == user_id).first()
-            if row is None:
-                raise Unauthenticated("the token's user does not exist")
-            if len(self._principals) >= _MAX_CACHED_PRINCIPALS:
-                self._principals.clear()
-            principal = self._principals[user_id] = Principal(row.id, row.user_id)
+        cached = self._sessions.get(claims.family)
+        if cached is not None and cached[0] > time.monotonic() and cached[1].user_id == claims.user_id:
+            return cached[1]
+        row = (
+            TokenFamily.select(
+                TokenFamily.revoked_time_us, User.id, User.user_id, User.role, User.erased_time_us
+            )
+            .join(User)
+            .where(TokenFamily.family_id == claims.family)
+            .first()
+        )
+        if row is None or row.user.user_id != claims.user_id:
+            raise Unauthenticated("the token's user or session does not exist")
+        if row.user.erased_time_us is not None:
+            raise Unauthenticated("the account is blocked")
+        if row.revoked_time_us is not None:
+            raise Unauthenticated("the token's session was revoked (logout, reuse or erasure)")
+        principal = Principal(row.user.id, row.user.user_id, row.user.role, claims.family)
+        if self._cache_s > 0:
+            if len(self._sessions) >= _MAX_CACHED_FAMILIES:
+                self._sessions.clear()
+            self._sessions[claims.family] = (time.monotonic() + self._cache_s, principal)
         return principal
 
-    def _issue(self, user_id: str) -> TokenPair:
+    def require_operator(self, caller: Principal, what: str) -> None:
+        """PermissionDenied (audited) unless ``caller`` is an operator; ``what`` names the path."""
+        if caller.is_operator:
+            return
+        audit.record_alone(
+            self._db,
+            "access.denied",
+            audit.DENIED,
+            subject=caller.user_id,
+            summary={"needs": "operator", "what": what},
+        )
+        raise PermissionDenied(f"{what} is for operators only")
+
+    def principal(self, user_id: str) -> Principal:
+        """Look up a user by public id (no session); Unauthenticated when there is none."""
+        row = User.select(User.id, User.user_id, User.role).where(User.user_id == user_id).first()
+        if row is None:
+            raise Unauthenticated("the token's user does not exist")
+        return Principal(row.id, row.user_id, row.role)
+
+    def _issue(self, user_id: str, family: str, refresh_jti: str) -> TokenPair:
         return TokenPair(
-            access_token=self._signer.issue(user_id, ACCESS),
-            refresh_token=self._signer.issue(user_id, REFRESH),
+            access_token=self._signer.issue(user_id, ACCESS, family=family),
+            refresh_token=self._signer.issue(user_id, REFRESH, family=family, token_id=refresh_jti),
             expires_in=self._signer.access_ttl_s,
             refresh_expires_in=self._signer.refresh_ttl_s,
         )

@@ -8,11 +8,18 @@ import uuid
 
 from peewee import Database, Tuple
 
-from lending_grpc.core import fields, pagination
+from lending_grpc.core import audit, fields, pagination
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.database import run_in_write_transaction
-from lending_grpc.core.errors import AlreadyExists, InvalidArgument, NotFound
-from lending_grpc.core.models import Loan, Payment
+from lending_grpc.core.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    LendingError,
+    NotFound,
+    Unavailable,
+)
+from lending_grpc.core.models import Loan, Payment, User
 from lending_grpc.core.money import parse_money, parse_rate
 from lending_grpc.core.prepared import Prepared, PreparedSelect
 from lending_grpc.core.schedule import (
@@ -109,9 +116,9 @@ def _loan_view(row: Loan) -> LoanView:
     return LoanView(row.loan_id, terms, row.paid_weeks, row.paid_cents, row.create_time_us)
 
 
-def _standing(row: Loan, day: dt.date) -> DelinquencyView:
+def _standing(row: Loan, day: dt.date, owner: str = "") -> DelinquencyView:
     view = _loan_view(row)
-    return DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day))
+    return DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day), owner)
 
 
 def _payment_view(row: Payment, loan_id: str) -> PaymentView:
@@ -197,9 +204,31 @@ class BillingCore:
             _INSERT_LOAN.execute(
                 self._db, *(field.db_value(row.__data__[field.name]) for field in _LOAN_FIELDS)
             )
+            audit.record(
+                "loan.create",
+                subject=audit.context().actor,
+                loan_id=loan_id,
+                summary={
+                    "principal_cents": terms.principal_cents,
+                    "rate_e4": terms.rate_e4,
+                    "term_weeks": terms.term_weeks,
+                    "start_date": terms.start_date.isoformat(),
+                    "total_cents": terms.total_cents,
+                },
+            )
             return _loan_view(row)
 
         return run_in_write_transaction(self._db, create)
+
+    def resolve_owner(self, user_id: str, loan_id: str) -> int:
+        """The internal id of the user ``user_id`` (an operator naming a loan's owner).
+
+        An unknown owner is NotFound for the loan, as an unknown loan would be.
+        """
+        row = User.select(User.id).where(User.user_id == user_id[:36]).first()
+        if row is None:
+            raise NotFound(f"loan {loan_id!r} not found")
+        return row.id
 
     def _loan_row(self, owner: int, loan_id: str, *, for_update: bool = False) -> Loan:
         statement = _LOAN_BY_KEY_FOR_UPDATE if for_update else _LOAN_BY_KEY
@@ -255,7 +284,27 @@ class BillingCore:
     # -- payments ------------------------------------------------------------
 
     def make_payment(self, owner: int, loan_id: str, amount: str, request_id: str = "") -> PaymentView:
-        """Record a payment of the next whole installments; idempotent on ``request_id``."""
+        """Record a payment of the next whole installments; idempotent on ``request_id``.
+
+        Accepted payments are audited in their own transaction; refused ones
+        (any rule or validation error, not transient contention) afterwards.
+        """
+        try:
+            return self._make_payment(owner, loan_id, amount, request_id)
+        except (Unavailable, Aborted):
+            raise
+        except LendingError as exc:
+            audit.record_alone(
+                self._db,
+                "payment.refused",
+                audit.REFUSED,
+                subject=audit.context().actor,
+                loan_id=loan_id,
+                summary={"amount": amount[:40], "reason": type(exc).__name__, "message": exc.message[:300]},
+            )
+            raise
+
+    def _make_payment(self, owner: int, loan_id: str, amount: str, request_id: str) -> PaymentView:
         loan_id = fields.loan_id(loan_id)
         amount_cents = parse_money(amount, "amount", max_cents=MAX_TOTAL_CENTS)
         key = fields.request_id(request_id)
@@ -302,6 +351,18 @@ class BillingCore:
             ).rowcount
             if updated != 1:
                 raise RuntimeError("loan summary changed during a payment transaction")
+            audit.record(
+                "payment.accepted",
+                subject=audit.context().actor,
+                loan_id=loan_id,
+                summary={
+                    "payment_id": payment.payment_id,
+                    "amount_cents": amount_cents,
+                    "weeks": [payment.first_week, payment.last_week],
+                    "outstanding_after_cents": payment.outstanding_after_cents,
+                    "request_id": key,
+                },
+            )
             return _payment_view(payment, loan_id)
 
         return run_in_write_transaction(self._db, pay)
@@ -325,16 +386,22 @@ class BillingCore:
         day = self._as_of(as_of)
         return _standing(self._loan_row(owner, loan_id), day)
 
-    def list_delinquent(self, owner: int, as_of: str = "", page_size: int = 0, page_token: str = "") -> Page:
-        """The owner's loans delinquent as of a date, most overdue first.
+    def list_delinquent(
+        self, owner: int | None, as_of: str = "", page_size: int = 0, page_token: str = ""
+    ) -> Page:
+        """The owner's loans (every owner's when ``owner`` is None) delinquent as of a date.
 
-        Delinquent as of D means the second unpaid installment fell due before D,
-        so this is one range scan on the stored ``second_unpaid_due_date``.
+        Most overdue first. Delinquent as of D means the second unpaid
+        installment fell due before D, so this is one range scan on the stored
+        ``second_unpaid_due_date`` (per owner, or across the portfolio).
         """
         size = pagination.page_size(page_size)
-        scope = f"delinquent|{owner}"
+        scope = f"delinquent|{'all' if owner is None else owner}"
         day = self._as_of(as_of)
-        query = Loan.select().where(Loan.owner == owner)
+        if owner is None:
+            query = Loan.select(Loan, User.user_id).join(User)
+        else:
+            query = Loan.select().where(Loan.owner == owner)
         if page_token:
             after = self._page_tokens.decode(page_token, scope)
             token_day = dt.date.fromisoformat(after["as_of"])
@@ -361,4 +428,4 @@ class BillingCore:
                 scope,
                 {"as_of": day.isoformat(), "due": last.second_unpaid_due_date.isoformat(), "id": last.id},
             )
-        return Page([_standing(row, day) for row in rows], token)
+        return Page([_standing(row, day, row.owner.user_id if owner is None else "") for row in rows], token)

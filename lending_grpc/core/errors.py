@@ -58,3 +58,19 @@ class DatabaseUnreachable(Unavailable):
 
 class Aborted(LendingError):
     """A transaction lost a conflict with a concurrent one and was rolled back; retrying is safe."""
+
+
+class PermissionDenied(LendingError):
+    """The caller is authenticated but its role does not allow this (an operator-only path)."""
+
+
+class ResourceExhausted(LendingError):
+    """A limit was reached; ``retry_after_s`` says when trying again can succeed."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AccountLocked(ResourceExhausted):
+    """Too many failed sign-ins: the account refuses every sign-in until the lockout ends."""

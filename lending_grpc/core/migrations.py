@@ -28,11 +28,14 @@ from peewee import (
     IntegerField,
     Model,
     PostgresqlDatabase,
+    TextField,
     fn,
 )
 from peewee import (
     DatabaseError as PeeweeDatabaseError,
 )
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as apply_operations
 
 from lending_grpc.core.database import DatabaseError, write_lock
 
@@ -124,8 +127,92 @@ def _v1_baseline(db: Database) -> None:
         db.create_tables(models)
 
 
+# -- version 2: roles, sealed emails, erasure, sign-in throttle, token families, audit --
+
+
+_AUDIT_APPEND_ONLY = """
+CREATE FUNCTION audit_event_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_event is append-only';
+END $$;
+CREATE TRIGGER audit_event_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_event
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_event_append_only();
+"""
+
+
+def _v2_security(db: Database) -> None:
+    # Nullable columns: SQLite adds them in place (a NOT NULL one would mean
+    # rebuilding "user", which loans and payments reference).
+    migrator = SchemaMigrator.from_database(db)
+    apply_operations(
+        migrator.add_column("user", "role", CharField(max_length=16, null=True)),
+        migrator.add_column("user", "email_sealed", TextField(null=True)),
+        migrator.add_column("user", "erased_time_us", BigIntegerField(null=True)),
+        migrator.add_index("loan", ("second_unpaid_due_date", "id"), False),
+    )
+
+    class User(Model):  # referenced only; never created here
+        id = AutoField()
+
+        class Meta:
+            table_name = "user"
+
+    class LoginThrottle(Model):
+        id = AutoField()
+        user = ForeignKeyField(User, on_delete="RESTRICT", unique=True, column_name="user_id")
+        failures = IntegerField()
+        window_start_us = BigIntegerField()
+        locked_until_us = BigIntegerField()
+        lockouts = IntegerField()
+
+        class Meta:
+            table_name = "login_throttle"
+            legacy_table_names = False  # index names as the live models make them
+
+    class TokenFamily(Model):
+        id = AutoField()
+        family_id = CharField(max_length=32, unique=True)
+        user = ForeignKeyField(User, on_delete="RESTRICT", column_name="user_id")
+        current_jti = CharField(max_length=32)
+        create_time_us = BigIntegerField()
+        revoked_time_us = BigIntegerField(null=True)
+        revoked_reason = CharField(max_length=32, null=True)
+
+        class Meta:
+            table_name = "token_family"
+            legacy_table_names = False  # index names as the live models make them
+
+    class AuditEvent(Model):
+        id = AutoField()
+        time_us = BigIntegerField(index=True)
+        event = CharField(max_length=64)
+        outcome = CharField(max_length=16)
+        actor = CharField(max_length=64)
+        subject = CharField(max_length=64, index=True)
+        peer = CharField(max_length=128)
+        rpc = CharField(max_length=128)
+        request_id = CharField(max_length=128)
+        loan_id = CharField(max_length=64)
+        summary = TextField()
+
+        class Meta:
+            table_name = "audit_event"
+            legacy_table_names = False  # index names as the live models make them
+
+    models = (LoginThrottle, TokenFamily, AuditEvent)
+    with db.bind_ctx((User, *models), bind_refs=False, bind_backrefs=False):
+        db.create_tables(models)
+    if isinstance(db, PostgresqlDatabase):
+        # Belt and braces: the code has no UPDATE or DELETE of audit rows, and
+        # the database refuses them too. (SQLite: the file's owner can do anything.)
+        db.execute_sql(_AUDIT_APPEND_ONLY)
+
+
 # Append only.
-MIGRATIONS: tuple[tuple[int, Callable[[Database], None]], ...] = ((1, _v1_baseline),)
+MIGRATIONS: tuple[tuple[int, Callable[[Database], None]], ...] = (
+    (1, _v1_baseline),
+    (2, _v2_security),
+)
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 

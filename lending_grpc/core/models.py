@@ -1,4 +1,4 @@
-"""Peewee models: users, loans and payments.
+"""Peewee models: users, loans, payments, and the security tables (sign-in throttle, token families, audit).
 
 A loan row carries its terms plus a running summary (installments paid,
 amount paid, due date of the second unpaid installment), so every read is one
@@ -20,6 +20,7 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    TextField,
 )
 
 database = DatabaseProxy()
@@ -38,9 +39,15 @@ class User(BaseModel):
     user_id = CharField(max_length=36, unique=True)
     username = CharField(max_length=150)
     username_key = CharField(max_length=150, unique=True)  # lower-cased for uniqueness
+    # Schema v1 kept the address here in clear; since v2 it is always "" (the
+    # server seals any leftover on start) and the address lives in email_sealed.
     email = CharField(max_length=254)
     password_hash = CharField(max_length=255)
     create_time_us = BigIntegerField()  # microseconds since the Unix epoch, UTC
+    # -- schema v2 (nullable: added to existing tables without a rebuild) --
+    role = CharField(max_length=16, null=True)  # NULL: an ordinary user; "operator"
+    email_sealed = TextField(null=True)  # AES-GCM sealed (core.crypto); NULL once erased
+    erased_time_us = BigIntegerField(null=True)  # set by `users erase`: the account is blocked
 
 
 class Loan(BaseModel):
@@ -67,6 +74,8 @@ class Loan(BaseModel):
         indexes = (
             (("owner", "loan_id"), True),
             (("owner", "second_unpaid_due_date", "id"), False),
+            # v2: the operators' portfolio-wide delinquency scan.
+            (("second_unpaid_due_date", "id"), False),
         )
         constraints = [
             Check("paid_weeks >= 0 AND paid_weeks <= term_weeks"),
@@ -101,4 +110,43 @@ class Payment(BaseModel):
         ]
 
 
-ALL_MODELS = (User, Loan, Payment)
+class LoginThrottle(BaseModel):
+    """Failed sign-ins of one account, shared by every server process through the database."""
+
+    id = AutoField()
+    user = ForeignKeyField(User, on_delete="RESTRICT", unique=True)
+    failures = IntegerField()  # in the current window
+    window_start_us = BigIntegerField()  # first failure of the current window
+    locked_until_us = BigIntegerField()  # 0: not locked
+    lockouts = IntegerField()  # consecutive lockouts since the last successful sign-in
+
+
+class TokenFamily(BaseModel):
+    """The refresh tokens descended from one login; only the newest (``current_jti``) may be used."""
+
+    id = AutoField()
+    family_id = CharField(max_length=32, unique=True)
+    user = ForeignKeyField(User, on_delete="RESTRICT")
+    current_jti = CharField(max_length=32)
+    create_time_us = BigIntegerField()
+    revoked_time_us = BigIntegerField(null=True)
+    revoked_reason = CharField(max_length=32, null=True)  # logout, reuse, erased
+
+
+class AuditEvent(BaseModel):
+    """One append-only audit record. The service inserts these and never updates or deletes them."""
+
+    id = AutoField()
+    time_us = BigIntegerField(index=True)
+    event = CharField(max_length=64)  # e.g. login.failure, payment.accepted
+    outcome = CharField(max_length=16)  # ok, refused, denied
+    actor = CharField(max_length=64)  # public user id, "cli:<os user>" or "" (anonymous)
+    subject = CharField(max_length=64, index=True)  # the user the event is about, or ""
+    peer = CharField(max_length=128)
+    rpc = CharField(max_length=128)
+    request_id = CharField(max_length=128)
+    loan_id = CharField(max_length=64)
+    summary = TextField()  # JSON: what changed; never passwords, tokens or emails
+
+
+ALL_MODELS = (User, Loan, Payment, LoginThrottle, TokenFamily, AuditEvent)

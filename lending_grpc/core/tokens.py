@@ -20,7 +20,9 @@ _WRONG_TYPE = {
     ACCESS: "an access token is required here",
     REFRESH: "a refresh token is required here",
 }
-_REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud", "jti", "typ"]
+# `fam`: the refresh-token family (one per login) both token types belong to,
+# so that revoking a family (logout, reuse) ends its access tokens too.
+_REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud", "jti", "typ", "fam"]
 _MAX_REMEMBERED = 100_000  # verified tokens kept; cleared wholesale when full
 
 
@@ -33,7 +35,8 @@ class Claims:
     """The verified claims the service uses."""
 
     user_id: str
-    token_id: str  # the jti, for revocation
+    token_id: str  # the jti: a family's current refresh token is named by it
+    family: str  # the fam claim: the login this token descends from
 
 
 class TokenSigner:
@@ -50,8 +53,11 @@ class TokenSigner:
         # expiry, which is checked again on every use (dict operations are atomic).
         self._verified: dict[tuple[str, str], tuple[Claims, float]] = {}
 
-    def issue(self, user_id: str, token_type: str) -> str:
-        """A signed token of ``token_type`` (access or refresh) for ``user_id``."""
+    def issue(self, user_id: str, token_type: str, *, family: str = "", token_id: str = "") -> str:
+        """A signed token of ``token_type`` (access or refresh) for ``user_id`` in ``family``.
+
+        ``family`` and ``token_id`` (the jti) default to fresh random ids.
+        """
         now = int(time.time())
         ttl = self.access_ttl_s if token_type == ACCESS else self.refresh_ttl_s
         claims = {
@@ -61,8 +67,9 @@ class TokenSigner:
             "iat": now,
             "nbf": now,
             "exp": now + ttl,
-            "jti": uuid.uuid4().hex,
+            "jti": token_id or uuid.uuid4().hex,
             "typ": token_type,
+            "fam": family or uuid.uuid4().hex,
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
@@ -94,9 +101,9 @@ class TokenSigner:
             raise Unauthenticated("the token is malformed or its signature is invalid") from None
         if claims.get("typ") != expected_type:
             raise Unauthenticated(_WRONG_TYPE[expected_type])
-        if not isinstance(claims["sub"], str) or not isinstance(claims["jti"], str):
+        if not all(isinstance(claims[name], str) for name in ("sub", "jti", "fam")):
             raise Unauthenticated("the token is malformed or its signature is invalid")
-        verified = Claims(claims["sub"], claims["jti"])
+        verified = Claims(claims["sub"], claims["jti"], claims["fam"])
         if len(self._verified) >= _MAX_REMEMBERED:
             self._verified.clear()
         self._verified[(token, expected_type)] = (verified, float(claims["exp"]))

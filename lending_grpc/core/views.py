@@ -71,6 +71,7 @@ class DelinquencyView:
 
     loan_id: str
     standing: Delinquency
+    owner: str = ""  # the owner's public user id, filled in portfolio-wide lists
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,12 +82,26 @@ class Page:
     next_page_token: str
 
 
+OPERATOR = "operator"
+ROLES = (OPERATOR,)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller: internal id for queries, public id for logs and tokens."""
+    """The authenticated caller: internal id for queries, public id for logs and tokens.
+
+    ``family`` is the token family of the access token that authenticated
+    the call (what Logout revokes); ``role`` is None for ordinary users.
+    """
 
     id: int
     user_id: str
+    role: str | None = None
+    family: str = ""
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == OPERATOR
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

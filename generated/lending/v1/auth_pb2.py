@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15lending/v1/auth.proto\x12\nlending.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"i\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x06Tokens\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x12\n\nexpires_in\x18\x04 \x01(\x05\x12\x1a\n\x12refresh_expires_in\x18\x05 \x01(\x05\x32\xc4\x01\n\x0b\x41uthService\x12\x39\n\x08Register\x12\x1b.lending.v1.RegisterRequest\x1a\x10.lending.v1.User\x12\x35\n\x05Login\x12\x18.lending.v1.LoginRequest\x1a\x12.lending.v1.Tokens\x12\x43\n\x0cRefreshToken\x12\x1f.lending.v1.RefreshTokenRequest\x1a\x12.lending.v1.Tokensb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15lending/v1/auth.proto\x12\nlending.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"i\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x06Tokens\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x12\n\nexpires_in\x18\x04 \x01(\x05\x12\x1a\n\x12refresh_expires_in\x18\x05 \x01(\x05\x32\x85\x02\n\x0b\x41uthService\x12\x39\n\x08Register\x12\x1b.lending.v1.RegisterRequest\x1a\x10.lending.v1.User\x12\x35\n\x05Login\x12\x18.lending.v1.LoginRequest\x1a\x12.lending.v1.Tokens\x12\x43\n\x0cRefreshToken\x12\x1f.lending.v1.RefreshTokenRequest\x1a\x12.lending.v1.Tokens\x12?\n\x06Logout\x12\x19.lending.v1.LogoutRequest\x1a\x1a.lending.v1.LogoutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGINREQUEST']._serialized_end=190
   _globals['_REFRESHTOKENREQUEST']._serialized_start=192
   _globals['_REFRESHTOKENREQUEST']._serialized_end=236
-  _globals['_USER']._serialized_start=238
-  _globals['_USER']._serialized_end=343
-  _globals['_TOKENS']._serialized_start=345
-  _globals['_TOKENS']._serialized_end=466
-  _globals['_AUTHSERVICE']._serialized_start=469
-  _globals['_AUTHSERVICE']._serialized_end=665
+  _globals['_LOGOUTREQUEST']._serialized_start=238
+  _globals['_LOGOUTREQUEST']._serialized_end=253
+  _globals['_LOGOUTRESPONSE']._serialized_start=255
+  _globals['_LOGOUTRESPONSE']._serialized_end=271
+  _globals['_USER']._serialized_start=273
+  _globals['_USER']._serialized_end=378
+  _globals['_TOKENS']._serialized_start=380
+  _globals['_TOKENS']._serialized_end=501
+  _globals['_AUTHSERVICE']._serialized_start=504
+  _globals['_AUTHSERVICE']._serialized_end=765
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,14 @@ class RefreshTokenRequest(_message.Message):
     refresh_token: str
     def __init__(self, refresh_token: _Optional[str] = ...) -> None: ...
 
+class LogoutRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LogoutResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class User(_message.Message):
     __slots__ = ("user_id", "username", "email", "create_time")
     USER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -52,6 +52,11 @@ class AuthServiceStub:
                 request_serializer=lending_dot_v1_dot_auth__pb2.RefreshTokenRequest.SerializeToString,
                 response_deserializer=lending_dot_v1_dot_auth__pb2.Tokens.FromString,
                 _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/lending.v1.AuthService/Logout',
+                request_serializer=lending_dot_v1_dot_auth__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=lending_dot_v1_dot_auth__pb2.LogoutResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -76,8 +81,18 @@ class AuthServiceServicer:
         """Login exchanges a username and password for an access token and a
         refresh token.
 
+        After LENDING_LOGIN_MAX_FAILURES (default 5) wrong passwords within
+        LENDING_LOGIN_FAILURE_WINDOW_SECONDS (default 900) the account is locked
+        for LENDING_LOGIN_LOCKOUT_SECONDS (default 300), doubling with each
+        further lockout up to LENDING_LOGIN_LOCKOUT_MAX_SECONDS (default 86400);
+        a correct password is refused too while locked. Other accounts are not
+        affected. The count is kept in the database, shared by every process.
+
         Errors: UNAUTHENTICATED with one and the same message for an unknown
-        username and a wrong password; INVALID_ARGUMENT for an empty field.
+        username and a wrong password; INVALID_ARGUMENT for an empty field;
+        RESOURCE_EXHAUSTED while the account is locked (including the failure
+        that locks it), with google.rpc.ErrorInfo reason `ACCOUNT_LOCKED` and
+        google.rpc.RetryInfo `retry_delay` = the rest of the lockout.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,8 +102,29 @@ class AuthServiceServicer:
         """RefreshToken exchanges a valid refresh token for a new token pair.
         Access tokens are refused here.
 
+        Refresh tokens rotate: each one works once. Presenting a refresh token
+        that was already exchanged (a stolen copy, or a client replaying one)
+        revokes its whole session: every refresh token of the login it descends
+        from, the newest included, and that session's access tokens.
+
         Errors: UNAUTHENTICATED for a malformed, expired, wrongly signed or
-        wrong-type token, or one whose user no longer exists.
+        wrong-type token, a reused or revoked one, or one whose user no longer
+        exists or is blocked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Logout ends the caller's session: the login that issued the access token
+        sent as `authorization: Bearer <access_token>` (the one call of this
+        service that needs it). Its refresh tokens stop working at once; its
+        access tokens at once on this server process and within
+        LENDING_AUTH_CACHE_SECONDS (default 5) on the others. Other sessions of
+        the same user are not affected. The logged-out access token is refused
+        from then on, so a second Logout with it is UNAUTHENTICATED.
+
+        Errors: UNAUTHENTICATED without a valid access token of a live session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +147,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RefreshToken,
                     request_deserializer=lending_dot_v1_dot_auth__pb2.RefreshTokenRequest.FromString,
                     response_serializer=lending_dot_v1_dot_auth__pb2.Tokens.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=lending_dot_v1_dot_auth__pb2.LogoutRequest.FromString,
+                    response_serializer=lending_dot_v1_dot_auth__pb2.LogoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -197,6 +238,33 @@ class AuthService:
             '/lending.v1.AuthService/RefreshToken',
             lending_dot_v1_dot_auth__pb2.RefreshTokenRequest.SerializeToString,
             lending_dot_v1_dot_auth__pb2.Tokens.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lending.v1.AuthService/Logout',
+            lending_dot_v1_dot_auth__pb2.LogoutRequest.SerializeToString,
+            lending_dot_v1_dot_auth__pb2.LogoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,10 +66,12 @@ class CreateLoanRequest(_message.Message):
     def __init__(self, loan_id: _Optional[str] = ..., principal_amount: _Optional[str] = ..., start_date: _Optional[str] = ..., term_weeks: _Optional[int] = ..., interest_rate: _Optional[str] = ...) -> None: ...
 
 class GetLoanRequest(_message.Message):
-    __slots__ = ("loan_id",)
+    __slots__ = ("loan_id", "owner")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
-    def __init__(self, loan_id: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, loan_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListLoansRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -88,10 +90,12 @@ class ListLoansResponse(_message.Message):
     def __init__(self, loans: _Optional[_Iterable[_Union[Loan, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetScheduleRequest(_message.Message):
-    __slots__ = ("loan_id",)
+    __slots__ = ("loan_id", "owner")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
-    def __init__(self, loan_id: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, loan_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Schedule(_message.Message):
     __slots__ = ("loan_id", "installments", "total_amount")
@@ -120,10 +124,12 @@ class Installment(_message.Message):
     def __init__(self, week: _Optional[int] = ..., due_date: _Optional[str] = ..., due_amount: _Optional[str] = ..., paid: _Optional[bool] = ..., payment_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ...) -> None: ...
 
 class GetOutstandingRequest(_message.Message):
-    __slots__ = ("loan_id",)
+    __slots__ = ("loan_id", "owner")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
-    def __init__(self, loan_id: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, loan_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Outstanding(_message.Message):
     __slots__ = ("loan_id", "outstanding_balance", "paid_amount", "total_amount", "installments_paid", "installments_remaining")
@@ -172,14 +178,16 @@ class Payment(_message.Message):
     def __init__(self, payment_id: _Optional[str] = ..., loan_id: _Optional[str] = ..., amount: _Optional[str] = ..., payment_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_week: _Optional[int] = ..., last_week: _Optional[int] = ..., outstanding_balance: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ListPaymentsRequest(_message.Message):
-    __slots__ = ("loan_id", "page_size", "page_token")
+    __slots__ = ("loan_id", "page_size", "page_token", "owner")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     page_size: int
     page_token: str
-    def __init__(self, loan_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, loan_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListPaymentsResponse(_message.Message):
     __slots__ = ("payments", "next_page_token")
@@ -190,15 +198,17 @@ class ListPaymentsResponse(_message.Message):
     def __init__(self, payments: _Optional[_Iterable[_Union[Payment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetDelinquencyStatusRequest(_message.Message):
-    __slots__ = ("loan_id", "as_of")
+    __slots__ = ("loan_id", "as_of", "owner")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     as_of: str
-    def __init__(self, loan_id: _Optional[str] = ..., as_of: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, loan_id: _Optional[str] = ..., as_of: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class DelinquencyStatus(_message.Message):
-    __slots__ = ("loan_id", "is_delinquent", "missed_payments", "overdue_amount", "days_past_due", "next_due_date", "as_of")
+    __slots__ = ("loan_id", "is_delinquent", "missed_payments", "overdue_amount", "days_past_due", "next_due_date", "as_of", "owner")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     IS_DELINQUENT_FIELD_NUMBER: _ClassVar[int]
     MISSED_PAYMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +216,7 @@ class DelinquencyStatus(_message.Message):
     DAYS_PAST_DUE_FIELD_NUMBER: _ClassVar[int]
     NEXT_DUE_DATE_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     is_delinquent: bool
     missed_payments: int
@@ -213,17 +224,20 @@ class DelinquencyStatus(_message.Message):
     days_past_due: int
     next_due_date: str
     as_of: str
-    def __init__(self, loan_id: _Optional[str] = ..., is_delinquent: _Optional[bool] = ..., missed_payments: _Optional[int] = ..., overdue_amount: _Optional[str] = ..., days_past_due: _Optional[int] = ..., next_due_date: _Optional[str] = ..., as_of: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, loan_id: _Optional[str] = ..., is_delinquent: _Optional[bool] = ..., missed_payments: _Optional[int] = ..., overdue_amount: _Optional[str] = ..., days_past_due: _Optional[int] = ..., next_due_date: _Optional[str] = ..., as_of: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListDelinquentLoansRequest(_message.Message):
-    __slots__ = ("as_of", "page_size", "page_token")
+    __slots__ = ("as_of", "page_size", "page_token", "all_owners")
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ALL_OWNERS_FIELD_NUMBER: _ClassVar[int]
     as_of: str
     page_size: int
     page_token: str
-    def __init__(self, as_of: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    all_owners: bool
+    def __init__(self, as_of: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., all_owners: _Optional[bool] = ...) -> None: ...
 
 class ListDelinquentLoansResponse(_message.Message):
     __slots__ = ("loans", "next_page_token")

@@ -34,7 +34,12 @@ class BillingServiceStub:
     an access token from AuthService; a missing, malformed, expired or
     refresh-type token gets UNAUTHENTICATED. A caller sees only the loans it
     created: another user's loan is NOT_FOUND, exactly like a loan that does
-    not exist.
+    not exist. Operators (a role granted only on the server's command line,
+    `lending-grpc users grant USERNAME operator`) may also read any loan by
+    naming its `owner`, and list delinquent loans across the whole portfolio
+    (`all_owners`); an ordinary caller setting either gets PERMISSION_DENIED.
+    No request can set a loan's owner, state or balances: they follow from
+    the caller, the terms and the recorded payments.
 
     Money and rates are decimal strings (`"5500000.00"`, `"0.10"`); money in
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
@@ -45,7 +50,7 @@ class BillingServiceStub:
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
     google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
     the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
     many calls in flight) are safe to retry with backoff; a retried MakePayment
@@ -114,7 +119,12 @@ class BillingServiceServicer:
     an access token from AuthService; a missing, malformed, expired or
     refresh-type token gets UNAUTHENTICATED. A caller sees only the loans it
     created: another user's loan is NOT_FOUND, exactly like a loan that does
-    not exist.
+    not exist. Operators (a role granted only on the server's command line,
+    `lending-grpc users grant USERNAME operator`) may also read any loan by
+    naming its `owner`, and list delinquent loans across the whole portfolio
+    (`all_owners`); an ordinary caller setting either gets PERMISSION_DENIED.
+    No request can set a loan's owner, state or balances: they follow from
+    the caller, the terms and the recorded payments.
 
     Money and rates are decimal strings (`"5500000.00"`, `"0.10"`); money in
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
@@ -125,7 +135,7 @@ class BillingServiceServicer:
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
     google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
     the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
     many calls in flight) are safe to retry with backoff; a retried MakePayment
@@ -301,7 +311,12 @@ class BillingService:
     an access token from AuthService; a missing, malformed, expired or
     refresh-type token gets UNAUTHENTICATED. A caller sees only the loans it
     created: another user's loan is NOT_FOUND, exactly like a loan that does
-    not exist.
+    not exist. Operators (a role granted only on the server's command line,
+    `lending-grpc users grant USERNAME operator`) may also read any loan by
+    naming its `owner`, and list delinquent loans across the whole portfolio
+    (`all_owners`); an ordinary caller setting either gets PERMISSION_DENIED.
+    No request can set a loan's owner, state or balances: they follow from
+    the caller, the terms and the recorded payments.
 
     Money and rates are decimal strings (`"5500000.00"`, `"0.10"`); money in
     responses always has two fraction digits. Calendar dates are `YYYY-MM-DD`
@@ -312,7 +327,7 @@ class BillingService:
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
     google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
     the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
     many calls in flight) are safe to retry with backoff; a retried MakePayment

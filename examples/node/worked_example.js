@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Cross-language check: a Node.js client (@grpc/grpc-js + @grpc/proto-loader)
-// runs the DESIGN.md worked example against a lending-grpc server.
+// Example Node.js client (@grpc/grpc-js + @grpc/proto-loader) of lending-grpc: it
+// runs the worked example (create 5,000,000, pay one week, read outstanding).
 //
 // Usage: node worked_example.js HOST:PORT
 //

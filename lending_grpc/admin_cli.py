@@ -1,0 +1,108 @@
+"""Operator commands run on the server host: `lending-grpc users ...` and `lending-grpc audit export`.
+
+They work on the database directly (no gRPC, no running server needed):
+whoever can run them already holds the service's configuration. Each change
+is audited with the actor `cli:<os user>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import sys
+import uuid
+from collections.abc import Callable
+
+from lending_grpc.config import Settings
+from lending_grpc.core import audit
+from lending_grpc.core.admin import AccountAdmin
+from lending_grpc.core.clock import Clock
+from lending_grpc.core.database import close_database, open_database
+from lending_grpc.core.errors import LendingError
+from lending_grpc.core.migrations import migrate
+from lending_grpc.core.views import ROLES
+
+COMMANDS = ("users", "audit")
+_DB_FLAGS = ("database_url", "db_busy_timeout_ms", "log_level")
+
+
+def add_commands(commands, add_setting_flags: Callable[[argparse.ArgumentParser, tuple], None]) -> None:
+    """Register `users` and `audit` on the top-level subparsers."""
+    users = commands.add_parser("users", help="grant or revoke roles, erase a user's personal data")
+    actions = users.add_subparsers(dest="users_action", required=True)
+    for name, text in (("grant", "grant a role"), ("revoke", "revoke a role")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("username")
+        action.add_argument("role", choices=ROLES)
+        add_setting_flags(action, _DB_FLAGS)
+    erase = actions.add_parser(
+        "erase", help="remove a user's personal data and block the account (loans, payments, audit stay)"
+    )
+    erase.add_argument("username")
+    add_setting_flags(erase, _DB_FLAGS)
+
+    audit_parser = commands.add_parser("audit", help="read the audit trail")
+    audit_actions = audit_parser.add_subparsers(dest="audit_action", required=True)
+    export = audit_actions.add_parser(
+        "export", help="write audit events as JSON lines to stdout, oldest first"
+    )
+    export.add_argument(
+        "--since", type=_instant, help="only events at or after this ISO 8601 time (UTC if naive)"
+    )
+    export.add_argument("--until", type=_instant, help="only events before this ISO 8601 time (UTC if naive)")
+    add_setting_flags(export, _DB_FLAGS)
+
+
+def _instant(text: str) -> int:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _iso(micros: int) -> str:
+    return dt.datetime.fromtimestamp(micros / 1_000_000, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a `users` or `audit` command; returns the exit code."""
+    db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+    action = getattr(args, "users_action", None) or getattr(args, "audit_action", None)
+    token = audit.current.set(
+        audit.AuditContext(
+            actor=f"cli:{getpass.getuser()}",
+            rpc=f"lending-grpc {args.command} {action}",
+            request_id=uuid.uuid4().hex,
+        )
+    )
+    try:
+        migrate(db)
+        if args.command == "audit":
+            for view in audit.export(args.since, args.until):
+                record = view.as_dict()
+                record["time"] = _iso(view.time_us)
+                print(json.dumps(record, sort_keys=True, separators=(",", ":")))
+            return 0
+        admin = AccountAdmin(db, Clock(settings.time_zone))
+        if action == "erase":
+            report = admin.erase(args.username)
+            print(
+                f"erased user {report.user_id}: username is now {report.tombstone}, "
+                f"{report.sessions_revoked} session(s) revoked; loans, payments and audit rows kept"
+            )
+        else:
+            user_id = admin.set_role(args.username, args.role, granted=action == "grant")
+            verb = "granted" if action == "grant" else "revoked"
+            print(f"{verb} role {args.role} for user {user_id} ({args.username})")
+        return 0
+    except LendingError as exc:
+        print(f"lending-grpc: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        audit.current.reset(token)
+        close_database(db)

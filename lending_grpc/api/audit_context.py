@@ -1,0 +1,49 @@
+"""Gives every call an AuditContext (peer, RPC, request id) for the core's audit records."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+
+from lending_grpc.api import context as call_context
+from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
+from lending_grpc.core import audit
+
+REQUEST_ID_HEADER = "x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+def request_id(metadata) -> str:
+    """The caller's x-request-id when it is short printable text, else a fresh id."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            if 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable():
+                return value
+            break
+    return uuid.uuid4().hex
+
+
+class AuditContextInterceptor(WrappingInterceptor):
+    """Sets ``core.audit.current`` for the call; the auth interceptor adds the actor."""
+
+    def wrap_handler(self, handler, method):
+        def wrap(behaviour: Behaviour) -> Behaviour:
+            def with_context(request: Any, context: grpc.ServicerContext) -> Any:
+                # One id per call: the access log's (returned to the caller), when it ran.
+                call = call_context.current_call.get(None)
+                ctx = audit.AuditContext(
+                    peer=context.peer() or "",
+                    rpc=method,
+                    request_id=call.request_id if call else request_id(context.invocation_metadata()),
+                )
+                token = audit.current.set(ctx)
+                try:
+                    return behaviour(request, context)
+                finally:
+                    audit.current.reset(token)
+
+            return with_context
+
+        return wrap_unary(handler, wrap)

