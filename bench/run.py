@@ -17,6 +17,7 @@ BENCH_OUT (bench/results/latest.md).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import json
@@ -127,7 +128,9 @@ class Server:
         raise RuntimeError(f"{self.name} did not start:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(15)
@@ -179,6 +182,8 @@ def lending_server(name: str, database_url: str, workers: int, work: Path) -> Se
         LENDING_SHUTDOWN_GRACE_SECONDS="2",
         # One user on one address drives every call: the rate limits would measure themselves.
         LENDING_RATE_LIMIT_USER_PER_SECOND="0",
+        # PostgreSQL refuses to start without one; SQLite would generate one beside its file.
+        LENDING_DATA_KEY=base64.b64encode(b"bench-data-key-of-32-bytes-00000").decode(),
         LENDING_RATE_LIMIT_PEER_PER_SECOND="0",
     )
     return Server(name, "lending", workers, argv, env, work / f"{name}.log")
