@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sqlite3
 import sys
 import threading
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -102,7 +104,7 @@ class RawSqlite:
         try:
             existing = db.execute(LOAN_SQL, (self._owner, request.loan_id)).fetchone()
             if existing is None:
-                cents = int(float(request.principal_amount) * 100)
+                cents = int(Decimal(request.principal_amount) * 100)
                 db.execute(
                     'INSERT INTO "loan" (owner_id, loan_id, principal_cents, rate_e4, term_weeks, '
                     "start_date, "
@@ -120,6 +122,7 @@ class RawSqlite:
                         time.time_ns() // 1000,
                     ),
                 )
+                _audit(db, "loan.created", request.loan_id, {"principal_cents": cents})
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -141,7 +144,7 @@ class RawSqlite:
             payment_id = "" if earlier is None else str(earlier[0])
             if earlier is None:
                 row = self._loan(db, request.loan_id)
-                cents = round(float(request.amount) * 100)
+                cents = int(Decimal(request.amount) * 100)
                 weeks = cents // row[6]
                 payment_id = str(uuid.uuid4())
                 db.execute(
@@ -165,6 +168,9 @@ class RawSqlite:
                     "WHERE id = ? AND paid_weeks = ?",
                     (row[8] + weeks, row[9] + cents, row[0], row[8]),
                 )
+                _audit(
+                    db, "payment.accepted", request.loan_id, {"payment_id": payment_id, "amount_cents": cents}
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -179,6 +185,25 @@ class RawSqlite:
         )
         self._hasher.verify(row[0], request.password)
         return auth_pb2.Tokens(access_token="x", token_type="Bearer", expires_in=900)
+
+
+def _audit(db: sqlite3.Connection, event: str, loan_id: str, summary: dict) -> None:
+    """The audit row lending-grpc writes in the same transaction (the audit trail is part of the work)."""
+    db.execute(
+        'INSERT INTO "audit_event" (time_us, event, outcome, actor, subject, peer, rpc, request_id, loan_id, '
+        "summary) VALUES (?, ?, 'ok', ?, ?, ?, ?, ?, ?, ?)",
+        (
+            time.time_ns() // 1000,
+            event,
+            "00000000-0000-0000-0000-000000000000",
+            "00000000-0000-0000-0000-000000000000",
+            "ipv4:127.0.0.1:50000",
+            "/lending.v1.BillingService/MakePayment",
+            str(uuid.uuid4()),
+            loan_id,
+            json.dumps(summary, separators=(",", ":"), sort_keys=True),
+        ),
+    )
 
 
 def make_handlers(path: str, owner: int) -> common.Handlers:

@@ -34,7 +34,7 @@ class AuditContextInterceptor(WrappingInterceptor):
                 # One id per call: the access log's (returned to the caller), when it ran.
                 call = call_context.current_call.get(None)
                 ctx = audit.AuditContext(
-                    peer=context.peer() or "",
+                    peer=call_context.peer_of(context),
                     rpc=method,
                     request_id=call.request_id if call else request_id(context.invocation_metadata()),
                 )

@@ -14,6 +14,13 @@ class CallInfo:
 
     user_id: str = ""
     request_id: str = ""
+    peer: str = ""  # context.peer() once per call: inner layers read it here
+
+
+def peer_of(context) -> str:
+    """The calling peer ("ipv4:10.0.0.7:51234"), as the access log recorded it for this call."""
+    call = current_call.get(None)
+    return call.peer if call is not None and call.peer else (context.peer() or "")
 
 
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")

@@ -11,10 +11,12 @@ Never logs request or response bodies, metadata, tokens or passwords.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 import grpc
@@ -40,7 +42,23 @@ def request_id_from(metadata: Any) -> str:
             if isinstance(value, str) and _SAFE_REQUEST_ID.fullmatch(value):
                 return value
             break
-    return uuid.uuid4().hex
+    return f"{_generated_prefix}{next(_generated_count):012x}"
+
+
+# Generated ids are 32 hex digits like a uuid4's: 80 random bits drawn once
+# per process (a forked worker draws its own) and a 48-bit counter, unique
+# without paying for os.urandom on every call.
+_generated_prefix = ""
+_generated_count = itertools.count(1)
+
+
+def _new_generated_prefix() -> None:
+    global _generated_prefix
+    _generated_prefix = secrets.token_hex(10)
+
+
+_new_generated_prefix()
+os.register_at_fork(after_in_child=_new_generated_prefix)
 
 
 def split_method(full_method: str) -> tuple[str, str]:
@@ -58,16 +76,18 @@ class AccessLogInterceptor(WrappingInterceptor):
 
     def wrap_handler(self, handler, method):
         service_name, method_name = split_method(method)
-        metrics = self._metrics
+        metrics = self._metrics.for_method(service_name, method_name) if self._metrics else None
         # Probes call every few seconds: their lines would drown the rest at INFO.
         level = logging.DEBUG if method.startswith(HEALTH_PREFIX) else logging.INFO
 
         def wrap(behaviour: Behaviour) -> Behaviour:
             def logged(request: Any, context: grpc.ServicerContext) -> Any:
-                call = call_context.CallInfo(request_id=request_id_from(context.invocation_metadata()))
+                call = call_context.CallInfo(
+                    request_id=request_id_from(context.invocation_metadata()), peer=context.peer() or ""
+                )
                 token = call_context.current_call.set(call)
                 if metrics is not None:
-                    metrics.started(service_name, method_name)
+                    metrics.started()
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
@@ -83,13 +103,13 @@ class AccessLogInterceptor(WrappingInterceptor):
                 finally:
                     elapsed = time.perf_counter() - started
                     if metrics is not None:
-                        metrics.handled(service_name, method_name, code, elapsed)
+                        metrics.handled(code, elapsed)
                     fields = {
                         "method": method,
                         "code": code.name,
                         "ms": round(elapsed * 1000, 1),
                         "user": call.user_id or "-",
-                        "peer": context.peer(),
+                        "peer": call.peer,
                     }
                     log.log(
                         level,

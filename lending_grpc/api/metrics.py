@@ -53,14 +53,35 @@ class RpcMetrics:
             registry=registry,
         )
 
-    def started(self, service: str, method: str) -> None:
-        """Count a unary call that reached its handler."""
-        self._started.labels("unary", service, method).inc()
+    def for_method(self, service: str, method: str) -> MethodMetrics:
+        """The series of one method, resolved once (a label lookup per call costs more than the count)."""
+        return MethodMetrics(
+            self._started.labels("unary", service, method),
+            self._seconds.labels("unary", service, method),
+            lambda code: self._handled.labels("unary", service, method, _code_name(code)),
+        )
 
-    def handled(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
+
+class MethodMetrics:
+    """One method's started, handled and latency series."""
+
+    def __init__(self, started: Counter, seconds: Histogram, handled_by_code: Callable) -> None:
+        self._started = started
+        self._seconds = seconds
+        self._handled_by_code = handled_by_code
+        self._handled: dict[grpc.StatusCode, Counter] = {}
+
+    def started(self) -> None:
+        """Count a unary call that reached its handler."""
+        self._started.inc()
+
+    def handled(self, code: grpc.StatusCode, seconds: float) -> None:
         """Count a finished call by its final status code and record how long it took."""
-        self._handled.labels("unary", service, method, _code_name(code)).inc()
-        self._seconds.labels("unary", service, method).observe(seconds)
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled[code] = self._handled_by_code(code)
+        handled.inc()
+        self._seconds.observe(seconds)
 
 
 def _code_name(code: grpc.StatusCode) -> str:

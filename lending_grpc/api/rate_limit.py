@@ -169,7 +169,7 @@ class PeerRateLimitInterceptor(_RateLimitInterceptor):
     scope = "peer"
 
     def caller(self, context: grpc.ServicerContext) -> str | None:
-        return peer_key(context.peer())
+        return peer_key(call_context.peer_of(context))
 
 
 class UserRateLimitInterceptor(_RateLimitInterceptor):

@@ -24,7 +24,8 @@ from peewee import Database
 
 from lending_grpc.core import pagination
 from lending_grpc.core.database import run_in_write_transaction
-from lending_grpc.core.models import AuditEvent
+from lending_grpc.core.models import AuditEvent, database
+from lending_grpc.core.prepared import Prepared
 from lending_grpc.core.views import Page
 
 OK = "ok"
@@ -70,6 +71,14 @@ class AuditView:
         return dataclasses.asdict(self)
 
 
+# Every payment and sign-in writes one, inside the write transaction: its SQL is built once.
+_EVENT_FIELDS = tuple(field for field in AuditEvent._meta.sorted_fields if field.name != "id")
+_INSERT_EVENT = Prepared(
+    lambda *values: AuditEvent.insert(dict(zip(_EVENT_FIELDS, values, strict=True))),
+    *(-987_000_001 if field.name == "time_us" else f"\0{field.name}" for field in _EVENT_FIELDS),
+)
+
+
 def _clip(value: str, limit: int) -> str:
     # Client-chosen text (loan ids, request ids) may hold anything; PostgreSQL refuses NUL.
     return "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
@@ -86,18 +95,19 @@ def record(
 ) -> None:
     """Append one audit row; call it inside the transaction of the change it records."""
     ctx = context()
-    AuditEvent.insert(
-        time_us=time.time_ns() // 1000,
-        event=event,
-        outcome=outcome,
-        actor=_clip(ctx.actor if actor is None else actor, 64),
-        subject=_clip(subject, 64),
-        peer=_clip(ctx.peer, 128),
-        rpc=_clip(ctx.rpc, 128),
-        request_id=_clip(ctx.request_id, 128),
-        loan_id=_clip(loan_id, 64),
-        summary=json.dumps(summary or {}, separators=(",", ":"), sort_keys=True),
-    ).execute()
+    values = {
+        "time_us": time.time_ns() // 1000,
+        "event": event,
+        "outcome": outcome,
+        "actor": _clip(ctx.actor if actor is None else actor, 64),
+        "subject": _clip(subject, 64),
+        "peer": _clip(ctx.peer, 128),
+        "rpc": _clip(ctx.rpc, 128),
+        "request_id": _clip(ctx.request_id, 128),
+        "loan_id": _clip(loan_id, 64),
+        "summary": json.dumps(summary or {}, separators=(",", ":"), sort_keys=True),
+    }
+    _INSERT_EVENT.execute(database.obj, *(values[field.name] for field in _EVENT_FIELDS))
 
 
 def record_alone(db: Database, event: str, outcome: str = OK, **fields: Any) -> None:
