@@ -33,8 +33,16 @@ from lending.v1 import auth_pb2, billing_pb2  # noqa: E402
 
 from bench import methods  # noqa: E402
 from bench.ceilings import common  # noqa: E402
+from lending_grpc.core.database import SQLITE_CACHE_KIB, SQLITE_MMAP_BYTES  # noqa: E402
 
-PRAGMAS = ("journal_mode=wal", "synchronous=full", "foreign_keys=1", "busy_timeout=10000")
+PRAGMAS = (
+    "journal_mode=wal",
+    "synchronous=full",
+    "foreign_keys=1",
+    "busy_timeout=10000",
+    f"mmap_size={SQLITE_MMAP_BYTES}",
+    f"cache_size={-SQLITE_CACHE_KIB}",
+)
 LOAN_SQL = (
     "SELECT id, principal_cents, rate_e4, term_weeks, start_date, total_cents, weekly_cents, final_cents, "
     'paid_weeks, paid_cents FROM "loan" WHERE owner_id = ? AND loan_id = ?'

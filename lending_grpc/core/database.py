@@ -37,6 +37,8 @@ from lending_grpc.core.models import database
 log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
+SQLITE_MMAP_BYTES = 1 << 30  # address space only: the OS decides what stays in memory
+SQLITE_CACHE_KIB = 16 * 1024  # per connection
 POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 T = TypeVar("T")
 
@@ -163,6 +165,12 @@ def _sqlite(path: Path, busy_timeout_ms: int) -> SqliteDatabase:
         pragmas={
             "journal_mode": "wal",
             "synchronous": "full",
+            # A big portfolio's indexes do not fit SQLite's 2 MiB default page
+            # cache: map the file instead (pages shared through the OS cache by
+            # every connection and process, no copy per read), and keep a larger
+            # private cache for the pages a connection writes.
+            "mmap_size": SQLITE_MMAP_BYTES,
+            "cache_size": -SQLITE_CACHE_KIB,
             "foreign_keys": 1,
             "busy_timeout": busy_timeout_ms,
         },
