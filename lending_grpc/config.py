@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -247,7 +247,13 @@ def resolve_secret_key(settings: Settings) -> bytes:
     elif settings.secret_key_file:
         key = _read_key_file(Path(settings.secret_key_file), "LENDING_SECRET_KEY_FILE")
     else:
-        key = _generated_key(settings.database_url)
+        key = _generated_key(
+            settings.database_url,
+            "LENDING_SECRET_KEY",
+            suffix=".jwt-key",
+            what="JWT signing key",
+            advice="set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE in production",
+        )
     if len(key) < MIN_KEY_BYTES:
         raise ConfigError(f"the JWT secret key must be at least {MIN_KEY_BYTES} bytes")
     return key
@@ -261,29 +267,21 @@ def resolve_data_key(settings: Settings) -> Sealer:
         path = Path(settings.data_key_file)
         text, where = _read_key_file(path, "LENDING_DATA_KEY_FILE").decode("utf-8"), str(path)
     else:
-        text, where = _generated_data_key(settings.database_url), "the generated data key"
+        generated = _generated_key(
+            settings.database_url,
+            "LENDING_DATA_KEY",
+            suffix=".data-key",
+            what="data encryption key",
+            advice=(
+                "back it up (emails cannot be read without it) and set LENDING_DATA_KEY_FILE in production"
+            ),
+            content=lambda: new_key_text().encode("ascii"),
+        )
+        text, where = generated.decode("utf-8"), "the generated data key"
     try:
         return Sealer.from_text(text)
     except DataKeyError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _generated_data_key(database_url: str) -> str:
-    if is_postgresql_url(database_url):
-        raise ConfigError("with PostgreSQL, set LENDING_DATA_KEY or LENDING_DATA_KEY_FILE")
-    try:
-        db_path = database_file(database_url)
-    except DatabaseError as exc:
-        raise ConfigError(str(exc)) from None
-    key_path = db_path.with_name(db_path.name + ".data-key")
-    if not key_path.exists():
-        _write_new_key(key_path, new_key_text().encode("ascii"))
-    log.warning(
-        "no LENDING_DATA_KEY set: using the generated data encryption key in %s; back it up "
-        "(emails cannot be read without it) and set LENDING_DATA_KEY_FILE in production",
-        key_path,
-    )
-    return _read_key_file(key_path, "generated data key").decode("utf-8")
 
 
 def _read_key_file(path: Path, setting: str) -> bytes:
@@ -300,23 +298,32 @@ def _read_key_file(path: Path, setting: str) -> bytes:
     return key
 
 
-def _generated_key(database_url: str) -> bytes:
+def _generated_key(
+    database_url: str,
+    setting: str,
+    *,
+    suffix: str,
+    what: str,
+    advice: str,
+    content: Callable[[], bytes] | None = None,
+) -> bytes:
+    """A key generated once beside the SQLite file as ``<db file><suffix>``; never with PostgreSQL.
+
+    ``setting`` names the variable that should have been set (its ``_FILE``
+    twin is named too); ``content`` makes a new key's text (default: random).
+    """
     if is_postgresql_url(database_url):
         # Processes on several machines must share one key: none can be generated locally.
-        raise ConfigError("with PostgreSQL, set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE")
+        raise ConfigError(f"with PostgreSQL, set {setting} or {setting}_FILE")
     try:
         db_path = database_file(database_url)
     except DatabaseError as exc:
         raise ConfigError(str(exc)) from None
-    key_path = db_path.with_name(db_path.name + ".jwt-key")
+    key_path = db_path.with_name(db_path.name + suffix)
     if not key_path.exists():
-        _write_new_key(key_path)
-    log.warning(
-        "no LENDING_SECRET_KEY set: using the generated JWT signing key in %s; "
-        "set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE in production",
-        key_path,
-    )
-    return _read_key_file(key_path, "generated key")
+        _write_new_key(key_path, content() if content else None)
+    log.warning("no %s set: using the generated %s in %s; %s", setting, what, key_path, advice)
+    return _read_key_file(key_path, f"generated {what}")
 
 
 def _write_new_key(key_path: Path, content: bytes | None = None) -> None:
