@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import grpc
 
 from lending_grpc.api import context as call_context
 from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
+from lending_grpc.api.logging_interceptor import request_id_from
 from lending_grpc.core import audit
-
-REQUEST_ID_HEADER = "x-request-id"
-_MAX_REQUEST_ID = 128
-
-
-def request_id(metadata) -> str:
-    """The caller's x-request-id when it is short printable text, else a fresh id."""
-    for key, value in metadata or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str):
-            if 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable():
-                return value
-            break
-    return uuid.uuid4().hex
 
 
 class AuditContextInterceptor(WrappingInterceptor):
@@ -31,12 +18,13 @@ class AuditContextInterceptor(WrappingInterceptor):
     def wrap_handler(self, handler, method):
         def wrap(behaviour: Behaviour) -> Behaviour:
             def with_context(request: Any, context: grpc.ServicerContext) -> Any:
-                # One id per call: the access log's (returned to the caller), when it ran.
+                # One id per call: the access log's (returned to the caller), when it ran;
+                # otherwise the same rule picks the caller's id or makes one.
                 call = call_context.current_call.get(None)
                 ctx = audit.AuditContext(
                     peer=call_context.peer_of(context),
                     rpc=method,
-                    request_id=call.request_id if call else request_id(context.invocation_metadata()),
+                    request_id=call.request_id if call else request_id_from(context.invocation_metadata()),
                 )
                 token = audit.current.set(ctx)
                 try:
