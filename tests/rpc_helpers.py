@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import zoneinfo
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from lending.v1 import billing_pb2, billing_pb2_grpc
 
 JAKARTA = zoneinfo.ZoneInfo("Asia/Jakarta")
 
@@ -51,3 +53,24 @@ def assert_invalid(err: grpc.RpcError, field: str) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
     assert violated_fields(err) == [field], err.details()
     assert field in err.details()
+
+
+def pay_on_own_channel(
+    target: str, metadata, loan_id: str, amount: str, request_id: str, start: threading.Barrier | None = None
+):
+    """MakePayment on a channel of its own (so calls really race at the server); the Payment or the code.
+
+    With ``start``, the call waits at the barrier once its channel is open, so racers leave together.
+    """
+    with grpc.insecure_channel(target) as channel:
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        if start is not None:
+            start.wait()
+        try:
+            return stub.MakePayment(
+                billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
+                metadata=metadata,
+                timeout=60,
+            )
+        except grpc.RpcError as err:
+            return err.code()

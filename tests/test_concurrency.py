@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from lending.v1 import billing_pb2, billing_pb2_grpc
+from rpc_helpers import pay_on_own_channel
 
 
 def _create(api, metadata, loan_id: str, principal: str = "5000000") -> None:
@@ -16,26 +17,12 @@ def _create(api, metadata, loan_id: str, principal: str = "5000000") -> None:
     )
 
 
-def _pay_on_own_channel(target: str, metadata, loan_id: str, amount: str, request_id: str):
-    # A channel per caller, so the calls really race at the server.
-    with grpc.insecure_channel(target) as channel:
-        stub = billing_pb2_grpc.BillingServiceStub(channel)
-        try:
-            return stub.MakePayment(
-                billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
-                metadata=metadata,
-                timeout=60,
-            )
-        except grpc.RpcError as err:
-            return err.code()
-
-
 def test_fifty_concurrent_payments_pay_fifty_installments(api, alice):
     _create(api, alice, "race")
     target = f"127.0.0.1:{api.server.port}"
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(
-            pool.map(lambda i: _pay_on_own_channel(target, alice, "race", "110000.00", f"pay-{i}"), range(50))
+            pool.map(lambda i: pay_on_own_channel(target, alice, "race", "110000.00", f"pay-{i}"), range(50))
         )
     assert all(isinstance(r, billing_pb2.Payment) for r in results), results
     weeks = sorted(r.first_week for r in results)
@@ -45,7 +32,7 @@ def test_fifty_concurrent_payments_pay_fifty_installments(api, alice):
     assert loan.state == billing_pb2.LOAN_STATE_PAID_OFF
     assert (loan.outstanding_balance, loan.paid_amount, loan.installments_paid) == ("0.00", "5500000.00", 50)
     # One more payment is refused: the loan is paid off.
-    late = _pay_on_own_channel(target, alice, "race", "110000.00", "pay-late")
+    late = pay_on_own_channel(target, alice, "race", "110000.00", "pay-late")
     assert late == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -54,7 +41,7 @@ def test_more_payments_than_installments_never_overpay(api, alice):
     target = f"127.0.0.1:{api.server.port}"
     with ThreadPoolExecutor(max_workers=30) as pool:
         results = list(
-            pool.map(lambda i: _pay_on_own_channel(target, alice, "over", "4400.00", f"two-{i}"), range(30))
+            pool.map(lambda i: pay_on_own_channel(target, alice, "over", "4400.00", f"two-{i}"), range(30))
         )
     accepted = [r for r in results if isinstance(r, billing_pb2.Payment)]
     refused = [r for r in results if not isinstance(r, billing_pb2.Payment)]
@@ -71,9 +58,7 @@ def test_twenty_concurrent_retries_of_one_request_make_one_payment(api, alice):
     request_id = str(uuid.uuid4())
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(
-            pool.map(
-                lambda _: _pay_on_own_channel(target, alice, "retry", "220000.00", request_id), range(20)
-            )
+            pool.map(lambda _: pay_on_own_channel(target, alice, "retry", "220000.00", request_id), range(20))
         )
     assert all(isinstance(r, billing_pb2.Payment) for r in results), results
     assert len({r.payment_id for r in results}) == 1

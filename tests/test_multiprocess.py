@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from rpc_helpers import pay_on_own_channel
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -45,24 +46,6 @@ def _create(target: str, metadata, loan_id: str, term_weeks: int = 50) -> None:
         )
 
 
-def _pay(
-    target: str, metadata, loan_id: str, amount: str, request_id: str, start: threading.Barrier | None = None
-):
-    """MakePayment on a channel of its own (so calls really race); the Payment or the status code."""
-    with grpc.insecure_channel(target) as channel:
-        stub = billing_pb2_grpc.BillingServiceStub(channel)
-        if start is not None:
-            start.wait()
-        try:
-            return stub.MakePayment(
-                billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
-                metadata=metadata,
-                timeout=60,
-            )
-        except grpc.RpcError as err:
-            return err.code()
-
-
 def _read(target: str, metadata, loan_id: str):
     with grpc.insecure_channel(target) as channel:
         billing = billing_pb2_grpc.BillingServiceStub(channel)
@@ -92,7 +75,7 @@ def test_hundred_payments_across_processes_pay_each_installment_once(targets):
     with ThreadPoolExecutor(16) as pool:
         results = list(
             pool.map(
-                lambda i: _pay(targets[i % 2], metadata, "shared", WEEKLY, f"pay-{i}"),
+                lambda i: pay_on_own_channel(targets[i % 2], metadata, "shared", WEEKLY, f"pay-{i}"),
                 range(100),
             )
         )
@@ -116,7 +99,10 @@ def test_thirty_retries_of_one_request_across_processes_make_one_payment(targets
     with ThreadPoolExecutor(30) as pool:
         results = list(
             pool.map(
-                lambda i: _pay(targets[i % 2], metadata, "retried", WEEKLY, "same-request", start), range(30)
+                lambda i: pay_on_own_channel(
+                    targets[i % 2], metadata, "retried", WEEKLY, "same-request", start
+                ),
+                range(30),
             )
         )
     assert all(isinstance(r, billing_pb2.Payment) for r in results), results
@@ -136,7 +122,7 @@ def test_two_concurrent_payoffs_one_wins_one_is_refused(targets):
         with ThreadPoolExecutor(2) as pool:
             results = list(
                 pool.map(
-                    lambda i, loan_id=loan_id, start=start: _pay(
+                    lambda i, loan_id=loan_id, start=start: pay_on_own_channel(
                         targets[i], metadata, loan_id, "5500000.00", f"{loan_id}-{i}", start
                     ),
                     range(2),
@@ -164,7 +150,10 @@ def test_workers_share_one_port_and_a_killed_worker_is_replaced(database_url):
         # Channels of their own: SO_REUSEPORT spreads connections, not calls on one connection.
         with ThreadPoolExecutor(8) as pool:
             first = list(
-                pool.map(lambda i: _pay(server.target, metadata, "workers", WEEKLY, f"w-{i}"), range(40))
+                pool.map(
+                    lambda i: pay_on_own_channel(server.target, metadata, "workers", WEEKLY, f"w-{i}"),
+                    range(40),
+                )
             )
         assert all(isinstance(r, billing_pb2.Payment) for r in first)
 
@@ -176,7 +165,10 @@ def test_workers_share_one_port_and_a_killed_worker_is_replaced(database_url):
 
         with ThreadPoolExecutor(8) as pool:
             second = list(
-                pool.map(lambda i: _pay(server.target, metadata, "workers", WEEKLY, f"w-{i}"), range(80))
+                pool.map(
+                    lambda i: pay_on_own_channel(server.target, metadata, "workers", WEEKLY, f"w-{i}"),
+                    range(80),
+                )
             )
         assert all(isinstance(r, billing_pb2.Payment) for r in second)
         # The first 40 were retries: the same payments, not new ones.
@@ -211,7 +203,7 @@ def test_dropped_postgresql_connections_never_surface_as_internal(postgres, tmp_
         assert killed >= 1
         outcomes = []
         for i in range(6):
-            result = _pay(target, metadata, "resilient", WEEKLY, f"after-kill-{i}")
+            result = pay_on_own_channel(target, metadata, "resilient", WEEKLY, f"after-kill-{i}")
             outcomes.append(result if isinstance(result, grpc.StatusCode) else "OK")
         assert set(outcomes) <= {"OK", grpc.StatusCode.UNAVAILABLE}, outcomes
         assert outcomes[-3:] == ["OK"] * 3, outcomes
@@ -253,7 +245,11 @@ def test_the_postgresql_pool_is_bounded_and_shared_by_more_threads(postgres, tmp
         watcher = threading.Thread(target=watch)
         watcher.start()
         with ThreadPoolExecutor(16) as pool:
-            results = list(pool.map(lambda i: _pay(target, metadata, "pooled", WEEKLY, f"p-{i}"), range(60)))
+            results = list(
+                pool.map(
+                    lambda i: pay_on_own_channel(target, metadata, "pooled", WEEKLY, f"p-{i}"), range(60)
+                )
+            )
         done.set()
         watcher.join()
         assert all(isinstance(r, billing_pb2.Payment) for r in results), results
