@@ -6,14 +6,13 @@ import sqlite3
 
 import grpc
 import pytest
-from conftest import Api, make_settings
 from grpc_status import rpc_status
 from lending.v1 import billing_pb2
 from peewee import IntegrityError, OperationalError
+from security_helpers import running_api
 
 from lending_grpc.core.database import run_in_write_transaction, sqlite_path
 from lending_grpc.core.errors import Aborted
-from lending_grpc.server import create_server
 
 
 class _DriverError(Exception):
@@ -112,36 +111,26 @@ class _NoTransactionDb:
 
 
 def _hold_lock(database_url: str):
-    """Another client holding what a payment needs: the SQLite write lock or the loan's row lock."""
+    """Hold what a payment needs (the SQLite write lock, or the loan's row lock); returns the release."""
     path = sqlite_path(database_url)
     if path is not None:
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
-        return conn
+        return lambda: (conn.execute("ROLLBACK"), conn.close())
     import psycopg
 
     conn = psycopg.connect(database_url)
     conn.execute("SELECT id FROM loan WHERE loan_id = 'held' FOR UPDATE")
-    return conn
+    return lambda: (conn.rollback(), conn.close())
 
 
 def test_a_payment_blocked_past_the_busy_timeout_is_unavailable_and_writes_nothing(tmp_path, database_url):
-    running = create_server(make_settings(tmp_path, database_url=database_url, db_busy_timeout_ms=300))
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        from lending.v1 import auth_pb2_grpc, billing_pb2_grpc
-
-        api = Api(
-            channel,
-            auth_pb2_grpc.AuthServiceStub(channel),
-            billing_pb2_grpc.BillingServiceStub(channel),
-            running,
-        )
+    with running_api(tmp_path, database_url, db_busy_timeout_ms=300) as api:
         metadata, _, _ = api.register_and_login()
         api.billing.CreateLoan(
             billing_pb2.CreateLoanRequest(loan_id="held", principal_amount="5000000"), metadata=metadata
         )
-        holder = _hold_lock(database_url)
+        release = _hold_lock(database_url)
         try:
             with pytest.raises(grpc.RpcError) as info:
                 api.billing.MakePayment(
@@ -156,8 +145,7 @@ def test_a_payment_blocked_past_the_busy_timeout_is_unavailable_and_writes_nothi
             loan = api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id="held"), metadata=metadata)
             assert loan.installments_paid == 0
         finally:
-            holder.rollback() if hasattr(holder, "pgconn") else holder.execute("ROLLBACK")
-            holder.close()
+            release()
         # The retry (same request id) succeeds once the lock is gone, and pays once.
         payment = api.billing.MakePayment(
             billing_pb2.MakePaymentRequest(loan_id="held", amount="110000", request_id="r1"),
@@ -168,6 +156,3 @@ def test_a_payment_blocked_past_the_busy_timeout_is_unavailable_and_writes_nothi
             billing_pb2.ListPaymentsRequest(loan_id="held"), metadata=metadata
         ).payments
         assert [p.payment_id for p in payments] == [payment.payment_id]
-    finally:
-        channel.close()
-        running.stop(0)
