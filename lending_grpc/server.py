@@ -90,6 +90,19 @@ class ListenError(OSError):
     """The listen address is malformed or already in use."""
 
 
+def prepare_database(db: Database, sealer: Sealer) -> None:
+    """Apply pending migrations, then seal emails left in plaintext or under an older data key.
+
+    Safe to run from several processes at once (both take locks), and cheap
+    once done: `serve --workers` runs it in the parent before forking, and
+    every worker's create_server checks again.
+    """
+    migrate(db)
+    sealed = seal_legacy_emails(db, sealer)
+    if sealed:
+        log.info("sealed %d email(s): plaintext from schema version 1 or an older data key", sealed)
+
+
 def create_server(settings: Settings, *, reuse_port: bool = False, worker_index: int = 0) -> RunningServer:
     """Open and migrate the database, build the server, bind ``settings.listen`` and start it.
 
@@ -102,10 +115,7 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
         settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
     )
     try:
-        migrate(db)
-        sealed = seal_legacy_emails(db, sealer)
-        if sealed:
-            log.info("sealed %d email(s): plaintext from schema version 1 or an older data key", sealed)
+        prepare_database(db, sealer)
         release_connection(db)  # the main thread serves no RPC: leave its connection to the pool
         return _start(settings, key, sealer, db, reuse_port, worker_index)
     except BaseException:

@@ -22,9 +22,7 @@ import sys
 import time
 
 from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
-from lending_grpc.core.admin import seal_legacy_emails
 from lending_grpc.core.database import close_database, open_database
-from lending_grpc.core.migrations import migrate
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +61,13 @@ def reserve_port(listen: str) -> tuple[socket.socket, str, int]:
 
 def _prepare(settings: Settings) -> None:
     """What must happen once, before the fork: the keys, the schema and sealing legacy emails."""
+    from lending_grpc.server import prepare_database
+
     resolve_secret_key(settings)  # generates the key file now, so every worker reads the same key
     sealer = resolve_data_key(settings)  # likewise the data key
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=1)
     try:
-        migrate(db)
-        seal_legacy_emails(db, sealer)
+        prepare_database(db, sealer)
     finally:
         close_database(db)
 
