@@ -236,6 +236,15 @@ def lock_row(query, db: Database):
     return query.for_update() if isinstance(db, PostgresqlDatabase) else query
 
 
+def is_database_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the database: a Peewee or pool error, or an unwrapped psycopg one.
+
+    Peewee does not wrap psycopg's TransactionRollback family (serialization
+    failures, deadlocks): those are recognised by their SQLSTATE.
+    """
+    return isinstance(exc, (PeeweeDatabaseError, MaxConnectionsExceeded)) or _sqlstate(exc) is not None
+
+
 def _sqlstate(exc: BaseException) -> str | None:
     # Peewee keeps the driver's exception (psycopg's carry the SQLSTATE) as ``orig``.
     for candidate in (exc, getattr(exc, "orig", None), exc.__cause__, exc.__context__):
@@ -280,9 +289,7 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        # Peewee wraps most driver errors, but not psycopg's TransactionRollback
-        # family (serialization failures, deadlocks): recognise those by SQLSTATE.
-        if not isinstance(exc, (PeeweeDatabaseError, MaxConnectionsExceeded)) and not _sqlstate(exc):
+        if not is_database_failure(exc):
             raise
         if _is_busy(exc) or isinstance(exc, MaxConnectionsExceeded):
             # MaxConnectionsExceeded: every pooled connection stayed busy for the busy timeout.

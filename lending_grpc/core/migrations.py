@@ -31,13 +31,10 @@ from peewee import (
     TextField,
     fn,
 )
-from peewee import (
-    DatabaseError as PeeweeDatabaseError,
-)
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as apply_operations
 
-from lending_grpc.core.database import DatabaseError, write_lock
+from lending_grpc.core.database import DatabaseError, is_database_failure, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +226,7 @@ def migrate(db: Database) -> list[int]:
     except DatabaseError:
         raise
     except Exception as exc:
-        # Peewee's errors, and the psycopg ones it leaves unwrapped (they carry a SQLSTATE).
-        if not isinstance(exc, PeeweeDatabaseError) and not getattr(exc, "sqlstate", None):
+        if not is_database_failure(exc):
             raise
         raise DatabaseError(f"cannot migrate the database: {exc}") from None
 
