@@ -214,13 +214,13 @@ def supports_postgres() -> bool:
 
 def prepare(database_url: str) -> dict:
     """Migrate, seed LOANS loans for one user, add the payment loans; return what the runs need."""
-    from lending_grpc import seed
+    from bench import seed
     from lending_grpc.core import pagination
     from lending_grpc.core.billing import BillingCore
     from lending_grpc.core.clock import Clock
-    from lending_grpc.core.database import close_database, open_database
-    from lending_grpc.core.migrations import migrate
-    from lending_grpc.core.models import Loan, User
+    from lending_grpc.core.storage.database import close_database, open_database
+    from lending_grpc.core.storage.migrations import migrate
+    from lending_grpc.core.storage.models import Loan, User
 
     db = open_database(database_url)
     try:

@@ -1,6 +1,6 @@
 """`make bench-scale`: does a call cost the same with 1,000 and with 1,000,000 loans?
 
-Seeds one SQLite database per size with `bench seed` (10 users, histories
+Seeds one SQLite database per size with `python -m bench.seed` (10 users, histories
 judged as of 2026-06-01; reused from var/bench/ when already seeded, set
 BENCH_SCALE_RESEED=1 to rebuild), records the seeding time and the bytes
 per loan, then measures in-process, below gRPC (so the database's share is
@@ -59,7 +59,7 @@ def seed_database(loans: int) -> dict:
         stale.unlink()
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "lending_grpc", "bench", "seed", "--loans", str(loans), "--users", str(USERS),
+        [sys.executable, "-m", "bench.seed", "--loans", str(loans), "--users", str(USERS),
          "--as-of", AS_OF.isoformat(), "--database-url", f"sqlite:///{path}"],
         cwd=ROOT, capture_output=True, text=True, check=True,
         env={**os.environ, "LENDING_SECRET_KEY": "x" * 40},
@@ -80,13 +80,13 @@ def seed_database(loans: int) -> dict:
 def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
     from lending.v1 import billing_pb2
 
-    from lending_grpc.api import convert
+    from lending_grpc.api import messages
     from lending_grpc.core import pagination
     from lending_grpc.core.billing import BillingCore
     from lending_grpc.core.clock import Clock
-    from lending_grpc.core.database import close_database, open_database
-    from lending_grpc.core.models import User
     from lending_grpc.core.money import format_cents
+    from lending_grpc.core.storage.database import close_database, open_database
+    from lending_grpc.core.storage.models import User
 
     db = open_database(f"sqlite:///{path}")
     billing = BillingCore(db, Clock(), pagination.PageTokens(b"k" * 32))
@@ -104,11 +104,11 @@ def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
             fn(loan_id)
         timings[name] = (time.perf_counter() - started) / len(ids) * 1e6
 
-    timed("GetLoan", lambda loan_id: convert.loan(billing.get_loan(owner, loan_id)))
-    timed("GetOutstanding", lambda loan_id: convert.outstanding(billing.get_loan(owner, loan_id)))
+    timed("GetLoan", lambda loan_id: messages.loan(billing.get_loan(owner, loan_id)))
+    timed("GetOutstanding", lambda loan_id: messages.outstanding(billing.get_loan(owner, loan_id)))
     timed(
         "GetDelinquencyStatus",
-        lambda loan_id: convert.delinquency(billing.get_delinquency(owner, loan_id, AS_OF.isoformat())),
+        lambda loan_id: messages.delinquency(billing.get_delinquency(owner, loan_id, AS_OF.isoformat())),
     )
     # MakePayment: one installment of loans with two or more left, found before the clock starts.
     payable, left = [], {}
@@ -120,7 +120,7 @@ def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
             payable.append((loan_id, format_cents(view.terms.weekly_cents)))
     started = time.perf_counter()
     for i, (loan_id, amount) in enumerate(payable):
-        convert.payment(billing.make_payment(owner, loan_id, amount, f"scale-{block}-{i}-{time.time_ns()}"))
+        messages.payment(billing.make_payment(owner, loan_id, amount, f"scale-{block}-{i}-{time.time_ns()}"))
     timings["MakePayment"] = (time.perf_counter() - started) / max(len(payable), 1) * 1e6
 
     # Portfolio pages: the first 100 and the next 100, as of dates around the seeding date.
@@ -130,7 +130,7 @@ def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
         started = time.perf_counter()
         page = billing.list_delinquent(owner, as_of, 100)
         billing_pb2.ListDelinquentLoansResponse(
-            loans=[convert.delinquency(v) for v in page.items], next_page_token=page.next_page_token
+            loans=[messages.delinquency(v) for v in page.items], next_page_token=page.next_page_token
         )
         page_ms.append((time.perf_counter() - started) * 1000)
         if page.next_page_token:
@@ -147,8 +147,8 @@ def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
 def explain(url: str) -> str:
     from peewee import Tuple
 
-    from lending_grpc.core.database import close_database, open_database
-    from lending_grpc.core.models import Loan, User
+    from lending_grpc.core.storage.database import close_database, open_database
+    from lending_grpc.core.storage.models import Loan, User
 
     db = open_database(url)
     postgres = url.startswith("postgresql")
@@ -187,7 +187,7 @@ def explain_postgres() -> str:
     for sql in (f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'):
         subprocess.run(["psql", f"{base}/postgres", "-qc", sql], check=True, capture_output=True)
     subprocess.run(
-        [sys.executable, "-m", "lending_grpc", "bench", "seed", "--loans", str(PG_LOANS),
+        [sys.executable, "-m", "bench.seed", "--loans", str(PG_LOANS),
          "--users", str(USERS), "--as-of", AS_OF.isoformat(), "--no-progress", "--database-url", PG_URL],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -247,7 +247,7 @@ def main() -> int:
         f" as of 21 dates, {BLOCKS} blocks): median {statistics.median(pages):.1f} ms,"
         f" p99 {p99:.1f} ms, slowest {pages[-1]:.1f} ms (target < 50 ms).",
         "",
-        "Seeding (`lending-grpc bench seed --users 10`):",
+        "Seeding (`python -m bench.seed --users 10`):",
         "",
     ]
     for n in SIZES:

@@ -14,15 +14,42 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lending_grpc.commands.environment import CLIENT_ENV_NAMES
 from lending_grpc.core.crypto import DataKeyError, Sealer, new_key_text
-from lending_grpc.core.database import DatabaseError, check_database_url, database_file, is_postgresql_url
+from lending_grpc.core.storage.database import (
+    DatabaseError,
+    check_database_url,
+    database_file,
+    is_postgresql_url,
+)
 from lending_grpc.core.tokens import MIN_KEY_BYTES
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "LENDING_"
 DEFAULT_DATABASE_URL = "sqlite:///var/lending.db"
+
+
+class ClientEnv:
+    """Variables read by the command-line client, never by `serve`.
+
+    They share the LENDING_ prefix with the server's settings, so one `.env`
+    may hold both; a test makes sure no server setting ever takes one of these names.
+    """
+
+    SERVER = "LENDING_SERVER"
+    SERVER_TLS = "LENDING_SERVER_TLS"
+    SERVER_CA_FILE = "LENDING_SERVER_CA_FILE"
+    CLIENT_CERT_FILE = "LENDING_CLIENT_CERT_FILE"
+    CLIENT_KEY_FILE = "LENDING_CLIENT_KEY_FILE"
+
+
+CLIENT_ENV_NAMES = (
+    ClientEnv.SERVER,
+    ClientEnv.SERVER_TLS,
+    ClientEnv.SERVER_CA_FILE,
+    ClientEnv.CLIENT_CERT_FILE,
+    ClientEnv.CLIENT_KEY_FILE,
+)
 
 
 class ConfigError(ValueError):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from lending_grpc.core.database import close_database, open_database, redact_url
-from lending_grpc.core.migrations import migrate
+from lending_grpc.core.storage.database import close_database, open_database, redact_url
+from lending_grpc.core.storage.migrations import migrate
 
 # Not LENDING_*: child servers drop the developer's LENDING_ variables.
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

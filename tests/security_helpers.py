@@ -15,7 +15,7 @@ from lending.v1 import audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2_grpc
 
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.models import AuditEvent
+from lending_grpc.core.storage.models import AuditEvent
 from lending_grpc.server import create_server
 
 PASSWORD = "correct horse battery"

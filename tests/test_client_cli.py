@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from databases import sqlite_url
 
-from lending_grpc.commands.environment import CLIENT_ENV_NAMES
-from lending_grpc.config import Settings, load_settings
+from lending_grpc.config import CLIENT_ENV_NAMES, Settings, load_settings
 
 PASSWORD = "correct horse battery"
 

@@ -11,8 +11,8 @@ from lending.v1 import billing_pb2
 from peewee import IntegrityError, OperationalError
 from security_helpers import running_api
 
-from lending_grpc.core.database import run_in_write_transaction, sqlite_path
 from lending_grpc.core.errors import Aborted
+from lending_grpc.core.storage.database import run_in_write_transaction, sqlite_path
 
 
 class _DriverError(Exception):
@@ -64,8 +64,8 @@ def test_psycopg_conflicts_that_peewee_does_not_wrap_are_retried_too():
 def test_an_exhausted_pool_or_a_lost_server_is_unavailable_not_internal():
     from playhouse.pool import MaxConnectionsExceeded
 
-    from lending_grpc.core.database import translate_errors
     from lending_grpc.core.errors import DatabaseUnreachable, Unavailable
+    from lending_grpc.core.storage.database import translate_errors
 
     for failure in (
         OperationalError(_DriverError("08006")),  # connection failure

@@ -15,7 +15,6 @@ from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import Sealer, new_key_text
-from lending_grpc.core.database import close_database, open_database
 from lending_grpc.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -23,11 +22,12 @@ from lending_grpc.core.errors import (
     NotFound,
     PaymentNotAccepted,
 )
-from lending_grpc.core.migrations import migrate
-from lending_grpc.core.models import Loan, Payment
 from lending_grpc.core.money import format_cents
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.storage.database import close_database, open_database
+from lending_grpc.core.storage.migrations import migrate
+from lending_grpc.core.storage.models import Loan, Payment
 from lending_grpc.core.tokens import TokenSigner
 
 START = "2026-01-05"

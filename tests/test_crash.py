@@ -12,7 +12,7 @@ import pytest
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from serverproc import ServerProcess
 
-from lending_grpc.core.database import sqlite_path
+from lending_grpc.core.storage.database import sqlite_path
 
 LOANS = 4
 WEEKS = 50

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from rpc_helpers import today
 
-from lending_grpc.core.database import sqlite_path
+from lending_grpc.core.storage.database import sqlite_path
 from lending_grpc.server import create_server
 
 SERVICES = [

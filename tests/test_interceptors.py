@@ -121,7 +121,7 @@ def test_error_info_reasons_tell_refusals_apart(api, alice):
 
 
 def test_one_process_serves_one_database(server, tmp_path):
-    from lending_grpc.core.database import DatabaseError, open_database
+    from lending_grpc.core.storage.database import DatabaseError, open_database
 
     with pytest.raises(DatabaseError, match="already serves a database"):
         open_database(f"sqlite:///{tmp_path / 'second.db'}")

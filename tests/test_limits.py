@@ -10,7 +10,7 @@ from conftest import make_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lending_grpc.server import create_server
-from lending_grpc.transport import MAX_PING_STRIKES, MIN_CLIENT_PING_INTERVAL_MS
+from lending_grpc.server.transport import MAX_PING_STRIKES, MIN_CLIENT_PING_INTERVAL_MS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -11,9 +11,9 @@ import pytest
 from databases import BACKENDS, sqlite_url
 from serverproc import run_cli
 
-from lending_grpc.core.database import close_database, open_database, sqlite_path
-from lending_grpc.core.migrations import LATEST_VERSION, SchemaVersion, migrate
-from lending_grpc.core.models import ALL_MODELS
+from lending_grpc.core.storage.database import close_database, open_database, sqlite_path
+from lending_grpc.core.storage.migrations import LATEST_VERSION, SchemaVersion, migrate
+from lending_grpc.core.storage.models import ALL_MODELS
 
 
 @pytest.fixture(params=BACKENDS)
@@ -96,7 +96,7 @@ def _hold_migration_lock(url: str):
         return lambda: (conn.execute("ROLLBACK"), conn.close())
     import psycopg
 
-    from lending_grpc.core.migrations import _MIGRATION_LOCK_KEY
+    from lending_grpc.core.storage.migrations import _MIGRATION_LOCK_KEY
 
     conn = psycopg.connect(url, autocommit=True)
     conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from test_core_billing import make_env
 
-from lending_grpc.core.database import close_database
-from lending_grpc.core.models import Loan, Payment
-from lending_grpc.core.prepared import Prepared, PreparedSelect
+from lending_grpc.core.storage.database import close_database
+from lending_grpc.core.storage.models import Loan, Payment
+from lending_grpc.core.storage.prepared import Prepared, PreparedSelect
 
 _OWNER, _LOAN = -55_555, "\0loan"
 

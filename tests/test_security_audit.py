@@ -14,7 +14,7 @@ from rpc_helpers import assert_invalid, call_error, tamper
 from security_helpers import audit_rows, bearer, grant_operator, login, register, running_api
 from serverproc import run_cli
 
-from lending_grpc.core.models import AuditEvent
+from lending_grpc.core.storage.models import AuditEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 

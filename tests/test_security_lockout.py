@@ -23,8 +23,8 @@ from serverproc import ServerProcess
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import Sealer, new_key_text
-from lending_grpc.core.models import LoginThrottle, User
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.storage.models import LoginThrottle, User
 from lending_grpc.core.tokens import TokenSigner
 
 WRONG = "wrong password 123"
@@ -133,8 +133,8 @@ def test_a_burst_of_concurrent_guesses_gets_exactly_four_answers(api):
 
 def test_unknown_users_are_never_locked_and_still_cost_a_hash(database_url):
     """No timing oracle: an unknown name verifies against a decoy hash, like a wrong password."""
-    from lending_grpc.core.database import close_database, open_database
-    from lending_grpc.core.migrations import migrate
+    from lending_grpc.core.storage.database import close_database, open_database
+    from lending_grpc.core.storage.migrations import migrate
 
     class CountingPasswords(Passwords):
         verified: list = []

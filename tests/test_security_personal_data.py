@@ -16,9 +16,9 @@ from serverproc import ServerProcess, run_cli
 
 from lending_grpc.config import ConfigError, resolve_data_key
 from lending_grpc.core.crypto import DataKeyError, Sealer, UnsealError, new_key_text
-from lending_grpc.core.database import close_database, open_database, sqlite_path
-from lending_grpc.core.migrations import SchemaVersion, _v1_baseline
-from lending_grpc.core.models import Loan, LoginThrottle, Payment, TokenFamily, User
+from lending_grpc.core.storage.database import close_database, open_database, sqlite_path
+from lending_grpc.core.storage.migrations import SchemaVersion, _v1_baseline
+from lending_grpc.core.storage.models import Loan, LoginThrottle, Payment, TokenFamily, User
 
 EMAIL = "ada.lovelace@example.com"
 

@@ -11,7 +11,7 @@ from lending.v1 import auth_pb2, billing_pb2
 from rpc_helpers import call_error
 from security_helpers import audit_rows, bearer, login, register
 
-from lending_grpc.core.models import TokenFamily
+from lending_grpc.core.storage.models import TokenFamily
 
 
 def _claims(token: str) -> dict:

@@ -1,22 +1,24 @@
-"""`lending-grpc bench seed`: every seeded loan reconciles, histories vary, and the rows stay small."""
+"""`python -m bench.seed`: every seeded loan reconciles, histories vary, and the rows stay small."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from serverproc import run_cli
 from test_core_billing import FixedClock, all_payments, make_env
 
-from lending_grpc.core.database import close_database
-from lending_grpc.core.models import Loan, Payment, User
+from bench.seed import SEED_PASSWORD, seed, table_bytes
 from lending_grpc.core.schedule import LoanTerms
-from lending_grpc.seed import SEED_PASSWORD, seed, table_bytes
+from lending_grpc.core.storage.database import close_database
+from lending_grpc.core.storage.models import Loan, Payment, User
 
 AS_OF = dt.date(2026, 6, 1)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -119,18 +121,24 @@ def test_rows_stay_small(seeded):
 
 @pytest.mark.slow
 def test_cli_reports_what_it_seeded(tmp_path: Path):
-    result = run_cli(
-        "bench",
-        "seed",
-        "--loans",
-        "2000",
-        "--users",
-        "2",
-        "--as-of",
-        "2026-06-01",
-        "--database-url",
-        f"sqlite:///{tmp_path}/seed.db",
-        cwd=tmp_path,
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.seed",
+            "--loans",
+            "2000",
+            "--users",
+            "2",
+            "--as-of",
+            "2026-06-01",
+            "--database-url",
+            f"sqlite:///{tmp_path}/seed.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert "seeding loans [##############################] 100.0% 2,000/2,000" in result.stderr

@@ -143,7 +143,7 @@ def test_cli_flags_serve_mtls_on_all_interfaces_and_insecure_needs_saying(tmp_pa
 def test_the_python_sdk_pays_over_mutual_tls(tmp_path, pki):
     """The SDK end to end over mTLS: register, log in, create and pay; without its certificate it fails."""
     from lending_grpc.client import LendingClient, TlsConfig
-    from lending_grpc.client.errors import Unavailable
+    from lending_grpc.client.exceptions import Unavailable
 
     running = create_server(
         make_settings(

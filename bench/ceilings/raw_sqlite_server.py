@@ -33,7 +33,7 @@ from lending.v1 import auth_pb2, billing_pb2  # noqa: E402
 
 from bench import methods  # noqa: E402
 from bench.ceilings import common  # noqa: E402
-from lending_grpc.core.database import SQLITE_CACHE_KIB, SQLITE_MMAP_BYTES  # noqa: E402
+from lending_grpc.core.storage.database import SQLITE_CACHE_KIB, SQLITE_MMAP_BYTES  # noqa: E402
 
 PRAGMAS = (
     "journal_mode=wal",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lending.v1 import audit_pb2, audit_pb2_grpc
 
-from lending_grpc.api import convert
+from lending_grpc.api import messages
 from lending_grpc.api.context import principal
 from lending_grpc.core import fields
 from lending_grpc.core.audit import AuditLog
@@ -43,5 +43,5 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             loan_id=loan_id,
         )
         return audit_pb2.ListAuditEventsResponse(
-            events=[convert.audit_event(view) for view in page.items], next_page_token=page.next_page_token
+            events=[messages.audit_event(view) for view in page.items], next_page_token=page.next_page_token
         )

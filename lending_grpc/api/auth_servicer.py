@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lending.v1 import auth_pb2, auth_pb2_grpc
 
-from lending_grpc.api import convert
+from lending_grpc.api import messages
 from lending_grpc.api.context import principal
 from lending_grpc.core.auth import AuthCore
 
@@ -16,13 +16,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._auth = auth
 
     def Register(self, request, context):
-        return convert.user(self._auth.register(request.username, request.password, request.email))
+        return messages.user(self._auth.register(request.username, request.password, request.email))
 
     def Login(self, request, context):
-        return convert.tokens(self._auth.login(request.username, request.password))
+        return messages.tokens(self._auth.login(request.username, request.password))
 
     def RefreshToken(self, request, context):
-        return convert.tokens(self._auth.refresh(request.refresh_token))
+        return messages.tokens(self._auth.refresh(request.refresh_token))
 
     def Logout(self, request, context):
         self._auth.logout(principal())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lending.v1 import billing_pb2, billing_pb2_grpc
 
-from lending_grpc.api import convert
+from lending_grpc.api import messages
 from lending_grpc.api.context import principal
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
@@ -26,7 +26,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return self._billing.resolve_owner(request.owner, request.loan_id)
 
     def CreateLoan(self, request, context):
-        return convert.loan(
+        return messages.loan(
             self._billing.create_loan(
                 principal().id,
                 loan_id=request.loan_id,
@@ -38,22 +38,22 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
     def GetLoan(self, request, context):
-        return convert.loan(self._billing.get_loan(self._owner(request), request.loan_id))
+        return messages.loan(self._billing.get_loan(self._owner(request), request.loan_id))
 
     def ListLoans(self, request, context):
         page = self._billing.list_loans(principal().id, request.page_size, request.page_token)
         return billing_pb2.ListLoansResponse(
-            loans=[convert.loan(view) for view in page.items], next_page_token=page.next_page_token
+            loans=[messages.loan(view) for view in page.items], next_page_token=page.next_page_token
         )
 
     def GetSchedule(self, request, context):
-        return convert.schedule(self._billing.get_schedule(self._owner(request), request.loan_id))
+        return messages.schedule(self._billing.get_schedule(self._owner(request), request.loan_id))
 
     def GetOutstanding(self, request, context):
-        return convert.outstanding(self._billing.get_loan(self._owner(request), request.loan_id))
+        return messages.outstanding(self._billing.get_loan(self._owner(request), request.loan_id))
 
     def MakePayment(self, request, context):
-        return convert.payment(
+        return messages.payment(
             self._billing.make_payment(principal().id, request.loan_id, request.amount, request.request_id)
         )
 
@@ -62,12 +62,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             self._owner(request), request.loan_id, request.page_size, request.page_token
         )
         return billing_pb2.ListPaymentsResponse(
-            payments=[convert.payment(view) for view in page.items],
+            payments=[messages.payment(view) for view in page.items],
             next_page_token=page.next_page_token,
         )
 
     def GetDelinquencyStatus(self, request, context):
-        return convert.delinquency(
+        return messages.delinquency(
             self._billing.get_delinquency(self._owner(request), request.loan_id, request.as_of)
         )
 
@@ -79,6 +79,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             None if request.all_owners else caller.id, request.as_of, request.page_size, request.page_token
         )
         return billing_pb2.ListDelinquentLoansResponse(
-            loans=[convert.delinquency(view) for view in page.items],
+            loans=[messages.delinquency(view) for view in page.items],
             next_page_token=page.next_page_token,
         )

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lending_grpc.core.models import Loan, Payment
+from lending_grpc.core.storage.models import Loan, Payment
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import grpc
 from peewee import Database
 
 from lending_grpc.api.handlers import Behaviour, WrappingInterceptor, wrap_unary
-from lending_grpc.core.database import unit_of_work
+from lending_grpc.core.storage.database import unit_of_work
 
 
 class UnitOfWorkInterceptor(WrappingInterceptor):

@@ -6,7 +6,7 @@ stubs, never on the server's code, so it can be vendored on its own.
 
 from lending_grpc.client.client import DEFAULT_TIMEOUT_SECONDS, LendingClient
 from lending_grpc.client.connection import TlsConfig, service_config
-from lending_grpc.client.errors import (
+from lending_grpc.client.exceptions import (
     Aborted,
     AlreadyExists,
     DeadlineExceeded,

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import grpc
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 
-from lending_grpc.client import convert, errors
+from lending_grpc.client import exceptions, from_messages
 from lending_grpc.client.connection import TlsConfig, open_channel
-from lending_grpc.client.convert import DateLike, DecimalLike
+from lending_grpc.client.from_messages import DateLike, DecimalLike
 from lending_grpc.client.session import Session
 from lending_grpc.client.types import (
     DelinquencyStatus,
@@ -43,7 +43,7 @@ class LendingClient:
     access token with the refresh token before it expires, and log in again
     when the refresh token has expired too. ``tokens`` resumes a saved session;
     ``on_tokens`` receives every new pair so it can be saved. Failed calls
-    raise `lending_grpc.client.errors.LendingError` subclasses.
+    raise `lending_grpc.client.exceptions.LendingError` subclasses.
     """
 
     def __init__(
@@ -98,7 +98,7 @@ class LendingClient:
     def register(self, username: str, password: str, email: str, *, timeout: float | None = None) -> User:
         """Create an account (not retried: see `connection.service_config`)."""
         request = auth_pb2.RegisterRequest(username=username, password=password, email=email)
-        return convert.user(self._unary(self._auth.Register, request, timeout))
+        return from_messages.user(self._unary(self._auth.Register, request, timeout))
 
     def login(self, username: str, password: str, *, timeout: float | None = None) -> Tokens:
         """Log in; later calls use (and renew) these tokens."""
@@ -126,18 +126,18 @@ class LendingClient:
         """
         request = billing_pb2.CreateLoanRequest(
             loan_id=loan_id,
-            principal_amount=convert.decimal_text(principal_amount, "principal_amount"),
-            start_date=convert.date_text(start_date),
+            principal_amount=from_messages.decimal_text(principal_amount, "principal_amount"),
+            start_date=from_messages.date_text(start_date),
             term_weeks=term_weeks or 0,
             interest_rate=(
-                "" if interest_rate is None else convert.decimal_text(interest_rate, "interest_rate")
+                "" if interest_rate is None else from_messages.decimal_text(interest_rate, "interest_rate")
             ),
         )
-        return convert.loan(self._billing_call("CreateLoan", request, timeout))
+        return from_messages.loan(self._billing_call("CreateLoan", request, timeout))
 
     def get_loan(self, loan_id: str, *, timeout: float | None = None) -> Loan:
         """One of the caller's loans."""
-        return convert.loan(
+        return from_messages.loan(
             self._billing_call("GetLoan", billing_pb2.GetLoanRequest(loan_id=loan_id), timeout)
         )
 
@@ -147,7 +147,7 @@ class LendingClient:
         """One page of the caller's loans, oldest first."""
         request = billing_pb2.ListLoansRequest(page_size=page_size, page_token=page_token)
         response = self._billing_call("ListLoans", request, timeout)
-        return Page(tuple(convert.loan(item) for item in response.loans), response.next_page_token)
+        return Page(tuple(from_messages.loan(item) for item in response.loans), response.next_page_token)
 
     def iter_loans(self, page_size: int = 0) -> Iterator[Loan]:
         """Every loan of the caller, fetching pages as needed."""
@@ -156,12 +156,12 @@ class LendingClient:
     def get_schedule(self, loan_id: str, *, timeout: float | None = None) -> Schedule:
         """Every installment with its due date, amount and payment."""
         request = billing_pb2.GetScheduleRequest(loan_id=loan_id)
-        return convert.schedule(self._billing_call("GetSchedule", request, timeout))
+        return from_messages.schedule(self._billing_call("GetSchedule", request, timeout))
 
     def get_outstanding(self, loan_id: str, *, timeout: float | None = None) -> Outstanding:
         """What has been paid and what is still owed."""
         request = billing_pb2.GetOutstandingRequest(loan_id=loan_id)
-        return convert.outstanding(self._billing_call("GetOutstanding", request, timeout))
+        return from_messages.outstanding(self._billing_call("GetOutstanding", request, timeout))
 
     def make_payment(
         self,
@@ -181,10 +181,10 @@ class LendingClient:
         """
         request = billing_pb2.MakePaymentRequest(
             loan_id=loan_id,
-            amount=convert.decimal_text(amount, "amount"),
+            amount=from_messages.decimal_text(amount, "amount"),
             request_id=request_id or str(uuid.uuid4()),
         )
-        return convert.payment(self._billing_call("MakePayment", request, timeout))
+        return from_messages.payment(self._billing_call("MakePayment", request, timeout))
 
     def list_payments(
         self, loan_id: str, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
@@ -192,7 +192,9 @@ class LendingClient:
         """One page of a loan's payments, oldest first."""
         request = billing_pb2.ListPaymentsRequest(loan_id=loan_id, page_size=page_size, page_token=page_token)
         response = self._billing_call("ListPayments", request, timeout)
-        return Page(tuple(convert.payment(item) for item in response.payments), response.next_page_token)
+        return Page(
+            tuple(from_messages.payment(item) for item in response.payments), response.next_page_token
+        )
 
     def iter_payments(self, loan_id: str, page_size: int = 0) -> Iterator[Payment]:
         """Every payment of a loan, fetching pages as needed."""
@@ -202,8 +204,10 @@ class LendingClient:
         self, loan_id: str, as_of: DateLike | None = None, *, timeout: float | None = None
     ) -> DelinquencyStatus:
         """Whether the loan is delinquent as of a date (default: today in the service time zone)."""
-        request = billing_pb2.GetDelinquencyStatusRequest(loan_id=loan_id, as_of=convert.date_text(as_of))
-        return convert.delinquency(self._billing_call("GetDelinquencyStatus", request, timeout))
+        request = billing_pb2.GetDelinquencyStatusRequest(
+            loan_id=loan_id, as_of=from_messages.date_text(as_of)
+        )
+        return from_messages.delinquency(self._billing_call("GetDelinquencyStatus", request, timeout))
 
     def list_delinquent_loans(
         self,
@@ -215,10 +219,12 @@ class LendingClient:
     ) -> Page[DelinquencyStatus]:
         """One page of the caller's delinquent loans, most overdue first."""
         request = billing_pb2.ListDelinquentLoansRequest(
-            as_of=convert.date_text(as_of), page_size=page_size, page_token=page_token
+            as_of=from_messages.date_text(as_of), page_size=page_size, page_token=page_token
         )
         response = self._billing_call("ListDelinquentLoans", request, timeout)
-        return Page(tuple(convert.delinquency(item) for item in response.loans), response.next_page_token)
+        return Page(
+            tuple(from_messages.delinquency(item) for item in response.loans), response.next_page_token
+        )
 
     def iter_delinquent_loans(
         self, as_of: DateLike | None = None, page_size: int = 0
@@ -232,7 +238,7 @@ class LendingClient:
         try:
             return method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as err:
-            raise errors.from_rpc_error(err) from None
+            raise exceptions.from_rpc_error(err) from None
 
     def _billing_call(self, name: str, request, timeout: float | None):
         """Call with a fresh access token; when the server refuses the token, renew it and try once more."""
@@ -244,7 +250,7 @@ class LendingClient:
             if err.code() != grpc.StatusCode.UNAUTHENTICATED or not self._session.renew_after_rejection(
                 metadata
             ):
-                raise errors.from_rpc_error(err) from None
+                raise exceptions.from_rpc_error(err) from None
         # UNAUTHENTICATED means the call never ran, so sending it again is safe.
         return self._unary(
             lambda req, timeout: method(req, timeout=timeout, metadata=self._session.metadata()),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import grpc
 from lending.v1 import auth_pb2, auth_pb2_grpc
 
-from lending_grpc.client import convert, errors
+from lending_grpc.client import exceptions, from_messages
 from lending_grpc.client.types import Tokens
 
 # Refresh this long before the access token expires, so a call never leaves
@@ -83,7 +83,7 @@ class Session:
                 return False
             try:
                 self._renew(force_refresh=True)
-            except errors.Unauthenticated:
+            except exceptions.Unauthenticated:
                 return False
             return True
 
@@ -95,13 +95,13 @@ class Session:
         if tokens is not None and (force_refresh or now < tokens.refresh_expires_at - REFRESH_MARGIN_SECONDS):
             try:
                 return self._refresh(None)
-            except errors.Unauthenticated:
+            except exceptions.Unauthenticated:
                 if self._password is None:
-                    raise errors.NotLoggedIn("the session has expired: log in again") from None
+                    raise exceptions.NotLoggedIn("the session has expired: log in again") from None
         if self._password is None or self._username is None:
             if tokens is None:
-                raise errors.NotLoggedIn()
-            raise errors.NotLoggedIn("the session has expired: log in again")
+                raise exceptions.NotLoggedIn()
+            raise exceptions.NotLoggedIn("the session has expired: log in again")
         return self._login(None)
 
     def _login(self, timeout: float | None) -> Tokens:
@@ -110,7 +110,7 @@ class Session:
 
     def _refresh(self, timeout: float | None) -> Tokens:
         if self._tokens is None:
-            raise errors.NotLoggedIn()
+            raise exceptions.NotLoggedIn()
         request = auth_pb2.RefreshTokenRequest(refresh_token=self._tokens.refresh_token)
         return self._store(self._call(self._auth.RefreshToken, request, timeout))
 
@@ -119,11 +119,11 @@ class Session:
         try:
             return method(request, timeout=timeout or self._timeout), sent_at
         except grpc.RpcError as err:
-            raise errors.from_rpc_error(err) from None
+            raise exceptions.from_rpc_error(err) from None
 
     def _store(self, answer) -> Tokens:
         message, sent_at = answer
-        self._tokens = convert.tokens(message, sent_at)
+        self._tokens = from_messages.tokens(message, sent_at)
         if self._on_tokens is not None:
             self._on_tokens(self._tokens)
         return self._tokens

@@ -14,9 +14,9 @@ from peewee import Database
 from lending_grpc.core import audit, fields
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import DataKeyError, Sealer, UnsealError
-from lending_grpc.core.database import lock_row, run_in_write_transaction
 from lending_grpc.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from lending_grpc.core.models import LoginThrottle, TokenFamily, User
+from lending_grpc.core.storage.database import lock_row, run_in_write_transaction
+from lending_grpc.core.storage.models import LoginThrottle, TokenFamily, User
 from lending_grpc.core.views import ROLES
 
 ERASED_PASSWORD_HASH = "!erased"  # not an argon2 hash: nothing ever verifies against it

@@ -23,9 +23,9 @@ from typing import Any
 from peewee import Database
 
 from lending_grpc.core import pagination
-from lending_grpc.core.database import run_in_write_transaction
-from lending_grpc.core.models import AuditEvent, database
-from lending_grpc.core.prepared import Prepared
+from lending_grpc.core.storage.database import run_in_write_transaction
+from lending_grpc.core.storage.models import AuditEvent, database
+from lending_grpc.core.storage.prepared import Prepared
 from lending_grpc.core.views import Page
 
 OK = "ok"

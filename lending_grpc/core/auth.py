@@ -19,7 +19,6 @@ from peewee import Database
 from lending_grpc.core import audit, fields, throttle
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import Sealer
-from lending_grpc.core.database import lock_row, run_in_write_transaction
 from lending_grpc.core.errors import (
     AccountLocked,
     AlreadyExists,
@@ -27,8 +26,9 @@ from lending_grpc.core.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from lending_grpc.core.models import TokenFamily, User
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.storage.database import lock_row, run_in_write_transaction
+from lending_grpc.core.storage.models import TokenFamily, User
 from lending_grpc.core.tokens import ACCESS, REFRESH, TokenSigner
 from lending_grpc.core.views import Principal, TokenPair, UserView
 

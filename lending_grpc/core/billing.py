@@ -10,7 +10,6 @@ from peewee import Database, Tuple
 
 from lending_grpc.core import audit, fields, pagination
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import run_in_write_transaction
 from lending_grpc.core.errors import (
     Aborted,
     AlreadyExists,
@@ -19,9 +18,7 @@ from lending_grpc.core.errors import (
     NotFound,
     Unavailable,
 )
-from lending_grpc.core.models import Loan, Payment, User
 from lending_grpc.core.money import parse_money, parse_rate
-from lending_grpc.core.prepared import Prepared, PreparedSelect
 from lending_grpc.core.schedule import (
     MAX_PRINCIPAL_CENTS,
     MAX_TERM_WEEKS,
@@ -31,6 +28,9 @@ from lending_grpc.core.schedule import (
     delinquency,
     weeks_paid_by,
 )
+from lending_grpc.core.storage.database import run_in_write_transaction
+from lending_grpc.core.storage.models import Loan, Payment, User
+from lending_grpc.core.storage.prepared import Prepared, PreparedSelect
 from lending_grpc.core.views import (
     DelinquencyView,
     InstallmentView,

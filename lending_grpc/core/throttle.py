@@ -18,8 +18,8 @@ import dataclasses
 from peewee import Database
 
 from lending_grpc.core import audit
-from lending_grpc.core.database import lock_row
-from lending_grpc.core.models import LoginThrottle
+from lending_grpc.core.storage.database import lock_row
+from lending_grpc.core.storage.models import LoginThrottle
 
 _US = 1_000_000
 

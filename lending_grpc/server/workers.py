@@ -22,7 +22,14 @@ import sys
 import time
 
 from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
-from lending_grpc.core.database import close_database, open_database
+from lending_grpc.core.storage.database import close_database, open_database
+from lending_grpc.server.build import ListenError, create_server, prepare_database
+from lending_grpc.server.lifecycle import (
+    database_kind,
+    log_metrics_address,
+    run_until_signalled,
+    transport_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +47,6 @@ def reserve_port(listen: str) -> tuple[socket.socket, str, int]:
     Holding it keeps the port ours while workers come and go, and port 0
     becomes one concrete port that every worker then binds.
     """
-    from lending_grpc.server import ListenError
-
     host, _, port_text = listen.rpartition(":")
     bare_host = host.strip("[]")
     try:
@@ -61,8 +66,6 @@ def reserve_port(listen: str) -> tuple[socket.socket, str, int]:
 
 def _prepare(settings: Settings) -> None:
     """What must happen once, before the fork: the keys, the schema and sealing legacy emails."""
-    from lending_grpc.server import prepare_database
-
     resolve_secret_key(settings)  # generates the key file now, so every worker reads the same key
     sealer = resolve_data_key(settings)  # likewise the data key
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=1)
@@ -86,8 +89,6 @@ class _Worker:
 
 def _worker_main(settings: Settings, ready_w: int, index: int) -> int:
     """Body of a forked worker: serve until the supervisor sends SIGTERM."""
-    from lending_grpc.server import create_server, log_metrics_address, run_until_signalled
-
     # Ctrl-C reaches the whole process group (SIGINT stays ignored here): the
     # supervisor alone decides, then sends SIGTERM.
     # The index also picks this worker's metrics port (a restarted worker keeps it).
@@ -237,8 +238,6 @@ class _Supervisor:
 
 def serve_workers(settings: Settings) -> None:
     """Serve with ``settings.workers`` processes until SIGTERM/SIGINT; exits non-zero if they fail."""
-    from lending_grpc.server import database_kind, transport_kind
-
     _prepare(settings)
     sock, host, port = reserve_port(settings.listen)
     worker_settings = dataclasses.replace(settings, listen=f"{host}:{port}", workers=1)

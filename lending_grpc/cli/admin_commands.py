@@ -19,9 +19,9 @@ from lending_grpc.config import Settings
 from lending_grpc.core import audit
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.database import close_database, open_database
 from lending_grpc.core.errors import LendingError
-from lending_grpc.core.migrations import migrate
+from lending_grpc.core.storage.database import close_database, open_database
+from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.views import ROLES
 
 COMMANDS = ("users", "audit")

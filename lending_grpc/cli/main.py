@@ -1,4 +1,9 @@
-"""Command line: `serve`, `migrate`, `health`, `bench seed`, operator `users`/`audit`, client commands."""
+"""The `lending-grpc` entry point: parses the command line and hands each command to its module.
+
+Server-side commands (`serve`, `migrate`) are here; the operator commands
+(`users`, `audit`) live in `admin_commands.py`, `health` in `health_command.py`
+and the client commands (register, login, loan ..., pay) in `client_commands/`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,12 @@ import argparse
 import dataclasses
 import sys
 
-from lending_grpc import admin_cli, healthcheck
-from lending_grpc import seed as seed_command
-from lending_grpc.commands.parser import add_client_commands, run_client_command
+from lending_grpc.cli import admin_commands, health_command
+from lending_grpc.cli.client_commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.crypto import DataKeyError
-from lending_grpc.core.database import DatabaseError, close_database, open_database
-from lending_grpc.core.migrations import migrate
+from lending_grpc.core.storage.database import DatabaseError, close_database, open_database
+from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.logs import configure_logging
 
 _TYPES = {bool: None, int: int, float: float, str: str}
@@ -49,15 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
     health = commands.add_parser("health", help="check a running server's health service (exit 0 = SERVING)")
-    healthcheck.add_arguments(health)
-    admin_cli.add_commands(commands, _add_setting_flags)
-    bench = commands.add_parser("bench", help="benchmark helpers")
-    seed = bench.add_subparsers(dest="bench_command", required=True).add_parser(
-        "seed", help="fill the database with many loans and payment histories"
-    )
-    _add_setting_flags(seed, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
-    seed_command.add_arguments(seed)
-    add_client_commands(commands)  # register, login, loan ..., pay, delinquent: lending_grpc/commands/
+    health_command.add_arguments(health)
+    admin_commands.add_commands(commands, _add_setting_flags)
+    add_client_commands(commands)  # register, login, loan ..., pay, delinquent: client_commands/
     return parser
 
 
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lending-grpc` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "health":  # a client: the server's settings do not apply
-        return healthcheck.run(args)
+        return health_command.run(args)
     if getattr(args, "client_command", None) is not None:
         return run_client_command(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
@@ -78,11 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate(settings)
-        if args.command in admin_cli.COMMANDS:
-            return admin_cli.run(args, settings)
-        if args.command == "bench":
-            return seed_command.run(settings, args)
-        from lending_grpc.server import serve
+        if args.command in admin_commands.COMMANDS:
+            return admin_commands.run(args, settings)
+        from lending_grpc.server import serve  # grpc and the servicers load only to serve
 
         serve(settings)
     except (ConfigError, DataKeyError) as exc:

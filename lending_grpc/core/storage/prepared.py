@@ -19,7 +19,7 @@ from typing import Any
 
 from peewee import CharField, Database, Field, ForeignKeyField, IntegerField, Model
 
-from lending_grpc.core.database import lock_row
+from lending_grpc.core.storage.database import lock_row
 
 
 def _plain(field: Field) -> bool:

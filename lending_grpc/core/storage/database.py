@@ -32,7 +32,7 @@ from peewee import (
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
 from lending_grpc.core.errors import Aborted, DatabaseUnreachable, Unavailable
-from lending_grpc.core.models import database
+from lending_grpc.core.storage.models import database
 
 log = logging.getLogger(__name__)
 

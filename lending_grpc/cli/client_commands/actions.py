@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import grpc
 
+from lending_grpc.cli.client_commands import output
+from lending_grpc.cli.client_commands.token_cache import CachedLogin, TokenCache, TokenCacheError
 from lending_grpc.client import (
     LendingClient,
     LendingError,
@@ -26,9 +28,7 @@ from lending_grpc.client import (
     TlsConfig,
     Unauthenticated,
 )
-from lending_grpc.commands import environment as env
-from lending_grpc.commands import output
-from lending_grpc.commands.token_cache import CachedLogin, TokenCache, TokenCacheError
+from lending_grpc.config import ClientEnv
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE = 1, 2, 3, 4
 _UNREACHABLE = {
@@ -52,14 +52,14 @@ class Context:
         self.args = args
         self.environ = environ
         self.stdout = stdout
-        self.server = args.server or environ.get(env.SERVER) or "127.0.0.1:50051"
+        self.server = args.server or environ.get(ClientEnv.SERVER) or "127.0.0.1:50051"
         self.cache = TokenCache()
 
     def tls(self) -> TlsConfig | None:
-        ca = self.args.ca_file or self.environ.get(env.SERVER_CA_FILE)
-        cert = self.args.client_cert or self.environ.get(env.CLIENT_CERT_FILE)
-        key = self.args.client_key or self.environ.get(env.CLIENT_KEY_FILE)
-        wanted = self.args.tls or self.environ.get(env.SERVER_TLS, "").strip().lower() in _TRUE
+        ca = self.args.ca_file or self.environ.get(ClientEnv.SERVER_CA_FILE)
+        cert = self.args.client_cert or self.environ.get(ClientEnv.CLIENT_CERT_FILE)
+        key = self.args.client_key or self.environ.get(ClientEnv.CLIENT_KEY_FILE)
+        wanted = self.args.tls or self.environ.get(ClientEnv.SERVER_TLS, "").strip().lower() in _TRUE
         if not (wanted or ca or cert or key):
             return None
         try:

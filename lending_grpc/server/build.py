@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
 import threading
-from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -38,13 +36,13 @@ from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import Sealer
-from lending_grpc.core.database import close_database, open_database, release_connection
-from lending_grpc.core.migrations import migrate
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.storage.database import close_database, open_database, release_connection
+from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
-from lending_grpc.transport import server_credentials, server_options
+from lending_grpc.server.transport import server_credentials, server_options
 
 log = logging.getLogger(__name__)
 
@@ -222,82 +220,3 @@ def _interceptors(
         )
     chain.append(RequestDecodingInterceptor())
     return chain
-
-
-def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully; ``settings.workers`` > 1 forks processes."""
-    if settings.workers > 1:
-        from lending_grpc.workers import serve_workers
-
-        serve_workers(settings)
-        return
-    running = create_server(settings)
-    host = settings.listen.rsplit(":", 1)[0]
-
-    def ready() -> None:
-        log_metrics_address(settings, running)
-        log.info(
-            "lending-grpc serving on %s:%d (database %s, %s)",
-            host,
-            running.port,
-            database_kind(settings),
-            transport_kind(settings),
-        )
-
-    run_until_signalled(running, settings, (signal.SIGTERM, signal.SIGINT), on_ready=ready)
-
-
-def transport_kind(settings: Settings) -> str:
-    """How calls arrive, for the startup line: "plaintext", "TLS" or "mTLS"."""
-    if not settings.tls_cert:
-        return "plaintext"
-    return "mTLS" if settings.tls_client_ca else "TLS"
-
-
-def log_metrics_address(settings: Settings, running: RunningServer) -> None:
-    """Say where this process serves /metrics, if it does."""
-    if running.metrics is not None:
-        host = settings.metrics_listen.rpartition(":")[0]
-        log.info("metrics on http://%s:%d/metrics", host, running.metrics.port)
-
-
-def database_kind(settings: Settings) -> str:
-    """The backend's name for logs ("sqlite", "postgresql"), never the URL with its password."""
-    return settings.database_url.split("://", 1)[0]
-
-
-def run_until_signalled(
-    running: RunningServer,
-    settings: Settings,
-    signals: tuple[signal.Signals, ...],
-    on_ready: Callable[[], None],
-) -> None:
-    """Wait for one of ``signals``, then drain and stop; a second signal stops at once.
-
-    ``on_ready`` runs once the handlers are installed: whoever it tells that
-    we are serving may stop us at once.
-    """
-    stop = threading.Event()
-    hurry = threading.Event()
-
-    def request_stop(signum, _frame):
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            log.info("received %s again: stopping now, cancelling in-flight RPCs", name)
-            hurry.set()
-            running.server.stop(0)
-            return
-        log.info(
-            "received %s: draining (health NOT_SERVING for %.1fs, then grace %.0fs)",
-            name,
-            settings.drain_delay_seconds,
-            settings.shutdown_grace_seconds,
-        )
-        stop.set()
-
-    for signum in signals:
-        signal.signal(signum, request_stop)
-    on_ready()
-    stop.wait()
-    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)
-    log.info("lending-grpc stopped")

@@ -1,4 +1,4 @@
-"""`lending-grpc bench seed`: fill a database with many loans for benchmarks.
+"""Fill a database with many loans for benchmarks: `python -m bench.seed --loans N --database-url URL`.
 
 Loans get varied start dates, terms, principals and payment histories, built
 with the same rules as BillingCore (LoanTerms.build, second_unpaid_due_date,
@@ -26,10 +26,10 @@ from typing import TextIO
 from peewee import Database, SqliteDatabase, fn
 
 from lending_grpc.core import fields
-from lending_grpc.core.database import write_lock
-from lending_grpc.core.models import Loan, Payment, User
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.schedule import LoanTerms
+from lending_grpc.core.storage.database import write_lock
+from lending_grpc.core.storage.models import Loan, Payment, User
 
 SEED_PASSWORD = "bench password"
 USERNAME_PREFIX = "seed-"
@@ -336,8 +336,15 @@ def table_bytes(db: Database) -> dict[str, int]:
     }
 
 
-def add_arguments(parser) -> None:
-    """The `bench seed` options (database settings are added by the CLI)."""
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.seed`: migrate, seed, and print what was added and the size per loan."""
+    import argparse
+
+    from lending_grpc.config import DEFAULT_DATABASE_URL
+    from lending_grpc.core.storage.database import close_database, open_database
+    from lending_grpc.core.storage.migrations import migrate
+
+    parser = argparse.ArgumentParser(prog="python -m bench.seed", description=main.__doc__)
     parser.add_argument("--loans", type=int, required=True, help="number of loans to add")
     parser.add_argument("--users", type=int, default=10, help="spread the loans over this many seed users")
     parser.add_argument("--batch-size", type=int, default=10_000, help="loans per transaction")
@@ -346,14 +353,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--random-seed", type=int, default=1, help="seed of the random generator")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def run(settings, args) -> int:
-    """`lending-grpc bench seed`: migrate, seed, and print what was added and the size per loan."""
-    from lending_grpc.core.database import close_database, open_database
-    from lending_grpc.core.migrations import migrate
-
-    db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="SQLite or PostgreSQL URL")
+    args = parser.parse_args(argv)
+    db = open_database(args.database_url)
     try:
         migrate(db)
         report = seed(
@@ -378,3 +380,7 @@ def run(settings, args) -> int:
         f"{sizes['payment'] / max(payments, 1):.0f} bytes per payment"
     )
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from lending_grpc.commands import environment as env
-from lending_grpc.commands import handlers
+from lending_grpc.cli.client_commands import actions
+from lending_grpc.config import ClientEnv
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
-run_client_command = handlers.run  # cli.py's one entry into the client commands
+run_client_command = actions.run  # cli.py's one entry into the client commands
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -17,7 +17,9 @@ def _connection_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection and output")
     group.add_argument(
-        "--server", metavar="HOST:PORT", help=f"server address (env {env.SERVER}, default {DEFAULT_SERVER})"
+        "--server",
+        metavar="HOST:PORT",
+        help=f"server address (env {ClientEnv.SERVER}, default {DEFAULT_SERVER})",
     )
     group.add_argument("--json", action="store_true", help="print JSON for programs instead of tables")
     group.add_argument(
@@ -27,17 +29,21 @@ def _connection_options() -> argparse.ArgumentParser:
         "--tls",
         action="store_true",
         default=None,
-        help=f"use TLS with the system's roots (env {env.SERVER_TLS})",
+        help=f"use TLS with the system's roots (env {ClientEnv.SERVER_TLS})",
     )
     group.add_argument(
         "--ca-file",
         metavar="PEM",
-        help=f"CA certificate that signs the server's; implies --tls (env {env.SERVER_CA_FILE})",
+        help=f"CA certificate that signs the server's; implies --tls (env {ClientEnv.SERVER_CA_FILE})",
     )
     group.add_argument(
-        "--client-cert", metavar="PEM", help=f"client certificate for mutual TLS (env {env.CLIENT_CERT_FILE})"
+        "--client-cert",
+        metavar="PEM",
+        help=f"client certificate for mutual TLS (env {ClientEnv.CLIENT_CERT_FILE})",
     )
-    group.add_argument("--client-key", metavar="PEM", help=f"its private key (env {env.CLIENT_KEY_FILE})")
+    group.add_argument(
+        "--client-key", metavar="PEM", help=f"its private key (env {ClientEnv.CLIENT_KEY_FILE})"
+    )
     return common
 
 
@@ -58,42 +64,40 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         parser.set_defaults(client_command=run)
         return parser
 
-    register = command(commands, "register", handlers.register, "create an account")
+    register = command(commands, "register", actions.register, "create an account")
     register.add_argument("username")
     register.add_argument("--email", required=True)
     _password_option(register)
 
-    login = command(commands, "login", handlers.login, "log in and cache the tokens (mode 0600)")
+    login = command(commands, "login", actions.login, "log in and cache the tokens (mode 0600)")
     login.add_argument("username")
     _password_option(login)
 
-    command(commands, "logout", handlers.logout, "forget the cached tokens of the server")
+    command(commands, "logout", actions.logout, "forget the cached tokens of the server")
 
     loan = commands.add_parser(
         "loan", help="create and inspect loans", description="create and inspect loans"
     )
     loans = loan.add_subparsers(dest="loan_command", required=True, metavar="COMMAND")
-    create = command(loans, "create", handlers.loan_create, "create a loan (same loan_id and terms: no-op)")
+    create = command(loans, "create", actions.loan_create, "create a loan (same loan_id and terms: no-op)")
     create.add_argument("loan_id", metavar="LOAN_ID")
     create.add_argument("principal", metavar="PRINCIPAL", help="amount lent, e.g. 5000000 or 5,000,000.00")
     create.add_argument("--start-date", metavar="YYYY-MM-DD", help="default: today in the service time zone")
     create.add_argument("--term-weeks", type=int, metavar="N", help="weekly installments, 1-520 (default 50)")
     create.add_argument("--interest-rate", metavar="RATE", help="flat rate over the term, 0-1 (default 0.10)")
     for name, run, help_text in (
-        ("show", handlers.loan_show, "a loan's terms and balance"),
-        ("schedule", handlers.loan_schedule, "every installment: due date, amount, payment"),
-        ("outstanding", handlers.loan_outstanding, "what is paid and what is still owed"),
-        ("payments", handlers.loan_payments, "the payments of a loan, oldest first"),
+        ("show", actions.loan_show, "a loan's terms and balance"),
+        ("schedule", actions.loan_schedule, "every installment: due date, amount, payment"),
+        ("outstanding", actions.loan_outstanding, "what is paid and what is still owed"),
+        ("payments", actions.loan_payments, "the payments of a loan, oldest first"),
     ):
         command(loans, name, run, help_text).add_argument("loan_id", metavar="LOAN_ID")
-    status = command(
-        loans, "status", handlers.loan_status, "delinquency status: missed installments, overdue"
-    )
+    status = command(loans, "status", actions.loan_status, "delinquency status: missed installments, overdue")
     status.add_argument("loan_id", metavar="LOAN_ID")
     status.add_argument("--as-of", metavar="YYYY-MM-DD", help="judge as of this date (default today)")
-    command(loans, "list", handlers.loan_list, "all your loans, oldest first")
+    command(loans, "list", actions.loan_list, "all your loans, oldest first")
 
-    pay = command(commands, "pay", handlers.pay, "pay whole installments of a loan, oldest first")
+    pay = command(commands, "pay", actions.pay, "pay whole installments of a loan, oldest first")
     pay.add_argument("loan_id", metavar="LOAN_ID")
     what = pay.add_mutually_exclusive_group(required=True)
     what.add_argument("amount", metavar="AMOUNT", nargs="?", help="e.g. 110000 or 110,000.00")
@@ -104,7 +108,5 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="idempotency key (default: a new UUID, printed); repeat it to retry without paying twice",
     )
 
-    delinquent = command(
-        commands, "delinquent", handlers.delinquent, "your loans with 2+ missed installments"
-    )
+    delinquent = command(commands, "delinquent", actions.delinquent, "your loans with 2+ missed installments")
     delinquent.add_argument("--as-of", metavar="YYYY-MM-DD", help="judge as of this date (default today)")

@@ -34,7 +34,7 @@ from peewee import (
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as apply_operations
 
-from lending_grpc.core.database import DatabaseError, is_database_failure, write_lock
+from lending_grpc.core.storage.database import DatabaseError, is_database_failure, write_lock
 
 log = logging.getLogger(__name__)
 

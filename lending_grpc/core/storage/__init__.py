@@ -1,0 +1,1 @@
+"""Storage: the database (SQLite or PostgreSQL), its models, migrations and prepared statements."""

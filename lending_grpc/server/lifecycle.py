@@ -1,0 +1,73 @@
+"""Running a built server until a signal: the ready line, draining and stopping.
+
+Shared by a single-process server (`serve.py`) and each worker process
+(`workers.py`); knows nothing about how many processes there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+
+from lending_grpc.config import Settings
+from lending_grpc.server.build import RunningServer
+
+log = logging.getLogger("lending_grpc.server")
+
+
+def transport_kind(settings: Settings) -> str:
+    """How calls arrive, for the startup line: "plaintext", "TLS" or "mTLS"."""
+    if not settings.tls_cert:
+        return "plaintext"
+    return "mTLS" if settings.tls_client_ca else "TLS"
+
+
+def log_metrics_address(settings: Settings, running: RunningServer) -> None:
+    """Say where this process serves /metrics, if it does."""
+    if running.metrics is not None:
+        host = settings.metrics_listen.rpartition(":")[0]
+        log.info("metrics on http://%s:%d/metrics", host, running.metrics.port)
+
+
+def database_kind(settings: Settings) -> str:
+    """The backend's name for logs ("sqlite", "postgresql"), never the URL with its password."""
+    return settings.database_url.split("://", 1)[0]
+
+
+def run_until_signalled(
+    running: RunningServer,
+    settings: Settings,
+    signals: tuple[signal.Signals, ...],
+    on_ready: Callable[[], None],
+) -> None:
+    """Wait for one of ``signals``, then drain and stop; a second signal stops at once.
+
+    ``on_ready`` runs once the handlers are installed: whoever it tells that
+    we are serving may stop us at once.
+    """
+    stop = threading.Event()
+    hurry = threading.Event()
+
+    def request_stop(signum, _frame):
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.info("received %s again: stopping now, cancelling in-flight RPCs", name)
+            hurry.set()
+            running.server.stop(0)
+            return
+        log.info(
+            "received %s: draining (health NOT_SERVING for %.1fs, then grace %.0fs)",
+            name,
+            settings.drain_delay_seconds,
+            settings.shutdown_grace_seconds,
+        )
+        stop.set()
+
+    for signum in signals:
+        signal.signal(signum, request_stop)
+    on_ready()
+    stop.wait()
+    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)
+    log.info("lending-grpc stopped")

@@ -1,0 +1,39 @@
+"""`lending-grpc serve`: one process, or a supervisor of several (`--workers N`)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+from lending_grpc.config import Settings
+from lending_grpc.server.build import create_server
+from lending_grpc.server.lifecycle import (
+    database_kind,
+    log_metrics_address,
+    run_until_signalled,
+    transport_kind,
+)
+from lending_grpc.server.workers import serve_workers
+
+log = logging.getLogger("lending_grpc.server")
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain gracefully; ``settings.workers`` > 1 forks processes."""
+    if settings.workers > 1:
+        serve_workers(settings)
+        return
+    running = create_server(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+
+    def ready() -> None:
+        log_metrics_address(settings, running)
+        log.info(
+            "lending-grpc serving on %s:%d (database %s, %s)",
+            host,
+            running.port,
+            database_kind(settings),
+            transport_kind(settings),
+        )
+
+    run_until_signalled(running, settings, (signal.SIGTERM, signal.SIGINT), on_ready=ready)
