@@ -221,17 +221,19 @@ def prepare(database_url: str) -> dict:
     from lending_grpc.core.storage.database import close_database, open_database
     from lending_grpc.core.storage.migrations import migrate
     from lending_grpc.core.storage.models import Loan, User
+    from lending_grpc.core.views import Actor, Principal
 
     db = open_database(database_url)
     try:
         migrate(db)
         seed.seed(db, LOANS, users=1, as_of=dt.date(2026, 6, 1), progress=False)
         owner = User.get(User.username == "seed-0")
+        actor = Actor(principal=Principal(owner.id, owner.user_id), name="bench")
         billing = BillingCore(db, Clock(), pagination.PageTokens(b"k" * 32))
         with db.atomic():
             for i in range(methods.PAY_LOANS):
                 billing.create_loan(
-                    owner.id,
+                    actor,
                     f"{methods.PAY_LOAN_PREFIX}{i}",
                     methods.PAY_PRINCIPAL,
                     start_date="2026-01-05",

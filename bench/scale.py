@@ -87,10 +87,12 @@ def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
     from lending_grpc.core.money import format_cents
     from lending_grpc.core.storage.database import close_database, open_database
     from lending_grpc.core.storage.models import User
+    from lending_grpc.core.views import Actor, Principal
 
     db = open_database(f"sqlite:///{path}")
     billing = BillingCore(db, Clock(), pagination.PageTokens(b"k" * 32))
     owner = User.get(User.username == "seed-0").id
+    actor = Actor(principal=Principal(owner, "seed-0"), name="bench")
     rng = random.Random(block * 7919 + loans)
     # seed-0 owns the loans whose row id is a multiple of USERS (round-robin seeding)
     ids = [f"S-{rng.randrange(USERS, loans + 1, USERS):08d}" for _ in range(calls)]
@@ -120,7 +122,7 @@ def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
             payable.append((loan_id, format_cents(view.terms.weekly_cents)))
     started = time.perf_counter()
     for i, (loan_id, amount) in enumerate(payable):
-        messages.payment(billing.make_payment(owner, loan_id, amount, f"scale-{block}-{i}-{time.time_ns()}"))
+        messages.payment(billing.make_payment(actor, loan_id, amount, f"scale-{block}-{i}-{time.time_ns()}"))
     timings["MakePayment"] = (time.perf_counter() - started) / max(len(payable), 1) * 1e6
 
     # Portfolio pages: the first 100 and the next 100, as of dates around the seeding date.

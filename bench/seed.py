@@ -28,7 +28,6 @@ from peewee import Database, SqliteDatabase, fn
 from lending_grpc.core import fields
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.schedule import LoanTerms
-from lending_grpc.core.storage.database import write_lock
 from lending_grpc.core.storage.models import Loan, Payment, User
 
 SEED_PASSWORD = "bench password"
@@ -235,7 +234,7 @@ def _ensure_users(db: Database, users: int, password: str) -> list[int]:
     if missing:
         password_hash = Passwords().hash(fields.password(password))
         now = time.time_ns() // 1000
-        with write_lock(db):
+        with db.write_lock():
             for start in range(0, len(missing), 500):
                 User.insert_many(
                     [
@@ -301,7 +300,7 @@ def seed(
     for done in range(0, loans, batch_size):
         count = min(batch_size, loans - done)
         loan_rows, payment_rows = _rows(rng, next_loan, count, user_ids, as_of, next_payment)
-        with write_lock(db):
+        with db.write_lock():
             cursor = db.cursor()
             cursor.executemany(loan_sql, list(_to_db(_LOAN_COLUMNS, loan_rows)))
             if payment_rows:

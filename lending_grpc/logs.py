@@ -1,8 +1,8 @@
 """Log output: plain text for people, or one JSON object per line for log pipelines.
 
 Every record written while an RPC is being served carries that RPC's
-request id (from the access-log interceptor's per-call context), so an
-error line and the access line of the same call can be joined.
+request id (from the pipeline's current Call), so an error line and the
+access line of the same call can be joined.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from lending_grpc.api import context as call_context
+from lending_grpc.api.call import current_request_id
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _HANDLER_NAME = "lending_grpc"
@@ -22,8 +22,7 @@ class RequestIdFilter(logging.Filter):
     """Sets ``record.request_id`` to the current call's request id ("" outside a call)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        call = call_context.current_call.get(None)
-        record.request_id = call.request_id if call is not None else ""
+        record.request_id = current_request_id()
         return True
 
 

@@ -16,9 +16,11 @@ from lending.v1 import audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2_grpc
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.storage.models import AuditEvent
+from lending_grpc.core.views import Actor
 from lending_grpc.server import create_server
 
 PASSWORD = "correct horse battery"
+CLI_ACTOR = Actor(name="cli:test", rpc="lending-grpc users grant")  # as the operator command records
 
 
 @contextlib.contextmanager
@@ -58,7 +60,7 @@ def login(api: Api, username: str, password: str = PASSWORD):
 
 def grant_operator(api: Api, username: str) -> None:
     """What `lending-grpc users grant USERNAME operator` does, in this process (the CLI has its own test)."""
-    AccountAdmin(api.server.database, Clock()).set_role(username, "operator", granted=True)
+    AccountAdmin(api.server.database, Clock()).set_role(CLI_ACTOR, username, "operator", granted=True)
 
 
 def detail(err: grpc.RpcError, kind):

@@ -247,7 +247,7 @@ def test_sdk_imports_no_server_code() -> None:
     code = (
         "import sys, lending_grpc.client;"
         "bad = sorted(m for m in sys.modules if m.startswith(('lending_grpc.core', 'lending_grpc.api',"
-        " 'lending_grpc.server', 'lending_grpc.config', 'lending_grpc.cli',"
+        " 'lending_grpc.server', 'lending_grpc.config', 'lending_grpc.cli.',"
         " 'peewee', 'jwt', 'argon2')));"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -12,7 +12,7 @@ from peewee import IntegrityError, OperationalError
 from security_helpers import running_api
 
 from lending_grpc.core.errors import Aborted
-from lending_grpc.core.storage.database import run_in_write_transaction, sqlite_path
+from lending_grpc.core.storage.database import LendingDatabase, sqlite_path
 
 
 class _DriverError(Exception):
@@ -31,8 +31,9 @@ def test_serialization_failures_and_deadlocks_are_retried_then_aborted(sqlstate)
         calls.append(1)
         raise OperationalError(_DriverError(sqlstate))
 
-    with pytest.raises(Aborted):
-        run_in_write_transaction(_NoTransactionDb(), always_conflicts, attempts=3)
+    db = _NoTransactionDb()
+    with pytest.raises(Aborted), db.unit_of_work():
+        db.write_transaction(always_conflicts, attempts=3)
     assert len(calls) == 3
 
     outcomes = iter([OperationalError(_DriverError(sqlstate)), None])
@@ -43,7 +44,7 @@ def test_serialization_failures_and_deadlocks_are_retried_then_aborted(sqlstate)
             raise error
         return "done"
 
-    assert run_in_write_transaction(_NoTransactionDb(), conflicts_once) == "done"
+    assert _NoTransactionDb().write_transaction(conflicts_once) == "done"
 
 
 def test_psycopg_conflicts_that_peewee_does_not_wrap_are_retried_too():
@@ -56,8 +57,9 @@ def test_psycopg_conflicts_that_peewee_does_not_wrap_are_retried_too():
 
     # Real psycopg classes carry their SQLSTATE on the class.
     assert errors.DeadlockDetected.sqlstate == "40P01"
-    with pytest.raises(Aborted):
-        run_in_write_transaction(_NoTransactionDb(), deadlocks, attempts=2)
+    db = _NoTransactionDb()
+    with pytest.raises(Aborted), db.unit_of_work():
+        db.write_transaction(deadlocks, attempts=2)
     assert len(calls) == 2
 
 
@@ -65,17 +67,16 @@ def test_an_exhausted_pool_or_a_lost_server_is_unavailable_not_internal():
     from playhouse.pool import MaxConnectionsExceeded
 
     from lending_grpc.core.errors import DatabaseUnreachable, Unavailable
-    from lending_grpc.core.storage.database import translate_errors
 
     for failure in (
         OperationalError(_DriverError("08006")),  # connection failure
         OperationalError(_DriverError("57P01")),  # admin shutdown
         OperationalError(_DriverError("53100")),  # disk full
     ):
-        with pytest.raises(DatabaseUnreachable, match="request_id"), translate_errors():
+        with pytest.raises(DatabaseUnreachable, match="request_id"), _NoTransactionDb().unit_of_work():
             raise failure
     # Every pooled connection busy for the busy timeout: local saturation, not an outage.
-    with pytest.raises(Unavailable) as info, translate_errors():
+    with pytest.raises(Unavailable) as info, _NoTransactionDb().unit_of_work():
         raise MaxConnectionsExceeded("Max connections exceeded, timed out attempting to connect.")
     assert not isinstance(info.value, DatabaseUnreachable)
 
@@ -89,7 +90,7 @@ def test_a_unique_race_is_retried_and_other_integrity_errors_are_not():
             raise error
         return "winner's row"
 
-    assert run_in_write_transaction(_NoTransactionDb(), races_once) == "winner's row"
+    assert _NoTransactionDb().write_transaction(races_once) == "winner's row"
     calls = []
 
     def violates_a_check():
@@ -97,14 +98,17 @@ def test_a_unique_race_is_retried_and_other_integrity_errors_are_not():
         raise IntegrityError(_DriverError("23514"))
 
     with pytest.raises(IntegrityError):
-        run_in_write_transaction(_NoTransactionDb(), violates_a_check)
+        _NoTransactionDb().write_transaction(violates_a_check)
     assert len(calls) == 1
 
 
-class _NoTransactionDb:
-    """A database stand-in whose transactions do nothing, to drive the retry loop alone."""
+class _NoTransactionDb(LendingDatabase):
+    """A database whose transactions do nothing, to drive the retry loop and the translation alone."""
 
-    def atomic(self, *args):
+    def __init__(self) -> None:
+        self._init_lending()
+
+    def write_lock(self):
         import contextlib
 
         return contextlib.nullcontext()

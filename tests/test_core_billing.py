@@ -29,8 +29,17 @@ from lending_grpc.core.storage.database import close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.storage.models import Loan, Payment
 from lending_grpc.core.tokens import TokenSigner
+from lending_grpc.core.views import Actor, Principal
 
 START = "2026-01-05"
+ANONYMOUS = Actor()  # what the core is told for Register and Login
+
+
+def actor_of(owner: int) -> Actor:
+    """The actor for a user known by internal id (the audit trail records a made-up public id)."""
+    return Actor(principal=Principal(owner, f"user-{owner}"), name=f"user-{owner}")
+
+
 START_DATE = dt.date(2026, 1, 5)
 
 
@@ -53,7 +62,7 @@ class Env:
 
     def new_owner(self) -> int:
         name = f"user-{uuid.uuid4().hex[:12]}"
-        user = self.auth.register(name, "correct horse battery", f"{name}@example.com")
+        user = self.auth.register(ANONYMOUS, name, "correct horse battery", f"{name}@example.com")
         return self.auth.principal(user.user_id).id
 
 
@@ -144,7 +153,7 @@ def check_invariants(env: Env, owner: int, loan_id: str) -> None:
 
 
 def test_create_loan_worked_example(env, owner):
-    loan = env.billing.create_loan(owner, "L1", "5000000", start_date=START)
+    loan = env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
     t = loan.terms
     assert (t.principal_cents, t.rate_e4, t.term_weeks, t.start_date) == (500_000_000, 1000, 50, START_DATE)
     assert (t.total_cents, t.weekly_cents, t.final_cents) == (550_000_000, 11_000_000, 11_000_000)
@@ -160,10 +169,10 @@ def test_create_loan_worked_example(env, owner):
 
 def test_create_loan_odd_example(env, owner):
     t = env.billing.create_loan(
-        owner, "odd", "1000001.00", start_date=START, term_weeks=50, interest_rate="0.10"
+        actor_of(owner), "odd", "1000001.00", start_date=START, term_weeks=50, interest_rate="0.10"
     ).terms
     assert (t.total_cents, t.weekly_cents, t.final_cents) == (110_000_110, 2_200_002, 2_200_012)
-    t = env.billing.create_loan(owner, "two", "2000000.00", start_date=START).terms
+    t = env.billing.create_loan(actor_of(owner), "two", "2000000.00", start_date=START).terms
     assert (t.total_cents, t.weekly_cents) == (220_000_000, 4_400_000)
 
 
@@ -171,17 +180,20 @@ def test_create_loan_defaults_start_today(database_url):
     e = make_env(database_url, FixedClock(dt.date(2027, 3, 4)))
     try:
         o = e.new_owner()
-        t = e.billing.create_loan(o, "L", "100").terms
+        t = e.billing.create_loan(actor_of(o), "L", "100").terms
         assert (t.start_date, t.term_weeks, t.rate_e4) == (dt.date(2027, 3, 4), 50, 1000)
     finally:
         close_database(e.db)
 
 
 def test_create_loan_is_idempotent_on_loan_id(env, owner):
-    first = env.billing.create_loan(owner, "L1", "5000000.00", start_date=START)
-    assert env.billing.create_loan(owner, "L1", "5000000", start_date=START) == first
-    assert env.billing.create_loan(owner, "L1", "5000000.00") == first  # start_date left out
-    assert env.billing.create_loan(owner, "L1", "5000000.00", term_weeks=50, interest_rate="0.1") == first
+    first = env.billing.create_loan(actor_of(owner), "L1", "5000000.00", start_date=START)
+    assert env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START) == first
+    assert env.billing.create_loan(actor_of(owner), "L1", "5000000.00") == first  # start_date left out
+    assert (
+        env.billing.create_loan(actor_of(owner), "L1", "5000000.00", term_weeks=50, interest_rate="0.1")
+        == first
+    )
     for kwargs in (
         dict(principal_amount="5000000.01"),
         dict(principal_amount="5000000", term_weeks=49),
@@ -189,7 +201,7 @@ def test_create_loan_is_idempotent_on_loan_id(env, owner):
         dict(principal_amount="5000000", start_date="2026-01-06"),
     ):
         with pytest.raises(AlreadyExists):
-            env.billing.create_loan(owner, "L1", **kwargs)
+            env.billing.create_loan(actor_of(owner), "L1", **kwargs)
     assert len(env.billing.list_loans(owner).items) == 1
 
 
@@ -213,7 +225,7 @@ def test_create_loan_is_idempotent_on_loan_id(env, owner):
 )
 def test_create_loan_validation(env, owner, kwargs, field):
     with pytest.raises(InvalidArgument) as info:
-        env.billing.create_loan(owner, **kwargs)
+        env.billing.create_loan(actor_of(owner), **kwargs)
     assert info.value.field == field
     assert env.billing.list_loans(owner).items == []
 
@@ -221,28 +233,28 @@ def test_create_loan_validation(env, owner, kwargs, field):
 def test_loan_id_max_length_and_charset(env, owner):
     loan_id = "aZ09._-" + "x" * 57
     assert len(loan_id) == 64
-    assert env.billing.create_loan(owner, loan_id, "100", start_date=START).loan_id == loan_id
+    assert env.billing.create_loan(actor_of(owner), loan_id, "100", start_date=START).loan_id == loan_id
 
 
 # -- payments ------------------------------------------------------------------
 
 
 def test_pay_one_catch_up_ahead_and_payoff(env, owner):
-    env.billing.create_loan(owner, "odd", "1000001", start_date=START)
-    p1 = env.billing.make_payment(owner, "odd", "22000.02")
+    env.billing.create_loan(actor_of(owner), "odd", "1000001", start_date=START)
+    p1 = env.billing.make_payment(actor_of(owner), "odd", "22000.02")
     assert (p1.loan_id, p1.amount_cents, p1.first_week, p1.last_week) == ("odd", 2_200_002, 1, 1)
     assert p1.outstanding_after_cents == 107_800_108
     assert p1.request_id is None
-    p2 = env.billing.make_payment(owner, "odd", "66000.06")
+    p2 = env.billing.make_payment(actor_of(owner), "odd", "66000.06")
     assert (p2.first_week, p2.last_week, p2.outstanding_after_cents) == (2, 4, 101_200_102)
     with pytest.raises(PaymentNotAccepted):
-        env.billing.make_payment(owner, "odd", format_cents(2_200_002 * 46))  # not the payoff
-    p3 = env.billing.make_payment(owner, "odd", "1012001.02")
+        env.billing.make_payment(actor_of(owner), "odd", format_cents(2_200_002 * 46))  # not the payoff
+    p3 = env.billing.make_payment(actor_of(owner), "odd", "1012001.02")
     assert (p3.first_week, p3.last_week, p3.outstanding_after_cents) == (5, 50, 0)
     loan = env.billing.get_loan(owner, "odd")
     assert loan.is_paid_off and loan.outstanding_cents == 0 and loan.paid_cents == 110_000_110
     with pytest.raises(FailedPrecondition) as info:
-        env.billing.make_payment(owner, "odd", "22000.12")
+        env.billing.make_payment(actor_of(owner), "odd", "22000.12")
     assert "paid off" in info.value.message
     check_invariants(env, owner, "odd")
 
@@ -251,9 +263,9 @@ def test_refused_payment_names_accepted_amounts(database_url):
     e = make_env(database_url, FixedClock(START_DATE + dt.timedelta(days=15)))
     try:
         o = e.new_owner()
-        e.billing.create_loan(o, "L1", "5000000", start_date=START)
+        e.billing.create_loan(actor_of(o), "L1", "5000000", start_date=START)
         with pytest.raises(PaymentNotAccepted) as info:
-            e.billing.make_payment(o, "L1", "50000")
+            e.billing.make_payment(actor_of(o), "L1", "50000")
         message = info.value.message
         assert "one installment is 110000.00" in message
         assert "all 2 overdue installment(s) are 220000.00" in message
@@ -264,37 +276,37 @@ def test_refused_payment_names_accepted_amounts(database_url):
 
 @pytest.mark.parametrize("amount", ["", "0", "0.00", "-110000", "110000.001", "1e5", " 110000", "x" * 100])
 def test_malformed_amount_is_invalid_argument(env, owner, amount):
-    env.billing.create_loan(owner, "L1", "5000000", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
     before = snapshot(env, owner, "L1")
     with pytest.raises(InvalidArgument) as info:
-        env.billing.make_payment(owner, "L1", amount)
+        env.billing.make_payment(actor_of(owner), "L1", amount)
     assert info.value.field == "amount"
     assert snapshot(env, owner, "L1") == before
 
 
 def test_absurdly_large_amount_is_invalid_argument(env, owner):
-    env.billing.create_loan(owner, "L1", "5000000", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
     with pytest.raises(InvalidArgument) as info:
-        env.billing.make_payment(owner, "L1", "2000000000000.01")
+        env.billing.make_payment(actor_of(owner), "L1", "2000000000000.01")
     assert info.value.field == "amount"
     with pytest.raises(PaymentNotAccepted):  # large but well-formed: over the balance
-        env.billing.make_payment(owner, "L1", "2000000000000.00")
+        env.billing.make_payment(actor_of(owner), "L1", "2000000000000.00")
 
 
 def test_payment_on_missing_loan_is_not_found(env, owner):
     with pytest.raises(NotFound):
-        env.billing.make_payment(owner, "nope", "1.00")
+        env.billing.make_payment(actor_of(owner), "nope", "1.00")
 
 
 # -- idempotency -----------------------------------------------------------------
 
 
 def test_request_id_retry_returns_original_payment(env, owner):
-    env.billing.create_loan(owner, "L1", "5000000", start_date=START)
-    first = env.billing.make_payment(owner, "L1", "110000.00", request_id="r-1")
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    first = env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id="r-1")
     assert first.request_id == "r-1"
     for amount in ("110000.00", "110000", "110000.0"):
-        again = env.billing.make_payment(owner, "L1", amount, request_id="r-1")
+        again = env.billing.make_payment(actor_of(owner), "L1", amount, request_id="r-1")
         assert again == first
     assert env.billing.get_loan(owner, "L1").paid_weeks == 1
     assert len(all_payments(env, owner, "L1")) == 1
@@ -302,39 +314,39 @@ def test_request_id_retry_returns_original_payment(env, owner):
 
 
 def test_request_id_reuse_with_other_amount_or_loan_is_already_exists(env, owner):
-    env.billing.create_loan(owner, "L1", "5000000", start_date=START)
-    env.billing.create_loan(owner, "L2", "5000000", start_date=START)
-    env.billing.make_payment(owner, "L1", "110000.00", request_id="r-1")
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L2", "5000000", start_date=START)
+    env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id="r-1")
     before = (snapshot(env, owner, "L1"), snapshot(env, owner, "L2"))
     with pytest.raises(AlreadyExists):
-        env.billing.make_payment(owner, "L1", "220000.00", request_id="r-1")
+        env.billing.make_payment(actor_of(owner), "L1", "220000.00", request_id="r-1")
     with pytest.raises(AlreadyExists):
-        env.billing.make_payment(owner, "L2", "110000.00", request_id="r-1")
+        env.billing.make_payment(actor_of(owner), "L2", "110000.00", request_id="r-1")
     assert (snapshot(env, owner, "L1"), snapshot(env, owner, "L2")) == before
 
 
 def test_request_id_retry_after_payoff_returns_original(env, owner):
-    env.billing.create_loan(owner, "L1", "100", start_date=START, term_weeks=2)
-    payoff = env.billing.make_payment(owner, "L1", "110.00", request_id="payoff")
+    env.billing.create_loan(actor_of(owner), "L1", "100", start_date=START, term_weeks=2)
+    payoff = env.billing.make_payment(actor_of(owner), "L1", "110.00", request_id="payoff")
     assert payoff.outstanding_after_cents == 0
-    assert env.billing.make_payment(owner, "L1", "110.00", request_id="payoff") == payoff
+    assert env.billing.make_payment(actor_of(owner), "L1", "110.00", request_id="payoff") == payoff
     with pytest.raises(FailedPrecondition):
-        env.billing.make_payment(owner, "L1", "55.00", request_id="after")
+        env.billing.make_payment(actor_of(owner), "L1", "55.00", request_id="after")
 
 
 def test_refused_payment_does_not_consume_request_id(env, owner):
-    env.billing.create_loan(owner, "L1", "5000000", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
     with pytest.raises(PaymentNotAccepted):
-        env.billing.make_payment(owner, "L1", "1.00", request_id="r-9")
-    p = env.billing.make_payment(owner, "L1", "110000.00", request_id="r-9")
+        env.billing.make_payment(actor_of(owner), "L1", "1.00", request_id="r-9")
+    p = env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id="r-9")
     assert (p.first_week, p.last_week) == (1, 1)
 
 
 def test_invalid_request_id(env, owner):
-    env.billing.create_loan(owner, "L1", "5000000", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
     for bad in ("a b", "x" * 129, "é"):
         with pytest.raises(InvalidArgument) as info:
-            env.billing.make_payment(owner, "L1", "110000.00", request_id=bad)
+            env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id=bad)
         assert info.value.field == "request_id"
     assert env.billing.get_loan(owner, "L1").paid_weeks == 0
 
@@ -344,8 +356,8 @@ def test_invalid_request_id(env, owner):
 
 def test_other_owner_gets_not_found(env, owner):
     bob = env.new_owner()
-    env.billing.create_loan(owner, "L1", "5000000", start_date=START)
-    env.billing.make_payment(owner, "L1", "110000.00", request_id="r-1")
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id="r-1")
     before = snapshot(env, owner, "L1")
     with pytest.raises(NotFound):
         env.billing.get_loan(bob, "L1")
@@ -356,17 +368,17 @@ def test_other_owner_gets_not_found(env, owner):
     with pytest.raises(NotFound):
         env.billing.get_delinquency(bob, "L1", as_of="2026-06-01")
     with pytest.raises(NotFound):
-        env.billing.make_payment(bob, "L1", "110000.00")
+        env.billing.make_payment(actor_of(bob), "L1", "110000.00")
     with pytest.raises(NotFound):
-        env.billing.make_payment(bob, "L1", "110000.00", request_id="r-1")
+        env.billing.make_payment(actor_of(bob), "L1", "110000.00", request_id="r-1")
     assert env.billing.list_loans(bob).items == []
     assert env.billing.list_delinquent(bob, as_of="2027-01-01").items == []
     assert snapshot(env, owner, "L1") == before
 
     # bob's own loan with the same loan_id and request_id is independent
-    bobs = env.billing.create_loan(bob, "L1", "2000000", start_date=START)
+    bobs = env.billing.create_loan(actor_of(bob), "L1", "2000000", start_date=START)
     assert bobs.terms.total_cents == 220_000_000
-    p = env.billing.make_payment(bob, "L1", "44000.00", request_id="r-1")
+    p = env.billing.make_payment(actor_of(bob), "L1", "44000.00", request_id="r-1")
     assert (p.amount_cents, p.first_week) == (4_400_000, 1)
     assert snapshot(env, owner, "L1") == before
     assert env.billing.get_loan(owner, "L1").terms.total_cents == 550_000_000
@@ -375,7 +387,7 @@ def test_other_owner_gets_not_found(env, owner):
 def test_page_token_of_another_owner_is_refused(env, owner):
     bob = env.new_owner()
     for i in range(3):
-        env.billing.create_loan(owner, f"L{i}", "100", start_date=START)
+        env.billing.create_loan(actor_of(owner), f"L{i}", "100", start_date=START)
     page = env.billing.list_loans(owner, page_size=1)
     assert [v.loan_id for v in page.items] == ["L0"] and page.next_page_token
     with pytest.raises(InvalidArgument) as info:
@@ -412,7 +424,7 @@ def test_page_tokens_round_trip_and_binding():
     "token", ["x", "a.b", "a.b.c", ".", "!!!.!!!", "\u00e9.\u00e9", "x" * 600 + ".y", "eyJpZCI6MX0.AAAA"]
 )
 def test_garbage_page_tokens_are_invalid_argument(env, owner, token):
-    env.billing.create_loan(owner, "L1", "100", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L1", "100", start_date=START)
     with pytest.raises(InvalidArgument) as info:
         env.billing.list_loans(owner, page_token=token)
     assert info.value.field == "page_token"
@@ -423,9 +435,9 @@ def test_garbage_page_tokens_are_invalid_argument(env, owner, token):
 
 
 def test_list_payments_pages_and_token_is_bound_to_the_loan(env, owner):
-    env.billing.create_loan(owner, "L1", "5000000", start_date=START)
-    env.billing.create_loan(owner, "L2", "5000000", start_date=START)
-    ids = [env.billing.make_payment(owner, "L1", "110000.00").payment_id for _ in range(5)]
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L2", "5000000", start_date=START)
+    ids = [env.billing.make_payment(actor_of(owner), "L1", "110000.00").payment_id for _ in range(5)]
     page = env.billing.list_payments(owner, "L1", page_size=2)
     assert [p.payment_id for p in page.items] == ids[:2] and page.next_page_token
     page2 = env.billing.list_payments(owner, "L1", page_size=2, page_token=page.next_page_token)
@@ -440,7 +452,7 @@ def test_list_payments_pages_and_token_is_bound_to_the_loan(env, owner):
 
 def test_list_delinquent_token_is_bound_to_its_as_of(env, owner):
     for loan_id in ("A", "B"):
-        env.billing.create_loan(owner, loan_id, "5000000", start_date=START)
+        env.billing.create_loan(actor_of(owner), loan_id, "5000000", start_date=START)
     page = env.billing.list_delinquent(owner, as_of="2026-03-01", page_size=1)
     assert [v.loan_id for v in page.items] == ["A"] and page.next_page_token
     with pytest.raises(InvalidArgument) as info:
@@ -457,7 +469,7 @@ def test_list_delinquent_token_is_bound_to_its_as_of(env, owner):
 def test_list_loans_pages_through_everything(env, owner):
     ids = [f"L{i:02d}" for i in range(11)]
     for loan_id in ids:
-        env.billing.create_loan(owner, loan_id, "100", start_date=START)
+        env.billing.create_loan(actor_of(owner), loan_id, "100", start_date=START)
     seen, token, pages = [], "", 0
     while True:
         page = env.billing.list_loans(owner, page_size=4, page_token=token)
@@ -475,11 +487,11 @@ def test_list_loans_pages_through_everything(env, owner):
 def test_delinquency_and_portfolio_query(env, owner):
     # as of 2026-01-27 (day 22): installments 1-3 are due before it
     for loan_id, weeks_paid in (("A", 0), ("B", 1), ("C", 2), ("D", 3), ("E", 50)):
-        env.billing.create_loan(owner, loan_id, "5000000", start_date=START)
+        env.billing.create_loan(actor_of(owner), loan_id, "5000000", start_date=START)
         if weeks_paid:
-            env.billing.make_payment(owner, loan_id, format_cents(11_000_000 * weeks_paid))
+            env.billing.make_payment(actor_of(owner), loan_id, format_cents(11_000_000 * weeks_paid))
     # F started a week later: installments 1-2 due before 2026-01-27 (day 15)
-    env.billing.create_loan(owner, "F", "5000000", start_date="2026-01-12")
+    env.billing.create_loan(actor_of(owner), "F", "5000000", start_date="2026-01-12")
 
     a = env.billing.get_delinquency(owner, "A", as_of="2026-01-27").standing
     assert (a.missed_payments, a.overdue_cents, a.days_past_due, a.is_delinquent) == (3, 33_000_000, 15, True)
@@ -509,7 +521,7 @@ def test_delinquency_and_portfolio_query(env, owner):
     assert [v.standing.missed_payments for v in listed] == [3, 2, 2]
 
     # B catches up both missed installments and becomes current
-    env.billing.make_payment(owner, "B", "220000.00")
+    env.billing.make_payment(actor_of(owner), "B", "220000.00")
     b = env.billing.get_delinquency(owner, "B", as_of="2026-01-27").standing
     assert (b.missed_payments, b.is_delinquent) == (0, False)
     assert [v.loan_id for v in env.billing.list_delinquent(owner, as_of="2026-01-27").items] == ["A", "F"]
@@ -575,9 +587,9 @@ def test_payment_sequences_over_the_database(env, principal, rate, term, steps, 
     rate_text = f"{rate // 10_000}.{rate % 10_000:04d}"
     if installments is None:
         with pytest.raises(InvalidArgument):
-            e.billing.create_loan(o, "L", format_cents(principal), START, term, rate_text)
+            e.billing.create_loan(actor_of(o), "L", format_cents(principal), START, term, rate_text)
         return
-    loan = e.billing.create_loan(o, "L", format_cents(principal), START, term, rate_text)
+    loan = e.billing.create_loan(actor_of(o), "L", format_cents(principal), START, term, rate_text)
     assert [loan.terms.installment_cents(w) for w in range(1, term + 1)] == installments
     paid_weeks = paid_cents = 0
     accepted: list[tuple[str, object]] = []  # (request_id, payment view)
@@ -596,16 +608,16 @@ def test_payment_sequences_over_the_database(env, principal, rate, term, steps, 
                 continue
             key, original = accepted[value % len(accepted)]
             if kind == "retry":
-                again = e.billing.make_payment(o, "L", format_cents(original.amount_cents), key)
+                again = e.billing.make_payment(actor_of(o), "L", format_cents(original.amount_cents), key)
                 assert again == original
             else:
                 with pytest.raises(AlreadyExists):
-                    e.billing.make_payment(o, "L", format_cents(original.amount_cents + 1), key)
+                    e.billing.make_payment(actor_of(o), "L", format_cents(original.amount_cents + 1), key)
             assert snapshot(e, o, "L") == before
             continue
         if kind == "malformed":
             with pytest.raises(InvalidArgument):
-                e.billing.make_payment(o, "L", value, request_id)
+                e.billing.make_payment(actor_of(o), "L", value, request_id)
             assert snapshot(e, o, "L") == before
             continue
         if kind == "next":
@@ -619,7 +631,7 @@ def test_payment_sequences_over_the_database(env, principal, rate, term, steps, 
         else:
             amount = value
         if remaining and amount in prefix:
-            payment = e.billing.make_payment(o, "L", format_cents(amount), request_id)
+            payment = e.billing.make_payment(actor_of(o), "L", format_cents(amount), request_id)
             k = prefix[amount]
             assert (payment.first_week, payment.last_week) == (paid_weeks + 1, paid_weeks + k)
             assert payment.amount_cents == amount
@@ -629,7 +641,7 @@ def test_payment_sequences_over_the_database(env, principal, rate, term, steps, 
             accepted.append((request_id, payment))
         else:
             with pytest.raises(FailedPrecondition):
-                e.billing.make_payment(o, "L", format_cents(amount), request_id)
+                e.billing.make_payment(actor_of(o), "L", format_cents(amount), request_id)
             assert snapshot(e, o, "L") == before
         view = e.billing.get_loan(o, "L")
         assert (view.paid_weeks, view.paid_cents) == (paid_weeks, paid_cents)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 
 import pytest
-from test_core_billing import env  # noqa: F401  (fixture)
+from test_core_billing import ANONYMOUS, actor_of, env  # noqa: F401  (env: a fixture)
 
 
 class _Counter(logging.Handler):
@@ -38,8 +38,8 @@ def count_queries():
 @pytest.fixture
 def loan(env):  # noqa: F811
     owner = env.new_owner()
-    env.billing.create_loan(owner, "Q1", "5000000", start_date="2026-01-05")
-    env.billing.make_payment(owner, "Q1", "110000.00", "warm")
+    env.billing.create_loan(actor_of(owner), "Q1", "5000000", start_date="2026-01-05")
+    env.billing.make_payment(actor_of(owner), "Q1", "110000.00", "warm")
     return owner
 
 
@@ -53,10 +53,10 @@ def loan(env):  # noqa: F811
         (lambda b, o: b.list_payments(o, "Q1"), 2),
         (lambda b, o: b.get_schedule(o, "Q1"), 2),
         # idempotency lookup, loan, insert payment, guarded update of the summary, audit row
-        (lambda b, o: b.make_payment(o, "Q1", "110000.00", "fresh-key"), 5),
+        (lambda b, o: b.make_payment(actor_of(o), "Q1", "110000.00", "fresh-key"), 5),
         # a retry is answered from the idempotency lookup alone
-        (lambda b, o: b.make_payment(o, "Q1", "110000.00", "warm"), 1),
-        (lambda b, o: b.create_loan(o, "Q2", "2000000"), 3),  # lookup, insert, audit row
+        (lambda b, o: b.make_payment(actor_of(o), "Q1", "110000.00", "warm"), 1),
+        (lambda b, o: b.create_loan(actor_of(o), "Q2", "2000000"), 3),  # lookup, insert, audit row
     ],
     ids=[
         "get_loan",
@@ -77,11 +77,11 @@ def test_query_budget(env, loan, operation, budget):  # noqa: F811
 
 
 def test_authenticating_a_known_session_costs_no_query(env):  # noqa: F811
-    owner_user = env.auth.register("cached-user", "correct horse battery", "c@example.com")
-    token = env.auth.login("cached-user", "correct horse battery").access_token
+    owner_user = env.auth.register(ANONYMOUS, "cached-user", "correct horse battery", "c@example.com")
+    token = env.auth.login(ANONYMOUS, "cached-user", "correct horse battery").access_token
     with count_queries() as statements:
         env.auth.authenticate(token)  # the first call resolves user and session in one query
     assert len(statements) == 1
     with count_queries() as statements:
-        principal = env.auth.authenticate(token)
+        principal, _expires = env.auth.authenticate(token)
     assert statements == [] and principal.user_id == owner_user.user_id

@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2
 from rpc_helpers import call_error
 
-from lending_grpc.api.rate_limit import TokenBuckets, peer_key
+from lending_grpc.api.rate_limits import TokenBuckets, peer_key
 from lending_grpc.config import ConfigError, load_settings
 from lending_grpc.server import create_server
 

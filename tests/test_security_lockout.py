@@ -19,6 +19,7 @@ from security_helpers import (
     running_api,
 )
 from serverproc import ServerProcess
+from test_core_billing import ANONYMOUS
 
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.clock import Clock
@@ -150,7 +151,7 @@ def test_unknown_users_are_never_locked_and_still_cost_a_hash(database_url):
         auth = AuthCore(db, Clock(), passwords, TokenSigner(b"k" * 32), Sealer.from_text(new_key_text()))
         for _ in range(7):
             with pytest.raises(Exception, match="invalid username or password"):
-                auth.login("nobody-here", WRONG)
+                auth.login(ANONYMOUS, "nobody-here", WRONG)
         assert passwords.verified == [None] * 7  # seven decoy verifications, no lockout
         assert LoginThrottle.select().count() == 0
     finally:

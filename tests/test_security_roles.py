@@ -8,7 +8,16 @@ import grpc
 import pytest
 from lending.v1 import audit_pb2, billing_pb2
 from rpc_helpers import assert_invalid, call_error, today
-from security_helpers import audit_rows, bearer, grant_operator, login, reason, register, running_api
+from security_helpers import (
+    CLI_ACTOR,
+    audit_rows,
+    bearer,
+    grant_operator,
+    login,
+    reason,
+    register,
+    running_api,
+)
 from serverproc import run_cli
 
 
@@ -143,7 +152,7 @@ def test_revoking_the_role_takes_effect(people, tmp_path):
 
     request = billing_pb2.ListDelinquentLoansRequest(all_owners=True)
     assert len(api.billing.ListDelinquentLoans(request, metadata=md["olga"]).loans) == 2
-    AccountAdmin(api.server.database, Clock()).set_role("olga", "operator", granted=False)
+    AccountAdmin(api.server.database, Clock()).set_role(CLI_ACTOR, "olga", "operator", granted=False)
     err = call_error(api.billing.ListDelinquentLoans, request, metadata=md["olga"])  # same token
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert [r["event"] for r in audit_rows(subject=ids["olga"]) if r["event"].startswith("role.")] == [

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_core_billing import FixedClock, all_payments, make_env
+from test_core_billing import ANONYMOUS, FixedClock, actor_of, all_payments, make_env
 
 from bench.seed import SEED_PASSWORD, seed, table_bytes
 from lending_grpc.core.schedule import LoanTerms
@@ -94,7 +94,7 @@ def test_a_seeded_loan_takes_payments_through_the_core(seeded):
     row = Loan.select().where(Loan.paid_weeks < Loan.term_weeks - 2).order_by(Loan.id).first()
     terms = _terms(row)
     payment = env.billing.make_payment(
-        row.owner_id, row.loan_id, f"{terms.weekly_cents / 100:.2f}", "after-seed"
+        actor_of(row.owner_id), row.loan_id, f"{terms.weekly_cents / 100:.2f}", "after-seed"
     )
     assert (payment.first_week, payment.last_week) == (row.paid_weeks + 1, row.paid_weeks + 1)
     assert payment.outstanding_after_cents == terms.outstanding_cents(row.paid_weeks + 1)
@@ -103,7 +103,7 @@ def test_a_seeded_loan_takes_payments_through_the_core(seeded):
 def test_users_are_shared_and_seeding_again_adds_loans(seeded):
     env, _, progress = seeded
     assert [u.username for u in User.select().order_by(User.id)] == ["seed-0", "seed-1", "seed-2"]
-    assert env.auth.login("seed-1", SEED_PASSWORD).access_token
+    assert env.auth.login(ANONYMOUS, "seed-1", SEED_PASSWORD).access_token
     assert progress.splitlines()[-1].startswith("seeding loans [") and "400/400" in progress
     again = seed(env.db, 10, users=3, as_of=AS_OF, progress=False)
     assert (again.loans, User.select().count(), Loan.select().count()) == (10, 3, 410)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lending.v1 import audit_pb2, audit_pb2_grpc
 
 from lending_grpc.api import messages
-from lending_grpc.api.context import principal
+from lending_grpc.api.call import current_call
 from lending_grpc.core import fields
 from lending_grpc.core.audit import AuditLog
 from lending_grpc.core.auth import AuthCore
@@ -27,7 +27,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self._auth = auth
 
     def ListAuditEvents(self, request, context):
-        self._auth.require_operator(principal(), "ListAuditEvents")
+        self._auth.require_operator(current_call().actor, "ListAuditEvents")
         start, end = _micros(request, "start_time"), _micros(request, "end_time")
         if start is not None and end is not None and end < start:
             raise InvalidArgument("end_time", "must not be before start_time")

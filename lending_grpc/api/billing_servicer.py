@@ -1,17 +1,17 @@
-"""BillingService, delegated to BillingCore for the authenticated caller."""
+"""BillingService: validate, call BillingCore for the authenticated caller, convert."""
 
 from __future__ import annotations
 
 from lending.v1 import billing_pb2, billing_pb2_grpc
 
 from lending_grpc.api import messages
-from lending_grpc.api.context import principal
+from lending_grpc.api.call import current_call
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    """Thin adapter: the caller comes from the auth interceptor, rules from the core."""
+    """Thin adapter: the caller comes from the pipeline's Call, the rules from the core."""
 
     def __init__(self, billing: BillingCore, auth: AuthCore) -> None:
         self._billing = billing
@@ -19,16 +19,16 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     def _owner(self, request) -> int:
         """Whose loan a read is about: the caller's, or (operators only) the `owner` the request names."""
-        caller = principal()
+        call = current_call()
         if not request.owner:
-            return caller.id
-        self._auth.require_operator(caller, "owner")
+            return call.user.id
+        self._auth.require_operator(call.actor, "owner")
         return self._billing.resolve_owner(request.owner, request.loan_id)
 
     def CreateLoan(self, request, context):
         return messages.loan(
             self._billing.create_loan(
-                principal().id,
+                current_call().actor,
                 loan_id=request.loan_id,
                 principal_amount=request.principal_amount,
                 start_date=request.start_date,
@@ -41,7 +41,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return messages.loan(self._billing.get_loan(self._owner(request), request.loan_id))
 
     def ListLoans(self, request, context):
-        page = self._billing.list_loans(principal().id, request.page_size, request.page_token)
+        page = self._billing.list_loans(current_call().user.id, request.page_size, request.page_token)
         return billing_pb2.ListLoansResponse(
             loans=[messages.loan(view) for view in page.items], next_page_token=page.next_page_token
         )
@@ -54,7 +54,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     def MakePayment(self, request, context):
         return messages.payment(
-            self._billing.make_payment(principal().id, request.loan_id, request.amount, request.request_id)
+            self._billing.make_payment(
+                current_call().actor, request.loan_id, request.amount, request.request_id
+            )
         )
 
     def ListPayments(self, request, context):
@@ -72,11 +74,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
     def ListDelinquentLoans(self, request, context):
-        caller = principal()
+        call = current_call()
         if request.all_owners:
-            self._auth.require_operator(caller, "all_owners")
+            self._auth.require_operator(call.actor, "all_owners")
         page = self._billing.list_delinquent(
-            None if request.all_owners else caller.id, request.as_of, request.page_size, request.page_token
+            None if request.all_owners else call.user.id, request.as_of, request.page_size, request.page_token
         )
         return billing_pb2.ListDelinquentLoansResponse(
             loans=[messages.delinquency(view) for view in page.items],

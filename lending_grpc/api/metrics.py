@@ -3,9 +3,9 @@
 The RPC series keep go-grpc-prometheus's names and labels
 (`grpc_server_started_total`, `grpc_server_handled_total`,
 `grpc_server_handling_seconds`), so existing gRPC dashboards work unchanged.
-They are recorded by the access-log interceptor, which already knows each
+They are recorded by the request pipeline, which already knows each
 call's final code. The portfolio gauges are computed only when Prometheus
-scrapes, by three COUNT queries, never on the RPC path.
+scrapes (``core/portfolio_stats.py``), never on the RPC path.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ import logging
 from collections.abc import Callable, Iterator
 
 import grpc
-from peewee import Database
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from lending_grpc.core.storage.models import Loan, Payment
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +25,7 @@ HANDLING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 
 class RpcMetrics:
-    """The go-grpc-prometheus server series, registered in ``registry``."""
+    """The go-grpc-prometheus server series and the service's own counters, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ("grpc_type", "grpc_service", "grpc_method")
@@ -52,13 +49,26 @@ class RpcMetrics:
             buckets=HANDLING_BUCKETS,
             registry=registry,
         )
+        self._lockouts = Counter(
+            "lending_login_lockouts",
+            "Accounts locked by too many failed sign-ins (lockouts started in this process).",
+            registry=registry,
+        )
 
-    def for_method(self, service: str, method: str) -> MethodMetrics:
-        """The series of one method, resolved once (a label lookup per call costs more than the count)."""
+    def lockout(self) -> None:
+        """Count a lockout that failed sign-ins just started."""
+        self._lockouts.inc()
+
+    def for_method(self, service: str, method: str, streaming: bool = False) -> MethodMetrics:
+        """The series of one method, resolved once (a label lookup per call costs more than the count).
+
+        ``streaming`` marks a server-streaming method (grpc_type ``server_stream``).
+        """
+        kind = "server_stream" if streaming else "unary"
         return MethodMetrics(
-            self._started.labels("unary", service, method),
-            self._seconds.labels("unary", service, method),
-            lambda code: self._handled.labels("unary", service, method, _code_name(code)),
+            self._started.labels(kind, service, method),
+            self._seconds.labels(kind, service, method),
+            lambda code: self._handled.labels(kind, service, method, _code_name(code)),
         )
 
 
@@ -72,7 +82,7 @@ class MethodMetrics:
         self._handled: dict[grpc.StatusCode, Counter] = {}
 
     def started(self) -> None:
-        """Count a unary call that reached its handler."""
+        """Count a call that reached its handler."""
         self._started.inc()
 
     def handled(self, code: grpc.StatusCode, seconds: float) -> None:
@@ -94,30 +104,20 @@ def _code_name(code: grpc.StatusCode) -> str:
 
 
 class PortfolioCollector(Collector):
-    """Loans, payments and delinquent loans, counted at scrape time."""
+    """The book's gauges (``core/portfolio_stats.py``), computed when Prometheus scrapes."""
 
-    def __init__(self, database: Database, today: Callable) -> None:
-        self._database = database
-        self._today = today
+    def __init__(self, stats: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        self._stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            # The scrape runs on the HTTP server's own thread: open and close a connection for it.
-            with self._database.connection_context():
-                loans = Loan.select().count()
-                payments = Payment.select().count()
-                delinquent = Loan.select().where(Loan.second_unpaid_due_date < self._today()).count()
+            figures = self._stats()
         except Exception:
             # A scrape must not fail because the database is briefly unavailable; the gap shows.
-            log.warning("metrics: could not count the portfolio", exc_info=True)
+            log.warning("metrics: could not read the portfolio figures", exc_info=True)
             return
-        yield GaugeMetricFamily("lending_loans", "Loans stored, every state.", value=loans)
-        yield GaugeMetricFamily("lending_payments", "Payments recorded.", value=payments)
-        yield GaugeMetricFamily(
-            "lending_delinquent_loans",
-            "Loans with two or more missed installments as of today in the service time zone.",
-            value=delinquent,
-        )
+        for name, (help_text, value) in figures.items():
+            yield GaugeMetricFamily(name, help_text, value=value)
 
 
 def worker_address(listen: str, worker_index: int) -> str:

@@ -22,7 +22,7 @@ from lending_grpc.core.clock import Clock
 from lending_grpc.core.errors import LendingError
 from lending_grpc.core.storage.database import close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
-from lending_grpc.core.views import ROLES
+from lending_grpc.core.views import ROLES, Actor
 
 COMMANDS = ("users", "audit")
 _DB_FLAGS = ("database_url", "db_busy_timeout_ms", "log_level")
@@ -73,36 +73,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run a `users` or `audit` command; returns the exit code."""
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
     action = getattr(args, "users_action", None) or getattr(args, "audit_action", None)
-    token = audit.current.set(
-        audit.AuditContext(
-            actor=f"cli:{getpass.getuser()}",
-            rpc=f"lending-grpc {args.command} {action}",
-            request_id=uuid.uuid4().hex,
-        )
+    actor = Actor(
+        name=f"cli:{getpass.getuser()}",
+        rpc=f"lending-grpc {args.command} {action}",
+        request_id=uuid.uuid4().hex,
     )
     try:
         migrate(db)
-        if args.command == "audit":
-            for view in audit.export(args.since, args.until):
-                record = view.as_dict()
-                record["time"] = _iso(view.time_us)
-                print(json.dumps(record, sort_keys=True, separators=(",", ":")))
-            return 0
-        admin = AccountAdmin(db, Clock(settings.time_zone))
-        if action == "erase":
-            report = admin.erase(args.username)
-            print(
-                f"erased user {report.user_id}: username is now {report.tombstone}, "
-                f"{report.sessions_revoked} session(s) revoked; loans, payments and audit rows kept"
-            )
-        else:
-            user_id = admin.set_role(args.username, args.role, granted=action == "grant")
-            verb = "granted" if action == "grant" else "revoked"
-            print(f"{verb} role {args.role} for user {user_id} ({args.username})")
+        with db.unit_of_work():
+            if args.command == "audit":
+                for view in audit.export(args.since, args.until):
+                    record = view.as_dict()
+                    record["time"] = _iso(view.time_us)
+                    print(json.dumps(record, sort_keys=True, separators=(",", ":")))
+                return 0
+            admin = AccountAdmin(db, Clock(settings.time_zone))
+            if action == "erase":
+                report = admin.erase(actor, args.username)
+                print(
+                    f"erased user {report.user_id}: username is now {report.tombstone}, "
+                    f"{report.sessions_revoked} session(s) revoked; loans, payments and audit rows kept"
+                )
+            else:
+                user_id = admin.set_role(actor, args.username, args.role, granted=action == "grant")
+                verb = "granted" if action == "grant" else "revoked"
+                print(f"{verb} role {args.role} for user {user_id} ({args.username})")
         return 0
     except LendingError as exc:
         print(f"lending-grpc: {exc.message}", file=sys.stderr)
         return 1
     finally:
-        audit.current.reset(token)
         close_database(db)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from peewee import Database
-
 from lending_grpc.core import audit, fields
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import DataKeyError, Sealer, UnsealError
 from lending_grpc.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from lending_grpc.core.storage.database import lock_row, run_in_write_transaction
+from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import LoginThrottle, TokenFamily, User
-from lending_grpc.core.views import ROLES
+from lending_grpc.core.views import ROLES, SERVER_ACTOR, Actor
 
 ERASED_PASSWORD_HASH = "!erased"  # not an argon2 hash: nothing ever verifies against it
 
@@ -34,18 +32,18 @@ class ErasureReport:
 class AccountAdmin:
     """Roles, erasure and the one-off sealing of legacy plaintext emails."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: LendingDatabase, clock: Clock) -> None:
         self._db = db
         self._clock = clock
 
     def _user_row(self, username: str) -> User:
         query = User.select().where(User.username_key == fields.username_key(username))
-        row = lock_row(query, self._db).first()
+        row = self._db.lock_rows(query).first()
         if row is None or row.erased_time_us is not None:
             raise NotFound(f"no user {username!r}")
         return row
 
-    def set_role(self, username: str, role: str, granted: bool) -> str:
+    def set_role(self, actor: Actor, username: str, role: str, granted: bool) -> str:
         """Grant (or revoke) ``role``; returns the public user id. Effective within the auth cache time."""
         if role not in ROLES:
             raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}")
@@ -57,15 +55,17 @@ class AccountAdmin:
                 raise FailedPrecondition(f"user {username!r} does not have the role {role!r}")
             User.update(role=new).where(User.id == row.id).execute()
             audit.record(
+                self._db,
+                actor,
                 "role.grant" if granted else "role.revoke",
                 subject=row.user_id,
                 summary={"role": role, "before": row.role},
             )
             return row.user_id
 
-        return run_in_write_transaction(self._db, change)
+        return self._db.write_transaction(change)
 
-    def erase(self, username: str) -> ErasureReport:
+    def erase(self, actor: Actor, username: str) -> ErasureReport:
         """Remove a user's personal data and block the account; loans, payments and audit rows stay.
 
         The username becomes ``erased-<user id>``, the sealed email and the
@@ -93,13 +93,15 @@ class AccountAdmin:
                 .execute()
             )
             LoginThrottle.delete().where(LoginThrottle.user == row.id).execute()
-            audit.record("user.erase", subject=row.user_id, summary={"sessions_revoked": revoked})
+            audit.record(
+                self._db, actor, "user.erase", subject=row.user_id, summary={"sessions_revoked": revoked}
+            )
             return ErasureReport(row.user_id, tombstone, revoked)
 
-        return run_in_write_transaction(self._db, work)
+        return self._db.write_transaction(work)
 
 
-def seal_legacy_emails(db: Database, sealer: Sealer, batch: int = 500) -> int:
+def seal_legacy_emails(db: LendingDatabase, sealer: Sealer, batch: int = 500) -> int:
     """Seal plaintext emails (schema v1) and re-seal those of older keys; returns how many. Run at start.
 
     Idempotent and cheap once done (a scan that finds nothing). Each batch is
@@ -118,7 +120,7 @@ def seal_legacy_emails(db: Database, sealer: Sealer, batch: int = 500) -> int:
             query = (
                 User.select(User.id, User.user_id, User.email, User.email_sealed).where(stale).limit(batch)
             )
-            rows = list(lock_row(query, db))
+            rows = list(db.lock_rows(query))
             for row in rows:
                 try:
                     plain = row.email or sealer.open(row.email_sealed, row.user_id)
@@ -131,10 +133,10 @@ def seal_legacy_emails(db: Database, sealer: Sealer, batch: int = 500) -> int:
                     User.id == row.id
                 ).execute()
             if rows:
-                audit.record("user.emails_sealed", actor="server", summary={"count": len(rows)})
+                audit.record(db, SERVER_ACTOR, "user.emails_sealed", summary={"count": len(rows)})
             return len(rows)
 
-        done = run_in_write_transaction(db, seal_batch)
+        done = db.write_transaction(seal_batch)
         total += done
         if done < batch:
             return total

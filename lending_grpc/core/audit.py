@@ -4,8 +4,8 @@ The core calls ``record`` inside the transaction of the change it records,
 so a change and its audit row commit (or roll back) together; an event
 with no transaction of its own (a failed sign-in) uses ``record_alone``.
 Who called, from where, through which RPC and with which request id comes
-from an ``AuditContext`` the API layer puts in a context variable per call
-(the core never sees gRPC). No code path updates or deletes audit rows.
+from the `Actor` every core operation is given (the API layer builds it per
+call; the core never sees gRPC). No code path updates or deletes audit rows.
 
 Summaries hold ids, amounts and reasons, never passwords, tokens, emails or
 usernames (personal data that erasure must be able to remove).
@@ -13,42 +13,21 @@ usernames (personal data that erasure must be able to remove).
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from peewee import Database
-
 from lending_grpc.core import pagination
-from lending_grpc.core.storage.database import run_in_write_transaction
-from lending_grpc.core.storage.models import AuditEvent, database
-from lending_grpc.core.storage.prepared import Prepared
-from lending_grpc.core.views import Page
+from lending_grpc.core.storage.database import LendingDatabase
+from lending_grpc.core.storage.models import AuditEvent
+from lending_grpc.core.storage.prepared import Statement
+from lending_grpc.core.views import Actor, Page
 
 OK = "ok"
 REFUSED = "refused"  # a rule said no (wrong password, locked, unacceptable payment)
 DENIED = "denied"  # the caller lacks the permission
-
-
-@dataclasses.dataclass(slots=True)
-class AuditContext:
-    """Who is calling, from where, how: filled in by the API layer (or the admin CLI)."""
-
-    actor: str = ""  # public user id once authenticated; "cli:<os user>" for the admin CLI
-    peer: str = ""
-    rpc: str = ""
-    request_id: str = ""
-
-
-current: contextvars.ContextVar[AuditContext] = contextvars.ContextVar("audit_context")
-
-
-def context() -> AuditContext:
-    """The current call's context (an empty one outside any call)."""
-    return current.get(None) or AuditContext()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,11 +51,8 @@ class AuditView:
 
 
 # Every payment and sign-in writes one, inside the write transaction: its SQL is built once.
-_EVENT_FIELDS = tuple(field for field in AuditEvent._meta.sorted_fields if field.name != "id")
-_INSERT_EVENT = Prepared(
-    lambda *values: AuditEvent.insert(dict(zip(_EVENT_FIELDS, values, strict=True))),
-    *(-987_000_001 if field.name == "time_us" else f"\0{field.name}" for field in _EVENT_FIELDS),
-)
+_COLUMNS = tuple(field for field in AuditEvent._meta.sorted_fields if field.name != "id")
+_INSERT_EVENT = Statement(lambda p: AuditEvent.insert({field: getattr(p, field.name) for field in _COLUMNS}))
 
 
 def _clip(value: str, limit: int) -> str:
@@ -85,34 +61,34 @@ def _clip(value: str, limit: int) -> str:
 
 
 def record(
+    db: LendingDatabase,
+    actor: Actor,
     event: str,
     outcome: str = OK,
     *,
     subject: str = "",
     loan_id: str = "",
     summary: dict[str, Any] | None = None,
-    actor: str | None = None,
 ) -> None:
-    """Append one audit row; call it inside the transaction of the change it records."""
-    ctx = context()
-    values = {
-        "time_us": time.time_ns() // 1000,
-        "event": event,
-        "outcome": outcome,
-        "actor": _clip(ctx.actor if actor is None else actor, 64),
-        "subject": _clip(subject, 64),
-        "peer": _clip(ctx.peer, 128),
-        "rpc": _clip(ctx.rpc, 128),
-        "request_id": _clip(ctx.request_id, 128),
-        "loan_id": _clip(loan_id, 64),
-        "summary": json.dumps(summary or {}, separators=(",", ":"), sort_keys=True),
-    }
-    _INSERT_EVENT.execute(database.obj, *(values[field.name] for field in _EVENT_FIELDS))
+    """Append one audit row for what ``actor`` did; call it inside the transaction of the change."""
+    db.run(
+        _INSERT_EVENT,
+        time_us=time.time_ns() // 1000,
+        event=event,
+        outcome=outcome,
+        actor=_clip(actor.name, 64),
+        subject=_clip(subject, 64),
+        peer=_clip(actor.peer, 128),
+        rpc=_clip(actor.rpc, 128),
+        request_id=_clip(actor.request_id, 128),
+        loan_id=_clip(loan_id, 64),
+        summary=json.dumps(summary or {}, separators=(",", ":"), sort_keys=True),
+    )
 
 
-def record_alone(db: Database, event: str, outcome: str = OK, **fields: Any) -> None:
+def record_alone(db: LendingDatabase, actor: Actor, event: str, outcome: str = OK, **fields: Any) -> None:
     """Append one audit row in a transaction of its own (for events that change nothing else)."""
-    run_in_write_transaction(db, lambda: record(event, outcome, **fields))
+    db.write_transaction(lambda: record(db, actor, event, outcome, **fields))
 
 
 def _view(row: AuditEvent) -> AuditView:

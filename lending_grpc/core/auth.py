@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-
-from peewee import Database
+from collections.abc import Callable
 
 from lending_grpc.core import audit, fields, throttle
 from lending_grpc.core.clock import Clock
@@ -27,10 +26,10 @@ from lending_grpc.core.errors import (
     Unauthenticated,
 )
 from lending_grpc.core.passwords import Passwords
-from lending_grpc.core.storage.database import lock_row, run_in_write_transaction
+from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import TokenFamily, User
 from lending_grpc.core.tokens import ACCESS, REFRESH, TokenSigner
-from lending_grpc.core.views import Principal, TokenPair, UserView
+from lending_grpc.core.views import Actor, Principal, TokenPair, UserView
 
 BAD_CREDENTIALS = "invalid username or password"
 LOCKED = "too many failed sign-ins: this account is locked for {seconds} more seconds"
@@ -52,7 +51,7 @@ class AuthCore:
 
     def __init__(
         self,
-        db: Database,
+        db: LendingDatabase,
         clock: Clock,
         passwords: Passwords,
         signer: TokenSigner,
@@ -60,7 +59,9 @@ class AuthCore:
         *,
         policy: throttle.LoginPolicy | None = None,
         cache_s: float = 5.0,
+        on_lockout: Callable[[], None] | None = None,
     ) -> None:
+        """``on_lockout`` is told each time failed sign-ins lock an account (the lockout metric)."""
         self._db = db
         self._clock = clock
         self._passwords = passwords
@@ -68,13 +69,14 @@ class AuthCore:
         self._sealer = sealer
         self._policy = policy or throttle.LoginPolicy()
         self._cache_s = cache_s
+        self._on_lockout = on_lockout or (lambda: None)
         # family id -> (monotonic expiry, principal). Roles, erasure and
         # revocation made by another process show after at most cache_s.
         self._sessions: dict[str, tuple[float, Principal]] = {}
 
     # -- accounts --------------------------------------------------------------
 
-    def register(self, username: str, password: str, email: str) -> UserView:
+    def register(self, actor: Actor, username: str, password: str, email: str) -> UserView:
         """Create an account; the username is unique case-insensitively; the email is stored sealed."""
         username = fields.username(username)
         password = fields.password(password)
@@ -98,14 +100,14 @@ class AuthCore:
                 password_hash=password_hash,
                 create_time_us=self._clock.now_us(),
             )
-            audit.record("user.register", subject=user_id, actor=user_id)
+            audit.record(self._db, actor.acting_as(user_id), "user.register", subject=user_id)
             return UserView(row.user_id, row.username, email, row.create_time_us)
 
-        return run_in_write_transaction(self._db, create)
+        return self._db.write_transaction(create)
 
     # -- sign-in ---------------------------------------------------------------
 
-    def login(self, username: str, password: str) -> TokenPair:
+    def login(self, actor: Actor, username: str, password: str) -> TokenPair:
         """Tokens for valid credentials; one and the same error for unknown user and wrong password.
 
         A locked account is refused (AccountLocked) whatever the password,
@@ -127,6 +129,7 @@ class AuthCore:
             if remaining:
                 audit.record_alone(
                     self._db,
+                    actor,
                     "login.locked",
                     audit.REFUSED,
                     subject=row.user_id,
@@ -136,44 +139,50 @@ class AuthCore:
         if not self._passwords.verify(row.password_hash if row else None, password):
             if row is None:
                 audit.record_alone(
-                    self._db, "login.failure", audit.REFUSED, summary={"reason": "unknown_user"}
+                    self._db, actor, "login.failure", audit.REFUSED, summary={"reason": "unknown_user"}
                 )
                 raise Unauthenticated(BAD_CREDENTIALS)
-            lockout = run_in_write_transaction(
-                self._db,
+            lockout = self._db.write_transaction(
                 lambda: throttle.record_failure(
-                    self._db, self._policy, row.id, row.user_id, self._clock.now_us()
+                    self._db, actor, self._policy, row.id, row.user_id, self._clock.now_us()
                 ),
             )
-            if lockout:
-                raise _locked(lockout)
+            if lockout is not None:
+                if lockout.started:
+                    self._on_lockout()
+                raise _locked(lockout.seconds)
             raise Unauthenticated(BAD_CREDENTIALS)
         if self._passwords.needs_rehash(row.password_hash):
             # Hashing parameters were raised since this hash was made.
             new_hash = self._passwords.hash(password)
-            run_in_write_transaction(
-                self._db,
+            self._db.write_transaction(
                 lambda: User.update(password_hash=new_hash).where(User.id == row.id).execute(),
             )
         family, jti = uuid.uuid4().hex, uuid.uuid4().hex
 
         def start_session() -> float:
             now = self._clock.now_us()
-            remaining = throttle.clear_on_success(self._db, row.id, row.user_id, now)
+            remaining = throttle.clear_on_success(self._db, actor, row.id, row.user_id, now)
             if remaining:
                 return remaining
             TokenFamily.create(family_id=family, user=row.id, current_jti=jti, create_time_us=now)
-            audit.record("login.success", subject=row.user_id, actor=row.user_id, summary={"family": family})
+            audit.record(
+                self._db,
+                actor.acting_as(row.user_id),
+                "login.success",
+                subject=row.user_id,
+                summary={"family": family},
+            )
             return 0.0
 
-        remaining = run_in_write_transaction(self._db, start_session)
+        remaining = self._db.write_transaction(start_session)
         if remaining:
             raise _locked(remaining)
         return self._issue(row.user_id, family, jti)
 
     # -- sessions --------------------------------------------------------------
 
-    def refresh(self, refresh_token: str) -> TokenPair:
+    def refresh(self, actor: Actor, refresh_token: str) -> TokenPair:
         """Rotate: a new pair for the family's current refresh token; reuse revokes the family."""
         if not refresh_token:
             raise InvalidArgument("refresh_token", "is required")
@@ -187,7 +196,7 @@ class AuthCore:
                 .join(User)
                 .where(TokenFamily.family_id == claims.family)
             )
-            row = lock_row(query, self._db).first()
+            row = self._db.lock_rows(query).first()
             summary = {"family": claims.family}
             if row is None or row.user.user_id != claims.user_id:
                 refusal = "unknown"
@@ -200,29 +209,46 @@ class AuthCore:
                 TokenFamily.update(revoked_time_us=now, revoked_reason="reuse").where(
                     TokenFamily.id == row.id
                 ).execute()
-                audit.record("token.reuse_detected", audit.REFUSED, subject=row.user.user_id, summary=summary)
+                audit.record(
+                    self._db,
+                    actor,
+                    "token.reuse_detected",
+                    audit.REFUSED,
+                    subject=row.user.user_id,
+                    summary=summary,
+                )
                 return "reuse"
             else:
                 TokenFamily.update(current_jti=new_jti).where(
                     (TokenFamily.id == row.id) & (TokenFamily.current_jti == claims.token_id)
                 ).execute()
                 audit.record(
-                    "token.refresh", subject=row.user.user_id, actor=row.user.user_id, summary=summary
+                    self._db,
+                    actor.acting_as(row.user.user_id),
+                    "token.refresh",
+                    subject=row.user.user_id,
+                    summary=summary,
                 )
                 return ""
             audit.record(
-                "token.refresh", audit.REFUSED, subject=claims.user_id, summary={**summary, "reason": refusal}
+                self._db,
+                actor,
+                "token.refresh",
+                audit.REFUSED,
+                subject=claims.user_id,
+                summary={**summary, "reason": refusal},
             )
             return refusal
 
-        refusal = run_in_write_transaction(self._db, rotate)
+        refusal = self._db.write_transaction(rotate)
         if refusal:
             self._sessions.pop(claims.family, None)
             raise Unauthenticated(_REFRESH_REFUSALS[refusal])
         return self._issue(claims.user_id, claims.family, new_jti)
 
-    def logout(self, caller: Principal) -> None:
+    def logout(self, actor: Actor) -> None:
         """Revoke the caller's token family: its refresh token and (after the cache) its access tokens."""
+        caller = actor.user
 
         def revoke() -> None:
             now = self._clock.now_us()
@@ -231,17 +257,23 @@ class AuthCore:
                 & (TokenFamily.user == caller.id)
                 & TokenFamily.revoked_time_us.is_null()
             ).execute()
-            audit.record("token.logout", subject=caller.user_id, summary={"family": caller.family})
+            audit.record(
+                self._db, actor, "token.logout", subject=caller.user_id, summary={"family": caller.family}
+            )
 
-        run_in_write_transaction(self._db, revoke)
+        self._db.write_transaction(revoke)
         self._sessions.pop(caller.family, None)
 
-    def authenticate(self, access_token: str) -> Principal:
-        """The caller behind a valid access token of a live session, else Unauthenticated."""
+    def authenticate(self, access_token: str) -> tuple[Principal, float]:
+        """The caller behind a valid access token of a live session, and when the token expires.
+
+        The expiry is in Unix seconds (a long stream ends then). Unauthenticated
+        when the token is invalid, expired, or its session was revoked.
+        """
         claims = self._signer.verify(access_token, ACCESS)
         cached = self._sessions.get(claims.family)
         if cached is not None and cached[0] > time.monotonic() and cached[1].user_id == claims.user_id:
-            return cached[1]
+            return cached[1], claims.expires_at
         row = (
             TokenFamily.select(
                 TokenFamily.revoked_time_us, User.id, User.user_id, User.role, User.erased_time_us
@@ -261,14 +293,16 @@ class AuthCore:
             if len(self._sessions) >= _MAX_CACHED_FAMILIES:
                 self._sessions.clear()
             self._sessions[claims.family] = (time.monotonic() + self._cache_s, principal)
-        return principal
+        return principal, claims.expires_at
 
-    def require_operator(self, caller: Principal, what: str) -> None:
-        """PermissionDenied (audited) unless ``caller`` is an operator; ``what`` names the path."""
+    def require_operator(self, actor: Actor, what: str) -> None:
+        """PermissionDenied (audited) unless the caller is an operator; ``what`` names the path."""
+        caller = actor.user
         if caller.is_operator:
             return
         audit.record_alone(
             self._db,
+            actor,
             "access.denied",
             audit.DENIED,
             subject=caller.user_id,

@@ -6,17 +6,15 @@ import dataclasses
 import datetime as dt
 import uuid
 
-from peewee import Database, Tuple
+from peewee import Tuple
 
 from lending_grpc.core import audit, fields, pagination
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.errors import (
-    Aborted,
     AlreadyExists,
     InvalidArgument,
     LendingError,
     NotFound,
-    Unavailable,
 )
 from lending_grpc.core.money import parse_money, parse_rate
 from lending_grpc.core.schedule import (
@@ -28,10 +26,11 @@ from lending_grpc.core.schedule import (
     delinquency,
     weeks_paid_by,
 )
-from lending_grpc.core.storage.database import run_in_write_transaction
+from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import Loan, Payment, User
-from lending_grpc.core.storage.prepared import Prepared, PreparedSelect
+from lending_grpc.core.storage.prepared import Select, Statement
 from lending_grpc.core.views import (
+    Actor,
     DelinquencyView,
     InstallmentView,
     LoanView,
@@ -47,63 +46,34 @@ DEFAULT_RATE_E4 = 1000  # 0.10
 # LoanTerms' fields are named after the loan columns that store them: one mapping, both ways.
 _TERM_COLUMNS = tuple(field.name for field in dataclasses.fields(LoanTerms))
 
-
-# The statements every hot RPC runs, built into SQL once per database (see prepared.py).
-# Samples stand for the parameters while the SQL is built: distinctive values of the right type.
-_OWNER, _LOAN_PK, _PAID_WEEKS = -987_654_321, -123_456_789, -7
-_LOAN_KEY, _REQUEST_ID = "\0loan_id", "\0request_id"
-_LOAN_BY_KEY = PreparedSelect(
-    Loan,
-    Loan._meta.sorted_fields,
-    lambda query, owner, loan_id: query.where((Loan.owner == owner) & (Loan.loan_id == loan_id)).limit(1),
-    _OWNER,
-    _LOAN_KEY,
+# The statements every hot RPC runs: prepared once per database (storage/prepared.py).
+_LOAN_BY_KEY = Select(
+    Loan, lambda p: Loan.select().where((Loan.owner == p.owner) & (Loan.loan_id == p.loan_id))
 )
 # Locked until commit where the backend has row locks: concurrent payments on one loan take turns.
-_LOAN_BY_KEY_FOR_UPDATE = PreparedSelect(
-    Loan,
-    Loan._meta.sorted_fields,
-    lambda query, owner, loan_id: query.where((Loan.owner == owner) & (Loan.loan_id == loan_id)).limit(1),
-    _OWNER,
-    _LOAN_KEY,
-    for_update=True,
+_LOAN_BY_KEY_LOCKED = Select(
+    Loan, lambda p: Loan.select().where((Loan.owner == p.owner) & (Loan.loan_id == p.loan_id)), lock=True
 )
-_PAYMENT_BY_REQUEST = PreparedSelect(
+_PAYMENT_BY_REQUEST = Select(
     Payment,
-    [*Payment._meta.sorted_fields, Loan.loan_id],
-    lambda query, owner, key: (
-        query.join(Loan).where((Payment.owner == owner) & (Payment.request_id == key)).limit(1)
-    ),
-    _OWNER,
-    _REQUEST_ID,
+    lambda p: Payment.select().join(Loan).where((Payment.owner == p.owner) & (Payment.request_id == p.key)),
+    columns=(*Payment._meta.sorted_fields, Loan.loan_id),
 )
-_PAYMENTS_OF_LOAN = PreparedSelect(
-    Payment,
-    Payment._meta.sorted_fields,
-    lambda query, loan: query.where(Payment.loan == loan).order_by(Payment.first_week),
-    _LOAN_PK,
+_PAYMENTS_OF_LOAN = Select(
+    Payment, lambda p: Payment.select().where(Payment.loan == p.loan).order_by(Payment.first_week)
 )
-_LOAN_FIELDS = tuple(field for field in Loan._meta.sorted_fields if field.name != "id")
-_INSERT_LOAN = Prepared(
-    lambda *values: Loan.insert({field: value for field, value in zip(_LOAN_FIELDS, values, strict=True)}),
-    *(f"\0{field.name}" for field in _LOAN_FIELDS),
+_LOAN_COLUMNS = tuple(field for field in Loan._meta.sorted_fields if field.name != "id")
+_INSERT_LOAN = Statement(lambda p: Loan.insert({field: getattr(p, field.name) for field in _LOAN_COLUMNS}))
+_PAYMENT_COLUMNS = tuple(field for field in Payment._meta.sorted_fields if field.name != "id")
+_INSERT_PAYMENT = Statement(
+    lambda p: Payment.insert({field: getattr(p, field.name) for field in _PAYMENT_COLUMNS})
 )
-_PAYMENT_FIELDS = tuple(field for field in Payment._meta.sorted_fields if field.name != "id")
-_INSERT_PAYMENT = Prepared(
-    lambda *values: Payment.insert(
-        {field: value for field, value in zip(_PAYMENT_FIELDS, values, strict=True)}
-    ),
-    *(f"\0{field.name}" for field in _PAYMENT_FIELDS),
-)
-_UPDATE_SUMMARY = Prepared(
-    lambda paid_weeks, paid_cents, second_unpaid, loan, expected: Loan.update(
-        paid_weeks=paid_weeks, paid_cents=paid_cents, second_unpaid_due_date=second_unpaid
-    ).where((Loan.id == loan) & (Loan.paid_weeks == expected)),
-    -1_111,
-    -2_222,
-    "\0second_unpaid_due_date",
-    _LOAN_PK,
-    _PAID_WEEKS,
+# Guarded on the summary read under the lock as well: a lost update stays
+# impossible even if the lock were ever dropped.
+_UPDATE_SUMMARY = Statement(
+    lambda p: Loan.update(
+        paid_weeks=p.paid_weeks, paid_cents=p.paid_cents, second_unpaid_due_date=p.second_unpaid
+    ).where((Loan.id == p.loan) & (Loan.paid_weeks == p.expected_paid_weeks))
 )
 
 
@@ -111,17 +81,17 @@ def _term_columns(terms: LoanTerms) -> dict:
     return {name: getattr(terms, name) for name in _TERM_COLUMNS}
 
 
-def _loan_view(row: Loan) -> LoanView:
+def _loan_view(row) -> LoanView:
     terms = LoanTerms(**{name: getattr(row, name) for name in _TERM_COLUMNS})
     return LoanView(row.loan_id, terms, row.paid_weeks, row.paid_cents, row.create_time_us)
 
 
-def _standing(row: Loan, day: dt.date, owner: str = "") -> DelinquencyView:
+def _standing(row, day: dt.date, owner: str = "") -> DelinquencyView:
     view = _loan_view(row)
     return DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day), owner)
 
 
-def _payment_view(row: Payment, loan_id: str) -> PaymentView:
+def _payment_view(row, loan_id: str) -> PaymentView:
     return PaymentView(
         payment_id=row.payment_id,
         loan_id=loan_id,
@@ -135,9 +105,14 @@ def _payment_view(row: Payment, loan_id: str) -> PaymentView:
 
 
 class BillingCore:
-    """The billing rules over the database. ``owner`` is always the caller's internal user id."""
+    """The billing rules over the database.
 
-    def __init__(self, db: Database, clock: Clock, page_tokens: pagination.PageTokens) -> None:
+    Reads take ``owner``, the internal id of the user whose loans they read
+    (the caller, or the owner an operator names); changes take the `Actor`
+    that makes them, which the audit trail records.
+    """
+
+    def __init__(self, db: LendingDatabase, clock: Clock, page_tokens: pagination.PageTokens) -> None:
         self._db = db
         self._clock = clock
         self._page_tokens = page_tokens
@@ -146,14 +121,15 @@ class BillingCore:
 
     def create_loan(
         self,
-        owner: int,
+        actor: Actor,
         loan_id: str,
         principal_amount: str,
         start_date: str = "",
         term_weeks: int = 0,
         interest_rate: str = "",
     ) -> LoanView:
-        """Create a loan, or return the existing one when ``loan_id`` is reused with the same terms."""
+        """Create a loan for the caller; the existing one when ``loan_id`` is reused with the same terms."""
+        owner = actor.user.id
         loan_id = fields.loan_id(loan_id)
         principal = parse_money(principal_amount, "principal_amount", max_cents=MAX_PRINCIPAL_CENTS)
         if not 0 <= term_weeks <= MAX_TERM_WEEKS:
@@ -171,7 +147,7 @@ class BillingCore:
         )
 
         def create() -> LoanView:
-            existing = _LOAN_BY_KEY.first(self._db, owner, loan_id)
+            existing = self._db.first(_LOAN_BY_KEY, owner=owner, loan_id=loan_id)
             if existing is not None:
                 # A retry: compare only the terms this request states.
                 stated = {
@@ -192,21 +168,21 @@ class BillingCore:
                 term_weeks or DEFAULT_TERM_WEEKS,
                 start or self._clock.today(),
             )
-            row = Loan(
-                owner=owner,
-                loan_id=loan_id,
+            values = {
+                "owner": owner,
+                "loan_id": loan_id,
                 **_term_columns(terms),
-                paid_weeks=0,
-                paid_cents=0,
-                second_unpaid_due_date=terms.second_unpaid_due_date(0),
-                create_time_us=self._clock.now_us(),
-            )
-            _INSERT_LOAN.execute(
-                self._db, *(field.db_value(row.__data__[field.name]) for field in _LOAN_FIELDS)
-            )
+                "paid_weeks": 0,
+                "paid_cents": 0,
+                "second_unpaid_due_date": terms.second_unpaid_due_date(0),
+                "create_time_us": self._clock.now_us(),
+            }
+            self._db.run(_INSERT_LOAN, **values)
             audit.record(
+                self._db,
+                actor,
                 "loan.create",
-                subject=audit.context().actor,
+                subject=actor.name,
                 loan_id=loan_id,
                 summary={
                     "principal_cents": terms.principal_cents,
@@ -216,9 +192,9 @@ class BillingCore:
                     "total_cents": terms.total_cents,
                 },
             )
-            return _loan_view(row)
+            return LoanView(loan_id, terms, 0, 0, values["create_time_us"])
 
-        return run_in_write_transaction(self._db, create)
+        return self._db.write_transaction(create)
 
     def resolve_owner(self, user_id: str, loan_id: str) -> int:
         """The internal id of the user ``user_id`` (an operator naming a loan's owner).
@@ -230,9 +206,9 @@ class BillingCore:
             raise NotFound(f"loan {loan_id!r} not found")
         return row.id
 
-    def _loan_row(self, owner: int, loan_id: str, *, for_update: bool = False) -> Loan:
-        statement = _LOAN_BY_KEY_FOR_UPDATE if for_update else _LOAN_BY_KEY
-        row = statement.first(self._db, owner, fields.loan_id(loan_id))
+    def _loan_row(self, owner: int, loan_id: str, *, for_update: bool = False):
+        statement = _LOAN_BY_KEY_LOCKED if for_update else _LOAN_BY_KEY
+        row = self._db.first(statement, owner=owner, loan_id=fields.loan_id(loan_id))
         if row is None:
             raise NotFound(f"loan {loan_id!r} not found")
         return row
@@ -264,7 +240,7 @@ class BillingCore:
         loan = self._loan_row(owner, loan_id)
         terms = _loan_view(loan).terms
         covered: dict[int, Payment] = {}
-        for payment in _PAYMENTS_OF_LOAN.all(self._db, loan.id):
+        for payment in self._db.all(_PAYMENTS_OF_LOAN, loan=loan.id):
             for week in range(payment.first_week, payment.last_week + 1):
                 covered[week] = payment
         installments = []
@@ -283,28 +259,28 @@ class BillingCore:
 
     # -- payments ------------------------------------------------------------
 
-    def make_payment(self, owner: int, loan_id: str, amount: str, request_id: str = "") -> PaymentView:
+    def make_payment(self, actor: Actor, loan_id: str, amount: str, request_id: str = "") -> PaymentView:
         """Record a payment of the next whole installments; idempotent on ``request_id``.
 
         Accepted payments are audited in their own transaction; refused ones
-        (any rule or validation error, not transient contention) afterwards.
+        (any rule or validation error, not a database failure) afterwards.
         """
         try:
-            return self._make_payment(owner, loan_id, amount, request_id)
-        except (Unavailable, Aborted):
-            raise
-        except LendingError as exc:
+            return self._make_payment(actor, loan_id, amount, request_id)
+        except LendingError as exc:  # database failures are not LendingErrors until the unit of work
             audit.record_alone(
                 self._db,
+                actor,
                 "payment.refused",
                 audit.REFUSED,
-                subject=audit.context().actor,
+                subject=actor.name,
                 loan_id=loan_id,
                 summary={"amount": amount[:40], "reason": type(exc).__name__, "message": exc.message[:300]},
             )
             raise
 
-    def _make_payment(self, owner: int, loan_id: str, amount: str, request_id: str) -> PaymentView:
+    def _make_payment(self, actor: Actor, loan_id: str, amount: str, request_id: str) -> PaymentView:
+        owner = actor.user.id
         loan_id = fields.loan_id(loan_id)
         amount_cents = parse_money(amount, "amount", max_cents=MAX_TOTAL_CENTS)
         key = fields.request_id(request_id)
@@ -312,7 +288,7 @@ class BillingCore:
 
         def pay() -> PaymentView:
             if key is not None:
-                earlier = _PAYMENT_BY_REQUEST.first(self._db, owner, key)
+                earlier = self._db.first(_PAYMENT_BY_REQUEST, owner=owner, key=key)
                 if earlier is not None:
                     if earlier.loan_loan_id != loan_id or earlier.amount_cents != amount_cents:
                         raise AlreadyExists(f"request_id {key!r} was already used for a different payment")
@@ -323,37 +299,43 @@ class BillingCore:
             weeks = weeks_paid_by(view.terms, loan.paid_weeks, amount_cents, today)
             paid_weeks = loan.paid_weeks + weeks
             paid_cents = loan.paid_cents + amount_cents
-            payment = Payment(
+            payment = PaymentView(
                 payment_id=str(uuid.uuid4()),
+                loan_id=loan_id,
+                amount_cents=amount_cents,
+                payment_time_us=self._clock.now_us(),
+                first_week=loan.paid_weeks + 1,
+                last_week=paid_weeks,
+                outstanding_after_cents=view.terms.total_cents - paid_cents,
+                request_id=key,
+            )
+            self._db.run(
+                _INSERT_PAYMENT,
+                payment_id=payment.payment_id,
                 loan=loan.id,
                 owner=owner,
                 request_id=key,
                 amount_cents=amount_cents,
-                first_week=loan.paid_weeks + 1,
-                last_week=paid_weeks,
-                outstanding_after_cents=view.terms.total_cents - paid_cents,
-                payment_time_us=self._clock.now_us(),
+                first_week=payment.first_week,
+                last_week=payment.last_week,
+                outstanding_after_cents=payment.outstanding_after_cents,
+                payment_time_us=payment.payment_time_us,
             )
-            _INSERT_PAYMENT.execute(
-                self._db,
-                *(field.db_value(payment.__data__[field.name]) for field in _PAYMENT_FIELDS),
-            )
-            # Guarded on the summary read above as well: a lost update stays
-            # impossible even if the lock were ever dropped.
-            second_unpaid = view.terms.second_unpaid_due_date(paid_weeks)
-            updated = _UPDATE_SUMMARY.execute(
-                self._db,
-                paid_weeks,
-                paid_cents,
-                Loan.second_unpaid_due_date.db_value(second_unpaid),
-                loan.id,
-                loan.paid_weeks,
+            updated = self._db.run(
+                _UPDATE_SUMMARY,
+                paid_weeks=paid_weeks,
+                paid_cents=paid_cents,
+                second_unpaid=view.terms.second_unpaid_due_date(paid_weeks),
+                loan=loan.id,
+                expected_paid_weeks=loan.paid_weeks,
             ).rowcount
             if updated != 1:
                 raise RuntimeError("loan summary changed during a payment transaction")
             audit.record(
+                self._db,
+                actor,
                 "payment.accepted",
-                subject=audit.context().actor,
+                subject=actor.name,
                 loan_id=loan_id,
                 summary={
                     "payment_id": payment.payment_id,
@@ -363,9 +345,9 @@ class BillingCore:
                     "request_id": key,
                 },
             )
-            return _payment_view(payment, loan_id)
+            return payment
 
-        return run_in_write_transaction(self._db, pay)
+        return self._db.write_transaction(pay)
 
     def list_payments(self, owner: int, loan_id: str, page_size: int = 0, page_token: str = "") -> Page:
         """A loan's payments, oldest first, keyset-paginated."""

@@ -1,14 +1,40 @@
-"""Domain errors raised by the billing core.
+"""The error tree: every refusal the service makes on purpose, each class one kind of answer.
 
-The API layer maps each class to exactly one gRPC status code in one place
-(`lending_grpc.api.errors`); the core never knows about gRPC.
+The core raises these; the API layer turns each class into exactly one gRPC
+status code in one place (`lending_grpc.api.status`), and the core never
+knows about gRPC. ``reason`` is the machine-readable name clients see in the
+google.rpc.ErrorInfo detail; ``retry_after_s`` (when set) becomes a
+google.rpc.RetryInfo. Anything that is not a LendingError is a bug and is
+answered INTERNAL.
+
+    LendingError
+    +-- InvalidArgument(field)        a request field is missing or malformed
+    +-- NotFound                      no such resource, or another user's
+    +-- AlreadyExists                 a create or idempotency key collides
+    +-- FailedPrecondition            the resource's state refuses the request
+    |   +-- PaymentNotAccepted        not a whole number of the next installments
+    |   +-- LoanPaidOff               nothing left to pay
+    +-- Unauthenticated               no valid credentials
+    +-- PermissionDenied              authenticated, but not allowed
+    +-- ResourceExhausted             a limit was reached (retry_after_s)
+    |   +-- AccountLocked             too many failed sign-ins
+    |   +-- RateLimited               too many calls (scope: peer or user)
+    +-- Unavailable                   the database is busy; retry
+    |   +-- DatabaseUnreachable       the database cannot be reached; retry
+    +-- Aborted                       lost a conflict with a concurrent write; retry
 """
 
 from __future__ import annotations
 
+import math
+
 
 class LendingError(Exception):
-    """Base of every error the core raises on purpose. `message` is safe to show to clients."""
+    """Base of every error the service raises on purpose. `message` is safe to show to clients."""
+
+    reason = "LENDING_ERROR"
+    retry_after_s: float | None = None
+    metadata: dict[str, str] | None = None  # ErrorInfo metadata, when a refusal has more to say
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -17,6 +43,8 @@ class LendingError(Exception):
 
 class InvalidArgument(LendingError):
     """A request field is missing or malformed. `field` names it (proto field name)."""
+
+    reason = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, description: str) -> None:
         super().__init__(f"{field}: {description}")
@@ -27,45 +55,67 @@ class InvalidArgument(LendingError):
 class NotFound(LendingError):
     """The resource does not exist or belongs to someone else (the two are indistinguishable)."""
 
+    reason = "NOT_FOUND"
+
 
 class AlreadyExists(LendingError):
     """A create or idempotency key collides with an existing, different resource."""
+
+    reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(LendingError):
     """The request is well formed but the resource's current state refuses it."""
 
+    reason = "FAILED_PRECONDITION"
+
 
 class PaymentNotAccepted(FailedPrecondition):
     """A payment amount that is not a whole number of the next unpaid installments."""
+
+    reason = "PAYMENT_NOT_ACCEPTED"
 
 
 class LoanPaidOff(FailedPrecondition):
     """A payment on a loan whose every installment is already paid."""
 
+    reason = "LOAN_PAID_OFF"
+
 
 class Unauthenticated(LendingError):
     """Credentials or tokens are missing, wrong, expired or of the wrong kind."""
+
+    reason = "UNAUTHENTICATED"
 
 
 class Unavailable(LendingError):
     """Transient contention (database busy beyond the timeout); the client may retry."""
 
+    reason = "DATABASE_BUSY"
+
 
 class DatabaseUnreachable(Unavailable):
     """The database server cannot be reached or has no free connection; the client may retry."""
+
+    reason = "DATABASE_UNREACHABLE"
 
 
 class Aborted(LendingError):
     """A transaction lost a conflict with a concurrent one and was rolled back; retrying is safe."""
 
+    reason = "TRANSACTION_CONFLICT"
+
 
 class PermissionDenied(LendingError):
     """The caller is authenticated but its role does not allow this (an operator-only path)."""
 
+    reason = "PERMISSION_DENIED"
+
 
 class ResourceExhausted(LendingError):
     """A limit was reached; ``retry_after_s`` says when trying again can succeed."""
+
+    reason = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
@@ -74,3 +124,17 @@ class ResourceExhausted(LendingError):
 
 class AccountLocked(ResourceExhausted):
     """Too many failed sign-ins: the account refuses every sign-in until the lockout ends."""
+
+    reason = "ACCOUNT_LOCKED"
+
+
+class RateLimited(ResourceExhausted):
+    """Too many calls from one peer address or one user; ``scope`` says which limit."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, scope: str, retry_after_s: float) -> None:
+        # Whole milliseconds, rounded up: retrying at the advised moment must succeed.
+        wait_s = max(1, math.ceil(retry_after_s * 1000)) / 1000
+        super().__init__(f"too many requests from this {scope}; retry in {wait_s:.3f}s", wait_s)
+        self.metadata = {"limit": scope}

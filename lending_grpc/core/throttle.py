@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from peewee import Database
-
 from lending_grpc.core import audit
-from lending_grpc.core.storage.database import lock_row
+from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import LoginThrottle
+from lending_grpc.core.views import Actor
 
 _US = 1_000_000
 
@@ -40,6 +39,14 @@ class LoginPolicy:
         return min(self.lockout_s * 2 ** (lockouts - 1), self.lockout_max_s)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lockout:
+    """An account refusing sign-ins for ``seconds``; ``started`` when this failure locked it."""
+
+    seconds: float
+    started: bool
+
+
 def remaining_lockout_s(user_pk: int, now_us: int) -> float:
     """Seconds the account stays locked (0 when it is not locked); a plain read."""
     row = LoginThrottle.select(LoginThrottle.locked_until_us).where(LoginThrottle.user == user_pk).first()
@@ -48,12 +55,14 @@ def remaining_lockout_s(user_pk: int, now_us: int) -> float:
     return (row.locked_until_us - now_us) / _US
 
 
-def _locked_row(db: Database, user_pk: int) -> LoginThrottle | None:
-    return lock_row(LoginThrottle.select().where(LoginThrottle.user == user_pk), db).first()
+def _locked_row(db: LendingDatabase, user_pk: int) -> LoginThrottle | None:
+    return db.lock_rows(LoginThrottle.select().where(LoginThrottle.user == user_pk)).first()
 
 
-def record_failure(db: Database, policy: LoginPolicy, user_pk: int, user_id: str, now_us: int) -> float:
-    """Count one failed sign-in (inside a write transaction); the lockout in seconds it causes, or 0.
+def record_failure(
+    db: LendingDatabase, actor: Actor, policy: LoginPolicy, user_pk: int, user_id: str, now_us: int
+) -> Lockout | None:
+    """Count one failed sign-in (inside a write transaction); the lockout it causes, or None.
 
     Returns the remaining lockout when the account was already locked: a
     guess that raced past the first check is refused all the same.
@@ -61,22 +70,29 @@ def record_failure(db: Database, policy: LoginPolicy, user_pk: int, user_id: str
     row = _locked_row(db, user_pk)
     if row is None:
         # A concurrent first failure may insert too: the unique user_id makes
-        # one of us retry (run_in_write_transaction), and the retry sees the row.
+        # one of us retry (write_transaction), and the retry sees the row.
         row = LoginThrottle.create(
             user=user_pk, failures=0, window_start_us=now_us, locked_until_us=0, lockouts=0
         )
     if row.locked_until_us > now_us:
         remaining = (row.locked_until_us - now_us) / _US
         audit.record(
-            "login.locked", audit.REFUSED, subject=user_id, summary={"retry_after_s": round(remaining)}
+            db,
+            actor,
+            "login.locked",
+            audit.REFUSED,
+            subject=user_id,
+            summary={"retry_after_s": round(remaining)},
         )
-        return remaining
+        return Lockout(remaining, started=False)
     in_window = row.failures > 0 and now_us - row.window_start_us < policy.window_s * _US
     failures = row.failures + 1 if in_window else 1
     window_start = row.window_start_us if in_window else now_us
     quiet = row.lockouts and now_us - row.locked_until_us > policy.lockout_max_s * _US
     lockouts = 0 if quiet else row.lockouts
-    audit.record("login.failure", audit.REFUSED, subject=user_id, summary={"failures_in_window": failures})
+    audit.record(
+        db, actor, "login.failure", audit.REFUSED, subject=user_id, summary={"failures_in_window": failures}
+    )
     update = {"failures": failures, "window_start_us": window_start, "lockouts": lockouts}
     lockout_s = 0
     if failures >= policy.max_failures:
@@ -85,16 +101,18 @@ def record_failure(db: Database, policy: LoginPolicy, user_pk: int, user_id: str
         update = {"failures": 0, "window_start_us": now_us, "lockouts": lockouts}
         update["locked_until_us"] = now_us + lockout_s * _US
         audit.record(
+            db,
+            actor,
             "login.lockout",
             audit.REFUSED,
             subject=user_id,
             summary={"failures": failures, "lockout_number": lockouts, "lockout_s": lockout_s},
         )
     LoginThrottle.update(**update).where(LoginThrottle.id == row.id).execute()
-    return float(lockout_s)
+    return Lockout(float(lockout_s), started=True) if lockout_s else None
 
 
-def clear_on_success(db: Database, user_pk: int, user_id: str, now_us: int) -> float:
+def clear_on_success(db: LendingDatabase, actor: Actor, user_pk: int, user_id: str, now_us: int) -> float:
     """Reset the count after a correct password (inside a write transaction).
 
     Returns the remaining lockout instead, refusing the sign-in, when the
@@ -106,7 +124,12 @@ def clear_on_success(db: Database, user_pk: int, user_id: str, now_us: int) -> f
     if row.locked_until_us > now_us:
         remaining = (row.locked_until_us - now_us) / _US
         audit.record(
-            "login.locked", audit.REFUSED, subject=user_id, summary={"retry_after_s": round(remaining)}
+            db,
+            actor,
+            "login.locked",
+            audit.REFUSED,
+            subject=user_id,
+            summary={"retry_after_s": round(remaining)},
         )
         return remaining
     if row.failures or row.lockouts or row.locked_until_us:

@@ -37,6 +37,7 @@ class Claims:
     user_id: str
     token_id: str  # the jti: a family's current refresh token is named by it
     family: str  # the fam claim: the login this token descends from
+    expires_at: float  # the exp claim: Unix seconds
 
 
 class TokenSigner:
@@ -103,7 +104,7 @@ class TokenSigner:
             raise Unauthenticated(_WRONG_TYPE[expected_type])
         if not all(isinstance(claims[name], str) for name in ("sub", "jti", "fam")):
             raise Unauthenticated("the token is malformed or its signature is invalid")
-        verified = Claims(claims["sub"], claims["jti"], claims["fam"])
+        verified = Claims(claims["sub"], claims["jti"], claims["fam"], float(claims["exp"]))
         if len(self._verified) >= _MAX_REMEMBERED:
             self._verified.clear()
         self._verified[(token, expected_type)] = (verified, float(claims["exp"]))

@@ -105,6 +105,38 @@ class Principal:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts, and through which request: every core operation that changes data is told, never guesses.
+
+    The API layer builds one per call (``principal`` is the authenticated
+    caller, None for anonymous calls such as Login); the operator commands
+    build one with ``name`` ``cli:<os user>``. The audit trail records
+    ``name`` (the caller's public user id when signed in), ``peer``, ``rpc``
+    and ``request_id``.
+    """
+
+    principal: Principal | None = None
+    name: str = ""
+    peer: str = ""
+    rpc: str = ""
+    request_id: str = ""
+
+    def acting_as(self, name: str) -> Actor:
+        """The same request, recorded under the name of the user it concerns (one who just signed in)."""
+        return dataclasses.replace(self, name=name)
+
+    @property
+    def user(self) -> Principal:
+        """The authenticated caller; only operations behind authentication ask for it."""
+        if self.principal is None:
+            raise RuntimeError("this operation needs an authenticated caller")
+        return self.principal
+
+
+SERVER_ACTOR = Actor(name="server")  # what the service does on its own (start-up, the daily close)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class UserView:
     """A registered user, without any secret."""
 

@@ -15,20 +15,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
-from peewee import Database
 from prometheus_client import CollectorRegistry
 
-from lending_grpc.api.audit_context import AuditContextInterceptor
 from lending_grpc.api.audit_servicer import AuditServicer
-from lending_grpc.api.auth_interceptor import AuthInterceptor
 from lending_grpc.api.auth_servicer import AuthServicer
 from lending_grpc.api.billing_servicer import BillingServicer
-from lending_grpc.api.decoding import RequestDecodingInterceptor
-from lending_grpc.api.errors import ErrorMappingInterceptor
-from lending_grpc.api.logging_interceptor import AccessLogInterceptor
 from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics, worker_address
-from lending_grpc.api.rate_limit import PeerRateLimitInterceptor, TokenBuckets, UserRateLimitInterceptor
-from lending_grpc.api.unit_of_work import UnitOfWorkInterceptor
+from lending_grpc.api.pipeline import Pipeline
+from lending_grpc.api.rate_limits import TokenBuckets
 from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
 from lending_grpc.core.admin import seal_legacy_emails
 from lending_grpc.core.audit import AuditLog
@@ -38,7 +32,8 @@ from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import Sealer
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
-from lending_grpc.core.storage.database import close_database, open_database, release_connection
+from lending_grpc.core.portfolio_stats import portfolio_figures
+from lending_grpc.core.storage.database import LendingDatabase, close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
@@ -60,7 +55,7 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
-    database: Database
+    database: LendingDatabase
     executor: futures.ThreadPoolExecutor
     metrics: MetricsServer | None = None
 
@@ -88,7 +83,7 @@ class ListenError(OSError):
     """The listen address is malformed or already in use."""
 
 
-def prepare_database(db: Database, sealer: Sealer) -> None:
+def prepare_database(db: LendingDatabase, sealer: Sealer) -> None:
     """Apply pending migrations, then seal emails left in plaintext or under an older data key.
 
     Safe to run from several processes at once (both take locks), and cheap
@@ -114,7 +109,7 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
     )
     try:
         prepare_database(db, sealer)
-        release_connection(db)  # the main thread serves no RPC: leave its connection to the pool
+        db.release_connection()  # the main thread serves no RPC: leave its connection to the pool
         return _start(settings, key, sealer, db, reuse_port, worker_index)
     except BaseException:
         close_database(db)
@@ -122,7 +117,7 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
 
 
 def _start(
-    settings: Settings, key: bytes, sealer: Sealer, db: Database, reuse_port: bool, worker_index: int
+    settings: Settings, key: bytes, sealer: Sealer, db: LendingDatabase, reuse_port: bool, worker_index: int
 ) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
@@ -138,6 +133,8 @@ def _start(
         lockout_s=settings.login_lockout_seconds,
         lockout_max_s=settings.login_lockout_max_seconds,
     )
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = RpcMetrics(registry)
     auth = AuthCore(
         db,
         clock,
@@ -146,15 +143,15 @@ def _start(
         sealer,
         policy=policy,
         cache_s=settings.auth_cache_seconds,
+        on_lockout=metrics.lockout,
     )
     page_tokens = PageTokens(key)
     billing = BillingCore(db, clock, page_tokens)
 
-    registry = CollectorRegistry(auto_describe=True)
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        interceptors=_interceptors(settings, db, auth, RpcMetrics(registry)),
+        interceptors=[_pipeline(settings, db, auth, metrics)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=server_options(settings, reuse_port=reuse_port),
     )
@@ -176,47 +173,29 @@ def _start(
         raise ListenError(
             f"cannot listen on {settings.listen}: malformed address or already in use"
         ) from None
-    metrics = None
+    metrics_server = None
     if settings.metrics_listen:
         if worker_index == 0:  # portfolio counts once, not once per worker process
-            registry.register(PortfolioCollector(db, clock.today))
+            registry.register(
+                PortfolioCollector(lambda: portfolio_figures(db, clock.today(), clock.now_us()))
+            )
         address = worker_address(settings.metrics_listen, worker_index)
         try:
-            metrics = MetricsServer(address, registry)
+            metrics_server = MetricsServer(address, registry)
         except OSError as exc:
             raise ListenError(f"cannot serve metrics on {address}: {exc.strerror}") from None
     server.start()
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, executor, metrics)
+    return RunningServer(server, port, health_servicer, db, executor, metrics_server)
 
 
-def _interceptors(
-    settings: Settings, db: Database, auth: AuthCore, metrics: RpcMetrics
-) -> list[grpc.ServerInterceptor]:
-    """Outermost first: observe (request id, log, metrics: it must see the final code), limit
-    per peer (before auth, so anonymous floods are limited too, and before any database work),
-    set the audit context, map errors, scope the database work, authenticate, limit per user
-    (needs the authenticated user), then refuse undecodable bodies."""
-    chain: list[grpc.ServerInterceptor] = [AccessLogInterceptor(metrics)]
+def _pipeline(settings: Settings, db: LendingDatabase, auth: AuthCore, metrics: RpcMetrics) -> Pipeline:
+    """The one interceptor (``api/pipeline.py``); a rate of 0 turns that limit off."""
+    peer_limit = user_limit = None
     if settings.rate_limit_peer_per_second > 0:
-        chain.append(
-            PeerRateLimitInterceptor(
-                TokenBuckets(settings.rate_limit_peer_per_second, settings.rate_limit_peer_burst)
-            )
-        )
-    chain += [
-        AuditContextInterceptor(),
-        ErrorMappingInterceptor(),
-        UnitOfWorkInterceptor(db),
-        AuthInterceptor(auth),
-    ]
+        peer_limit = TokenBuckets(settings.rate_limit_peer_per_second, settings.rate_limit_peer_burst)
     if settings.rate_limit_user_per_second > 0:
-        chain.append(
-            UserRateLimitInterceptor(
-                TokenBuckets(settings.rate_limit_user_per_second, settings.rate_limit_user_burst)
-            )
-        )
-    chain.append(RequestDecodingInterceptor())
-    return chain
+        user_limit = TokenBuckets(settings.rate_limit_user_per_second, settings.rate_limit_user_burst)
+    return Pipeline(auth=auth, database=db, metrics=metrics, peer_limit=peer_limit, user_limit=user_limit)

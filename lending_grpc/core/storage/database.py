@@ -1,8 +1,22 @@
-"""Opening the database from a URL (SQLite or PostgreSQL) and running write transactions safely.
+"""The database: SQLite or PostgreSQL from a URL, with what the service adds to Peewee's classes.
 
-The models are bound to one process-wide database (a Peewee DatabaseProxy),
-so a process serves exactly one database: `open_database` refuses a second
-one until `close_database` released the first.
+`open_database(url)` returns a `LendingSqliteDatabase` or a
+`LendingPostgresqlDatabase` and binds the models to it. Both carry the
+`LendingDatabase` mixin (the way Peewee's playhouse attaches behaviour to
+its Database classes), which is the only way the rest of the service
+touches the database:
+
+- ``write_transaction(work)``: one serialized write transaction, retried
+  on a lost race;
+- ``unit_of_work()``: the scope of one request or command: database failures
+  become the core's retryable errors (in this one place), and a pooled
+  connection goes back to the pool afterwards;
+- ``lock_rows(query)``: SELECT ... FOR UPDATE where the backend has row locks;
+- ``run``/``first``/``all``: prepared statements (``prepared.py``) whose SQL
+  is built once per database.
+
+A process serves one database at a time: the models are bound to it, so
+`open_database` refuses a second until `close_database` released the first.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from peewee import (
@@ -23,7 +37,6 @@ from peewee import (
     IntegrityError,
     InterfaceError,
     OperationalError,
-    PostgresqlDatabase,
     SqliteDatabase,
 )
 from peewee import (
@@ -31,8 +44,9 @@ from peewee import (
 )
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
-from lending_grpc.core.errors import Aborted, DatabaseUnreachable, Unavailable
-from lending_grpc.core.storage.models import database
+from lending_grpc.core.errors import Aborted, DatabaseUnreachable, LendingError, Unavailable
+from lending_grpc.core.storage.models import ALL_MODELS
+from lending_grpc.core.storage.prepared import Built, Select, Statement
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +65,9 @@ _INSUFFICIENT_RESOURCES = "53"  # class 53: disk full, out of memory, too many c
 
 class DatabaseError(RuntimeError):
     """The database cannot be used: bad URL, unreachable, or a schema from a newer release."""
+
+
+# -- URLs ----------------------------------------------------------------------
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -113,127 +130,7 @@ def redact_url(url: str) -> str:
         return "(an unparsable URL)"
 
 
-def _create_private_file(path: Path) -> None:
-    # The file holds password hashes and emails: readable by its owner only.
-    # SQLite gives the -wal and -shm files the same mode.
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-    except FileExistsError:
-        pass
-
-
-def open_database(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 8) -> Database:
-    """Open the database named by ``url`` and bind the models to it.
-
-    SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged commit
-    survives power loss), enforced foreign keys and a busy timeout, so that
-    writers queue for the lock instead of failing. PostgreSQL gets a bounded
-    pool of ``pool_size`` connections per process; a row lock waited on longer
-    than ``busy_timeout_ms`` fails the transaction as busy.
-    """
-    check_database_url(url)
-    if database.obj is not None:
-        raise DatabaseError("this process already serves a database; close it first")
-    if is_postgresql_url(url):
-        db = _postgresql(url, busy_timeout_ms, pool_size)
-        where = redact_url(url)
-    else:
-        path = database_file(url)
-        try:
-            _create_private_file(path)
-        except OSError as exc:
-            raise DatabaseError(f"cannot create the database file {path}: {exc.strerror}") from None
-        db = _sqlite(path, busy_timeout_ms)
-        where = str(path)
-    try:
-        db.connect()
-    except (PeeweeDatabaseError, MaxConnectionsExceeded) as exc:
-        raise DatabaseError(f"cannot open the database {where}: {_first_line(exc)}") from None
-    database.initialize(db)
-    return db
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _sqlite(path: Path, busy_timeout_ms: int) -> SqliteDatabase:
-    return SqliteDatabase(
-        str(path),
-        timeout=busy_timeout_ms / 1000,
-        pragmas={
-            "journal_mode": "wal",
-            "synchronous": "full",
-            # A big portfolio's indexes do not fit SQLite's 2 MiB default page
-            # cache: map the file instead (pages shared through the OS cache by
-            # every connection and process, no copy per read), and keep a larger
-            # private cache for the pages a connection writes.
-            "mmap_size": SQLITE_MMAP_BYTES,
-            "cache_size": -SQLITE_CACHE_KIB,
-            "foreign_keys": 1,
-            "busy_timeout": busy_timeout_ms,
-        },
-    )
-
-
-def _postgresql(url: str, busy_timeout_ms: int, pool_size: int) -> PooledPostgresqlDatabase:
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:
-        raise DatabaseError(
-            "PostgreSQL needs the psycopg driver: pip install 'lending-grpc[postgres]'"
-        ) from None
-    try:
-        params = conninfo_to_dict(url)
-    except Exception:  # psycopg's message may quote the password: never pass it on
-        raise DatabaseError(f"malformed PostgreSQL URL {redact_url(url)}") from None
-    dbname = params.pop("dbname")
-    params.setdefault("connect_timeout", 5)
-    params.setdefault("application_name", "lending-grpc")
-    # Server-side timeouts: a blocked row lock or runaway statement fails the
-    # transaction (retryable) instead of holding a worker forever. Appended to
-    # any options the URL brings (some hosted PostgreSQL services need theirs).
-    timeouts = f"-c lock_timeout={busy_timeout_ms} -c statement_timeout={max(busy_timeout_ms * 3, 30_000)}"
-    params["options"] = f"{params.get('options', '')} {timeouts}".strip()
-    return PooledPostgresqlDatabase(
-        dbname,
-        max_connections=pool_size,
-        stale_timeout=300,
-        timeout=busy_timeout_ms / 1000,  # wait this long for a free pooled connection
-        prefer_psycopg3=True,
-        **params,
-    )
-
-
-def close_database(db: Database) -> None:
-    """Close ``db``'s connections and unbind the models.
-
-    With SQLite only this thread's connection closes here; other threads'
-    close when those threads end, so stop them first (the server shuts its
-    executor down). A PostgreSQL pool closes every connection it holds.
-    """
-    try:
-        if isinstance(db, PooledPostgresqlDatabase):
-            db.close_all()
-        else:
-            db.close()
-    finally:
-        if database.obj is db:
-            database.initialize(None)
-
-
-def write_lock(db: Database):
-    """A transaction that takes the write lock up front (BEGIN IMMEDIATE on SQLite)."""
-    return db.atomic("IMMEDIATE") if isinstance(db, SqliteDatabase) else db.atomic()
-
-
-def lock_row(query, db: Database):
-    """``query`` as SELECT ... FOR UPDATE where the backend has row locks.
-
-    SQLite needs none: BEGIN IMMEDIATE already holds the only write lock.
-    """
-    return query.for_update() if isinstance(db, PostgresqlDatabase) else query
+# -- recognising failures ------------------------------------------------------
 
 
 def is_database_failure(exc: BaseException) -> bool:
@@ -278,104 +175,315 @@ def _is_connection_failure(exc: BaseException) -> bool:
     )
 
 
-@contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn transient database failures into retryable domain errors.
+def translate(exc: BaseException) -> LendingError | None:
+    """The core error a database failure stands for, or None when ``exc`` is not one we expect.
 
-    A busy lock becomes Unavailable, a lost conflict Aborted, an unreachable
-    server (or an exhausted pool) DatabaseUnreachable. Anything else passes
-    through unchanged: it is a bug, not weather.
+    The one translation of database failures: a busy lock or an exhausted
+    pool is Unavailable, a lost conflict Aborted, an unreachable server
+    DatabaseUnreachable. Anything else (a constraint the code should never
+    break, a syntax error) is a bug, not weather, and stays as it is.
     """
-    try:
+    if not is_database_failure(exc):
+        return None
+    if _is_busy(exc) or isinstance(exc, MaxConnectionsExceeded):
+        # MaxConnectionsExceeded: every pooled connection stayed busy for the busy timeout.
+        return Unavailable("the database is busy; retry the request")
+    if _sqlstate(exc) in _RETRYABLE_STATES:
+        return Aborted("the transaction conflicted with a concurrent one; retry the request")
+    if _is_connection_failure(exc):
+        return DatabaseUnreachable(
+            "the database connection failed; a write may or may not have been applied: "
+            "retry with the same request_id (payments) or loan_id (loans), which never applies twice"
+        )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# -- the mixin -------------------------------------------------------------------
+
+
+class _UnitOfWork:
+    """``with db.unit_of_work():`` translate database failures, then give the connection back."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: LendingDatabase) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if exc is not None:
+                translated = translate(exc)
+                if translated is not None:
+                    if isinstance(translated, DatabaseUnreachable):
+                        log.warning("database unreachable: %s", _first_line(exc))
+                        self._db.drop_idle_connections()
+                    raise translated from exc
+        finally:
+            self._db.release_connection()
+
+
+class LendingDatabase:
+    """What lending-grpc adds to a Peewee database: see the module docstring."""
+
+    kind = ""  # "sqlite" or "postgresql", for logs
+
+    def _init_lending(self) -> None:
+        self._built: dict[Statement, Built] = {}
+        self._build_lock = threading.Lock()
+        self._unit_of_work = _UnitOfWork(self)
+
+    # -- requests and transactions
+
+    def unit_of_work(self) -> _UnitOfWork:
+        """The scope of one request: database failures become core errors, pooled connections return."""
+        return self._unit_of_work
+
+    def release_connection(self) -> None:
+        """Give this thread's pooled connection back (SQLite keeps one per thread)."""
+
+    def drop_idle_connections(self) -> None:
+        """Forget pooled connections that a lost server made useless (SQLite has none)."""
+
+    def lock_rows(self, query):
+        """``query`` as SELECT ... FOR UPDATE where the backend has row locks."""
+        return query
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
         yield
-    except Exception as exc:
-        if not is_database_failure(exc):
-            raise
-        if _is_busy(exc) or isinstance(exc, MaxConnectionsExceeded):
-            # MaxConnectionsExceeded: every pooled connection stayed busy for the busy timeout.
-            raise Unavailable("the database is busy; retry the request") from exc
-        if _sqlstate(exc) in _RETRYABLE_STATES:
-            raise Aborted("the transaction conflicted with a concurrent one; retry the request") from exc
-        if _is_connection_failure(exc):
-            log.warning("database unreachable: %s", _first_line(exc))
-            raise DatabaseUnreachable(
-                "the database connection failed; a write may or may not have been applied: "
-                "retry with the same request_id (payments) or loan_id (loans), which never applies twice"
-            ) from exc
-        raise
+
+    def write_lock(self):
+        """A transaction that takes the write lock up front (BEGIN IMMEDIATE on SQLite); no retries."""
+        return self.atomic()
+
+    def write_transaction(self, work: Callable[[], T], *, attempts: int = 4) -> T:
+        """Run ``work`` in one write transaction, serialized against other writers.
+
+        On SQLite the transaction starts with BEGIN IMMEDIATE, so a
+        read-then-write waits for the write lock (up to the busy timeout)
+        instead of failing later. On PostgreSQL ``work`` locks the rows it
+        changes (``lock_rows``). Where two writers race to insert the same
+        unique key, or PostgreSQL reports a serialization failure or deadlock,
+        the loser is rolled back and retried, so ``work`` sees the winner's
+        row; a conflict that outlasts every attempt is raised as it came (the
+        unit of work makes it Aborted).
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._writer_turn(), self.write_lock():
+                    return work()
+            except IntegrityError as exc:
+                if attempt == attempts or not _is_unique_violation(exc):
+                    raise
+                log.info("unique-key race, retrying (attempt %d of %d)", attempt, attempts)
+            except Exception as exc:
+                if attempt == attempts or not isinstance(translate(exc), Aborted):
+                    raise
+                log.info("transaction conflict, retrying (attempt %d of %d)", attempt, attempts)
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))  # de-synchronize the racers
+        raise AssertionError("unreachable")
+
+    # -- prepared statements
+
+    def _built_for(self, statement: Statement) -> Built:
+        built = self._built.get(statement)
+        if built is None:
+            with self._build_lock:
+                built = self._built.get(statement)
+                if built is None:
+                    context = self.get_sql_context()
+                    built = self._built[statement] = statement.build(
+                        lambda query: context.sql(query).query(), self.lock_rows
+                    )
+        return built
+
+    def run(self, statement: Statement, **values: Any):
+        """Execute a prepared statement with ``values`` for its parameters; returns the cursor."""
+        built = self._built_for(statement)
+        return self.execute_sql(built.sql, built.parameters(values))
+
+    def first(self, statement: Select, **values: Any):
+        """The first row of a prepared SELECT, or None."""
+        row = self.run(statement, **values).fetchone()
+        return None if row is None else statement.row(row)
+
+    def all(self, statement: Select, **values: Any) -> list:
+        """Every row of a prepared SELECT."""
+        return [statement.row(row) for row in self.run(statement, **values).fetchall()]
 
 
-@contextlib.contextmanager
-def unit_of_work(db: Database) -> Iterator[None]:
-    """The scope of one request: transient errors translated, pooled connection returned after.
+class LendingSqliteDatabase(LendingDatabase, SqliteDatabase):
+    """One SQLite file: WAL, synchronous=FULL, one writer at a time."""
 
-    SQLite keeps one connection per worker thread (opening one costs more
-    than the query); a PostgreSQL connection goes back to the bounded pool so
-    that more threads than connections can share it.
-    """
-    try:
-        with translate_errors():
+    kind = "sqlite"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_lending()
+        # SQLite's busy handler makes a blocked writer sleep and poll, with
+        # sleeps growing to 100 ms: under 16 concurrent payments that put p99
+        # above 200 ms with the disk mostly idle. Writers of one process queue
+        # here instead, so the lock passes straight to the next one; other
+        # processes (--workers) still meet at SQLite's lock.
+        self._writers = threading.Lock()
+
+    def write_lock(self):
+        return self.atomic("IMMEDIATE")
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        # Waiting longer than the busy timeout fails as SQLite itself would: busy, retry later.
+        if not self._writers.acquire(timeout=self.timeout):
+            raise OperationalError(
+                "database is locked (writers of this process queued past the busy timeout)"
+            )
+        try:
             yield
-    except DatabaseUnreachable:
+        finally:
+            self._writers.release()
+
+
+class LendingPostgresqlDatabase(LendingDatabase, PooledPostgresqlDatabase):
+    """A bounded pool of connections to one PostgreSQL database; row locks serialize writers."""
+
+    kind = "postgresql"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_lending()
+
+    def lock_rows(self, query):
+        return query.for_update()
+
+    def release_connection(self) -> None:
+        if not self.is_closed():
+            self.close()
+
+    def drop_idle_connections(self) -> None:
         # The server restarted or dropped us: its other idle connections are
         # as dead as this one, so do not hand them to the next calls.
-        if isinstance(db, PooledPostgresqlDatabase):
-            db.close_idle()
-        raise
-    finally:
-        release_connection(db)
+        self.close_idle()
 
 
-def release_connection(db: Database) -> None:
-    """Return this thread's pooled PostgreSQL connection to the pool (SQLite keeps its own)."""
-    if isinstance(db, PooledPostgresqlDatabase) and not db.is_closed():
-        db.close()
+# -- opening and closing -----------------------------------------------------------
+
+_bound: LendingDatabase | None = None  # the database the models are bound to
+_bound_lock = threading.Lock()
 
 
-# SQLite's busy handler makes a blocked writer sleep and poll, with sleeps
-# growing to 100 ms: under 16 concurrent payments that put p99 above 200 ms
-# with the disk mostly idle. Writers of one process queue here instead, so the
-# lock passes straight to the next one; other processes (--workers) still
-# meet at SQLite's lock.
-_SQLITE_WRITERS = threading.Lock()
-
-
-@contextlib.contextmanager
-def _sqlite_writer_turn(db: Database) -> Iterator[None]:
-    if not isinstance(db, SqliteDatabase):
-        yield
-        return
-    # Waiting longer than the busy timeout fails as SQLite itself would: busy, retry later.
-    if not _SQLITE_WRITERS.acquire(timeout=db.timeout):
-        raise OperationalError("database is locked (writers of this process queued past the busy timeout)")
+def _create_private_file(path: Path) -> None:
+    # The file holds password hashes and emails: readable by its owner only.
+    # SQLite gives the -wal and -shm files the same mode.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        yield
-    finally:
-        _SQLITE_WRITERS.release()
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        pass
 
 
-def run_in_write_transaction(db: Database, work: Callable[[], T], *, attempts: int = 4) -> T:
-    """Run ``work`` in one write transaction, serialized against other writers.
+def open_database(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 8) -> LendingDatabase:
+    """Open the database named by ``url`` and bind the models to it.
 
-    On SQLite the transaction starts with BEGIN IMMEDIATE, so a read-then-write
-    waits for the write lock (up to the busy timeout) instead of failing later,
-    and no other writer can interleave. On PostgreSQL ``work`` locks the rows
-    it changes (``lock_row``). Where two writers race to insert the same
-    unique key, or PostgreSQL reports a serialization failure or deadlock,
-    the loser is rolled back and retried, so ``work`` sees the winner's row;
-    only a conflict that outlasts every attempt reaches the client, as Aborted.
+    SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged commit
+    survives power loss), enforced foreign keys and a busy timeout, so that
+    writers queue for the lock instead of failing. PostgreSQL gets a bounded
+    pool of ``pool_size`` connections per process; a row lock waited on longer
+    than ``busy_timeout_ms`` fails the transaction as busy.
     """
-    for attempt in range(1, attempts + 1):
+    global _bound
+    check_database_url(url)
+    with _bound_lock:
+        if _bound is not None:
+            raise DatabaseError("this process already serves a database; close it first")
+        if is_postgresql_url(url):
+            db: LendingDatabase = _postgresql(url, busy_timeout_ms, pool_size)
+            where = redact_url(url)
+        else:
+            path = database_file(url)
+            try:
+                _create_private_file(path)
+            except OSError as exc:
+                raise DatabaseError(f"cannot create the database file {path}: {exc.strerror}") from None
+            db = _sqlite(path, busy_timeout_ms)
+            where = str(path)
         try:
-            with translate_errors(), _sqlite_writer_turn(db), write_lock(db):
-                return work()
-        except IntegrityError as exc:
-            if attempt == attempts or not _is_unique_violation(exc):
-                raise
-            log.info("unique-key race, retrying (attempt %d of %d)", attempt, attempts)
-        except Aborted:
-            if attempt == attempts:
-                raise
-            log.info("transaction conflict, retrying (attempt %d of %d)", attempt, attempts)
-            time.sleep(random.uniform(0, 0.005 * 2**attempt))  # de-synchronize the racers
-    raise AssertionError("unreachable")
+            db.connect()
+        except (PeeweeDatabaseError, MaxConnectionsExceeded) as exc:
+            raise DatabaseError(f"cannot open the database {where}: {_first_line(exc)}") from None
+        db.bind(ALL_MODELS, bind_refs=False, bind_backrefs=False)
+        _bound = db
+    return db
+
+
+def _sqlite(path: Path, busy_timeout_ms: int) -> LendingSqliteDatabase:
+    return LendingSqliteDatabase(
+        str(path),
+        timeout=busy_timeout_ms / 1000,
+        pragmas={
+            "journal_mode": "wal",
+            "synchronous": "full",
+            # A big portfolio's indexes do not fit SQLite's 2 MiB default page
+            # cache: map the file instead (pages shared through the OS cache by
+            # every connection and process, no copy per read), and keep a larger
+            # private cache for the pages a connection writes.
+            "mmap_size": SQLITE_MMAP_BYTES,
+            "cache_size": -SQLITE_CACHE_KIB,
+            "foreign_keys": 1,
+            "busy_timeout": busy_timeout_ms,
+        },
+    )
+
+
+def _postgresql(url: str, busy_timeout_ms: int, pool_size: int) -> LendingPostgresqlDatabase:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise DatabaseError(
+            "PostgreSQL needs the psycopg driver: pip install 'lending-grpc[postgres]'"
+        ) from None
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:  # psycopg's message may quote the password: never pass it on
+        raise DatabaseError(f"malformed PostgreSQL URL {redact_url(url)}") from None
+    dbname = params.pop("dbname")
+    params.setdefault("connect_timeout", 5)
+    params.setdefault("application_name", "lending-grpc")
+    # Server-side timeouts: a blocked row lock or runaway statement fails the
+    # transaction (retryable) instead of holding a worker forever. Appended to
+    # any options the URL brings (some hosted PostgreSQL services need theirs).
+    timeouts = f"-c lock_timeout={busy_timeout_ms} -c statement_timeout={max(busy_timeout_ms * 3, 30_000)}"
+    params["options"] = f"{params.get('options', '')} {timeouts}".strip()
+    return LendingPostgresqlDatabase(
+        dbname,
+        max_connections=pool_size,
+        stale_timeout=300,
+        timeout=busy_timeout_ms / 1000,  # wait this long for a free pooled connection
+        prefer_psycopg3=True,
+        **params,
+    )
+
+
+def close_database(db: Database) -> None:
+    """Close ``db``'s connections and unbind the models.
+
+    With SQLite only this thread's connection closes here; other threads'
+    close when those threads end, so stop them first (the server shuts its
+    executor down). A PostgreSQL pool closes every connection it holds.
+    """
+    global _bound
+    try:
+        if isinstance(db, PooledPostgresqlDatabase):
+            db.close_all()
+        else:
+            db.close()
+    finally:
+        with _bound_lock:
+            if _bound is db:
+                _bound = None

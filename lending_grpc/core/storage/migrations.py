@@ -34,7 +34,7 @@ from peewee import (
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as apply_operations
 
-from lending_grpc.core.storage.database import DatabaseError, is_database_failure, write_lock
+from lending_grpc.core.storage.database import DatabaseError, is_database_failure
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def _lock_for_migration(db: Database) -> None:
 def _apply_migrations(db: Database) -> list[int]:
     applied: list[int] = []
     for version, step in MIGRATIONS:
-        with write_lock(db):
+        with db.write_lock():
             _lock_for_migration(db)
             db.create_tables([SchemaVersion], safe=True)
             newest = SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar() or 0

@@ -15,7 +15,6 @@ from peewee import (
     BigIntegerField,
     CharField,
     Check,
-    DatabaseProxy,
     DateField,
     ForeignKeyField,
     IntegerField,
@@ -23,12 +22,11 @@ from peewee import (
     TextField,
 )
 
-database = DatabaseProxy()
-
 
 class BaseModel(Model):
+    """Every model; ``open_database`` binds them all to the database the process serves."""
+
     class Meta:
-        database = database
         legacy_table_names = False
 
 

@@ -1,124 +1,149 @@
-"""Hot-path statements whose SQL Peewee builds once per database, then runs with new parameters.
+"""Statements whose SQL Peewee builds once per database, then runs with new values.
 
 Peewee spends about 180 us turning a query into SQL, while the indexed
 lookup it describes takes about 10 us; every RPC paid that for each
 statement. The SQL of a statement depends only on its shape and the
-database's dialect, so a Prepared statement builds it on first use from a
-Peewee query over *sample* parameters, remembers where each sample sits in
-the parameter list, and from then on only substitutes the call's values.
-Statements still go through ``Database.execute_sql`` (same logging, same
-error translation, same connection handling).
+database's dialect, so a `Statement` describes its query once, with named
+`Param` placeholders where values go, and the database (``LendingDatabase``
+in ``database.py``) builds the SQL on first use and from then on only puts
+the call's values in place. Statements still run through
+``Database.execute_sql`` (same logging, same connection handling).
+
+    LOAN_BY_KEY = Select(Loan, lambda p: Loan.select().where(
+        (Loan.owner == p.owner) & (Loan.loan_id == p.loan_id)).limit(1))
+    row = db.first(LOAN_BY_KEY, owner=7, loan_id="L-1")
+
+A `Select` returns rows as named tuples of its columns (a joined model's
+column ``Loan.loan_id`` as ``loan_loan_id``), converted like Peewee's own
+rows; the callers only read them.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Callable, Sequence
+import collections
+import dataclasses
+import itertools
+from collections.abc import Callable
 from typing import Any
 
-from peewee import CharField, Database, Field, ForeignKeyField, IntegerField, Model
+from peewee import CharField, Field, ForeignKeyField, IntegerField, Model, Value
 
-from lending_grpc.core.storage.database import lock_row
-
-
-def _plain(field: Field) -> bool:
-    """Whether Peewee's python_value is the identity for the int or str the driver returns."""
-    if isinstance(field, ForeignKeyField):
-        field = field.rel_field
-    return isinstance(field, (IntegerField, CharField))
+_serial = itertools.count(1)
 
 
-class Prepared:
-    """One statement shape: ``build(*samples)`` returns the Peewee query that describes it.
+class Param(Value):
+    """A named placeholder in a statement's query; its value is given when the statement runs.
 
-    With ``for_update`` the query locks its rows where the backend has row
-    locks (``database.lock_row``), which is why SQL is built per database.
-
-    Each sample must be a distinctive value of the type the real parameter
-    will have (after Peewee's conversion to the database), appearing exactly
-    once among the query's parameters; calls pass values in the samples' order.
+    Values are passed to the driver as they are given (no field conversion):
+    pass what the column stores, ``field.db_value(x)`` where that differs.
     """
 
-    def __init__(self, build: Callable[..., Any], *samples: Any, for_update: bool = False) -> None:
+    def __init__(self, name: str) -> None:
+        # A marker no real value can equal, found again in the built parameter list.
+        super().__init__(f"\0param:{next(_serial)}:{name}", converter=False)
+        self.name = name
+
+
+class Params:
+    """Hands out one `Param` per attribute name: ``p.owner``, ``p.loan_id``."""
+
+    def __init__(self) -> None:
+        self._params: dict[str, Param] = {}
+
+    def __getattr__(self, name: str) -> Param:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._params:
+            self._params[name] = Param(name)
+        return self._params[name]
+
+    def all(self) -> list[Param]:
+        """Every parameter handed out, in order."""
+        return list(self._params.values())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Built:
+    """A statement's SQL for one database, and where each named value goes in its parameters."""
+
+    sql: str
+    template: tuple
+    slots: dict[str, tuple[int, ...]]
+
+    def parameters(self, values: dict[str, Any]) -> list:
+        """The parameter list with ``values`` in their places; every name must be given."""
+        params = list(self.template)
+        if values.keys() != self.slots.keys():
+            missing, extra = self.slots.keys() - values.keys(), values.keys() - self.slots.keys()
+            raise TypeError(f"statement parameters: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for name, positions in self.slots.items():
+            for position in positions:
+                params[position] = values[name]
+        return params
+
+
+class Statement:
+    """One statement shape: ``build(p)`` returns the Peewee query, with ``p.<name>`` where values go.
+
+    With ``lock`` the query locks the rows it reads where the backend has row
+    locks (SELECT ... FOR UPDATE on PostgreSQL), which is one reason the SQL
+    is built per database.
+    """
+
+    def __init__(self, build: Callable[[Params], Any], *, lock: bool = False) -> None:
         self._build = build
-        self._samples = samples
-        self._for_update = for_update
-        self._compiled: weakref.WeakKeyDictionary[Database, tuple[str, list, list[int]]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
+        self.lock = lock
 
-    def _compile(self, db: Database) -> tuple[str, list, list[int]]:
-        with self._lock:
-            compiled = self._compiled.get(db)
-            if compiled is None:
-                query = self._build(*self._samples)
-                if self._for_update:
-                    query = lock_row(query, db)
-                sql, params = db.get_sql_context().sql(query).query()
-                positions = []
-                for sample in self._samples:
-                    found = [i for i, value in enumerate(params) if value == sample]
-                    if len(found) != 1:
-                        raise ValueError(f"sample {sample!r} appears {len(found)} times in {sql}")
-                    positions.append(found[0])
-                compiled = self._compiled[db] = (sql, list(params), positions)
-            return compiled
+    def query(self) -> tuple[Any, list[Param]]:
+        """The Peewee query and its parameters (built anew: the database keeps the SQL)."""
+        params = Params()
+        return self._build(params), params.all()
 
-    def execute(self, db: Database, *values: Any):
-        """Run the statement with ``values`` in place of the samples; returns the cursor."""
-        compiled = self._compiled.get(db) or self._compile(db)
-        sql, template, positions = compiled
-        params = list(template)
-        for position, value in zip(positions, values, strict=True):
-            params[position] = value
-        return db.execute_sql(sql, params)
+    def build(self, sql_context: Callable[[Any], tuple[str, list]], lock_rows: Callable[[Any], Any]) -> Built:
+        """Turn the query into SQL with ``sql_context`` (the database's), locating each parameter."""
+        query, params = self.query()
+        if self.lock:
+            query = lock_rows(query)
+        sql, values = sql_context(query)
+        slots = {}
+        for param in params:
+            positions = tuple(i for i, value in enumerate(values) if value == param.value)
+            if not positions:
+                raise ValueError(f"parameter {param.name!r} does not appear in {sql}")
+            slots[param.name] = positions
+        return Built(sql, tuple(values), slots)
 
 
-class PreparedSelect(Prepared):
-    """A SELECT of ``fields`` (in that order) whose rows come back as instances of ``model``."""
+def _needs_conversion(field: Field) -> bool:
+    """Whether Peewee's python_value changes what the driver returns (dates do; ints and strs do not)."""
+    if isinstance(field, ForeignKeyField):
+        field = field.rel_field
+    return not isinstance(field, (IntegerField, CharField))
+
+
+class Select(Statement):
+    """A SELECT of ``columns`` (default: every column of ``model``), whose rows come back as named tuples."""
 
     def __init__(
         self,
         model: type[Model],
-        fields: Sequence[Field],
-        build: Callable[..., Any],
-        *samples: Any,
-        for_update: bool = False,
+        build: Callable[[Params], Any],
+        *,
+        columns: tuple[Field, ...] | None = None,
+        lock: bool = False,
     ) -> None:
-        super().__init__(lambda *args: build(model.select(*fields), *args), *samples, for_update=for_update)
-        self._model = model
-        # A column of another model (a join) becomes a plain attribute named
-        # <model>_<field>, e.g. loan_loan_id, beside the instance's own fields.
-        # Values the driver already returns as Python ints or strs skip Peewee's
-        # converter (which would return them unchanged); dates and the rest go through it.
-        self._columns = [
-            (
-                field.name if field.model is model else f"{field.model.__name__.lower()}_{field.name}",
-                None if _plain(field) else field.python_value,
-                field.model is model,
-            )
-            for field in fields
+        columns = tuple(columns or model._meta.sorted_fields)
+        super().__init__(lambda p: build(p).select(*columns), lock=lock)
+        names = [
+            field.name if field.model is model else f"{field.model.__name__.lower()}_{field.name}"
+            for field in columns
         ]
+        self.row_type = collections.namedtuple(f"{model.__name__}Row", names)
+        self._converters = [field.python_value if _needs_conversion(field) else None for field in columns]
 
-    def _instance(self, row: tuple) -> Model:
-        instance = self._model(__no_default__=1)
-        data = instance.__data__
-        for (name, convert, own), value in zip(self._columns, row, strict=True):
-            if convert is not None and value is not None:
-                value = convert(value)
-            if own:
-                data[name] = value
-            else:
-                instance.__dict__[name] = value
-        return instance
-
-    def first(self, db: Database, *values: Any) -> Model | None:
-        """The first row, or None."""
-        row = self.execute(db, *values).fetchone()
-        return None if row is None else self._instance(row)
-
-    def all(self, db: Database, *values: Any) -> list[Model]:
-        """Every row."""
-        return [self._instance(row) for row in self.execute(db, *values).fetchall()]
+    def row(self, values: tuple) -> tuple:
+        """One driver row as this statement's named tuple, each value converted as Peewee would."""
+        return self.row_type._make(
+            value if convert is None or value is None else convert(value)
+            for convert, value in zip(self._converters, values, strict=True)
+        )
