@@ -14,7 +14,7 @@ help:
 	@echo "make test         run the whole test suite"
 	@echo "make proto        regenerate generated/ from protos/"
 	@echo "make proto-check  fail when generated/ is stale"
-	@echo "make lint         ruff + buf lint"
+	@echo "make lint         ruff + buf lint + the CI workflow against GitHub's schema"
 	@echo "make buf-breaking fail when protos/ breaks clients of the baseline in api-baseline/"
 	@echo "make buf-baseline record the current protos as the new baseline (a deliberate API release)"
 	@echo "make bench        throughput and latency against the echo and raw-sqlite3 ceilings"
@@ -70,6 +70,7 @@ buf-baseline: $(STAMP)
 
 lint: $(STAMP) buf-lint
 	$(BIN)/ruff check lending_grpc tests
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 bench: $(STAMP)
 	@command -v h2load >/dev/null || { echo "make bench needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
