@@ -2,8 +2,9 @@
 
 `promtool check rules` parses the rule files and `promtool test rules` runs their unit tests
 (deploy/prometheus/tests/*.test.yml: series in, alerts expected out). The tests below also make
-sure that every alert has a test where it fires and one where it stays quiet, and that the rules
-ask only for metrics of the contract.
+sure that every alert has a test where it fires and one where it stays quiet, that the
+Kubernetes PrometheusRule carries exactly the same groups, and that the rules ask only for
+metrics of the contract.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ALERT_RULES = RULES_DIR / "lending-grpc.rules.yml"
 FLOOR_RULES = RULES_DIR / "tkb90-floor.rules.yml"
 RULE_FILES = [ALERT_RULES, FLOOR_RULES]
 TEST_FILES = sorted((RULES_DIR / "tests").glob("*.test.yml"))
+PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "monitoring" / "prometheus-rule.yaml"
 PROMTOOL_HINT = "Debian/Ubuntu package `prometheus` (apt-get install prometheus); .ci/run installs it"
 
 # The metrics the service and the relay export (names fixed by the metric contract).
@@ -107,6 +109,27 @@ def test_every_alert_has_a_test_where_it_fires_and_one_where_it_stays_quiet():
     assert alerts - quiet == set(), "alerts without a test where they stay quiet"
     assert (fires | quiet) - alerts == set(), "tests of alerts that no rule defines"
     assert records - exprs == set(), "recording rules without a promql_expr_test"
+
+
+def test_kubernetes_prometheus_rules_carry_the_same_groups():
+    """The Operator's copy cannot drift from deploy/prometheus (`make prometheus-rule` regenerates it)."""
+    objects = {
+        doc["metadata"]["name"]: doc
+        for doc in yaml.safe_load_all(PROMETHEUS_RULE.read_text())
+        if doc["kind"] == "PrometheusRule"
+    }
+    expected = {
+        "lending-grpc": yaml.safe_load(ALERT_RULES.read_text())["groups"],
+        "lending-grpc-tkb90-floor": yaml.safe_load(FLOOR_RULES.read_text())["groups"],
+    }
+    assert set(objects) == set(expected)
+    for name, groups in expected.items():
+        assert objects[name]["apiVersion"] == "monitoring.coreos.com/v1"
+        assert objects[name]["spec"]["groups"] == groups, (
+            f"PrometheusRule {name} differs from deploy/prometheus: run `make prometheus-rule`"
+        )
+    monitoring = yaml.safe_load((PROMETHEUS_RULE.parent / "kustomization.yaml").read_text())
+    assert PROMETHEUS_RULE.name in monitoring["resources"]
 
 
 def _floor_case(tkb90: float, fires: bool) -> dict:
