@@ -3,12 +3,13 @@
 `promtool check rules` parses the rule files and `promtool test rules` runs their unit tests
 (deploy/prometheus/tests/*.test.yml: series in, alerts expected out). The tests below also make
 sure that every alert has a test where it fires and one where it stays quiet, that the
-Kubernetes PrometheusRule carries exactly the same groups, and that the rules ask only for
-metrics of the contract.
+Kubernetes PrometheusRule carries exactly the same groups, and that the rules and the Grafana
+dashboard ask only for metrics of the contract (docs/operations-alerts-and-deploy.md).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ ALERT_RULES = RULES_DIR / "lending-grpc.rules.yml"
 FLOOR_RULES = RULES_DIR / "tkb90-floor.rules.yml"
 RULE_FILES = [ALERT_RULES, FLOOR_RULES]
 TEST_FILES = sorted((RULES_DIR / "tests").glob("*.test.yml"))
+DASHBOARD = RULES_DIR / "lending-grpc-dashboard.json"
 PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "monitoring" / "prometheus-rule.yaml"
 PROMTOOL_HINT = "Debian/Ubuntu package `prometheus` (apt-get install prometheus); .ci/run installs it"
 
@@ -46,6 +48,8 @@ CONTRACT = {
 }
 HISTOGRAMS = {"grpc_server_handling_seconds"}
 _NAME = re.compile(r"\b(?:grpc_server_[a-z_]+|lending_[a-z0-9_]+|lending:[a-z0-9_:]+)|\bup(?=\s*\{)")
+# What Grafana substitutes before a query reaches Prometheus.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1d"}
 
 
 def _promtool() -> str:
@@ -74,10 +78,15 @@ def _metric_names(expr: str) -> set[str]:
     return names
 
 
-def test_rules_ask_only_for_contract_metrics():
-    recorded = {rule["record"] for rule in _all_rules() if "record" in rule}
-    in_rules = set().union(*(_metric_names(rule["expr"]) for rule in _all_rules()))
-    assert in_rules - CONTRACT - recorded - {"up"} == set()
+def _dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = list(dashboard["panels"])
+    queries = []
+    while panels:
+        panel = panels.pop(0)
+        panels.extend(panel.get("panels", []))  # collapsed rows hold their panels
+        queries.extend(target["expr"] for target in panel.get("targets", []))
+    return queries
 
 
 def test_rule_files_pass_promtool_check():
@@ -176,6 +185,50 @@ def test_tkb90_floor_is_one_setting(tmp_path):
     floor_file.write_text(floor_file.read_text().replace("vector(90)", "vector(95)"))
     raised = _run_floor_cases(promtool, tmp_path, [_floor_case(93, fires=True), _floor_case(96, fires=False)])
     assert raised.returncode == 0, raised.stdout + raised.stderr
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    queries = _dashboard_queries()
+    assert len(queries) >= 15
+    rules = []
+    for index, query in enumerate(queries):
+        for variable, value in GRAFANA_VARIABLES.items():
+            query = query.replace(variable, value)
+        assert "$" not in query, f"unsubstituted Grafana variable in {query!r}"
+        rules.append({"record": f"dashboard:query_{index}", "expr": query})
+    rule_file = tmp_path / "dashboard.rules.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = _run([_promtool(), "check", "rules", rule_file])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_is_importable_grafana_json():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "lending-grpc" and dashboard["title"]
+    assert dashboard.get("id") is None  # an exported id would clash with another Grafana's
+    datasource = next(v for v in dashboard["templating"]["list"] if v["type"] == "datasource")
+    assert datasource["query"] == "prometheus"
+    ids = []
+    panels = list(dashboard["panels"])
+    while panels:
+        panel = panels.pop(0)
+        panels.extend(panel.get("panels", []))
+        ids.append(panel["id"])
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+            assert panel["targets"], panel["title"]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+def test_rules_and_dashboard_ask_only_for_contract_metrics():
+    recorded = {rule["record"] for rule in _all_rules() if "record" in rule}
+    in_rules = set().union(*(_metric_names(rule["expr"]) for rule in _all_rules()))
+    in_dashboard = set().union(*(_metric_names(query) for query in _dashboard_queries()))
+    assert in_rules - CONTRACT - recorded - {"up"} == set()
+    assert in_dashboard - CONTRACT - recorded - {"up"} == set()
+    # The dashboard shows every metric of the contract, and the floor beside TKB90.
+    assert CONTRACT - in_dashboard == set()
+    assert "lending:tkb90_floor_percent" in in_dashboard
 
 
 @pytest.mark.parametrize(
