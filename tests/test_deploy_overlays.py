@@ -2,7 +2,7 @@
 
 `kubectl kustomize` renders each overlay as `kubectl apply -k` would; kubernetes-validate checks
 the result against the Kubernetes 1.30 API schemas (as tests/test_deploy.py does for the base).
-It cannot check custom resources (PrometheusRule, ServiceMonitor), and only
+It cannot check custom resources (PrometheusRule, ServiceMonitor, SecretProviderClass), and only
 warns about them, so the tests pin exactly which kinds went unchecked and assert what matters
 about those by hand. No cluster is needed.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -24,7 +24,7 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = KUBERNETES / "overlays"
 KUBECTL_HINT = "kubectl renders Kustomize (`kubectl kustomize`); GitHub's runners have it"
 KUBERNETES_VERSION = "1.30.0"
-CUSTOM_RESOURCES = {"PrometheusRule", "ServiceMonitor"}
+CUSTOM_RESOURCES = {"PrometheusRule", "ServiceMonitor", "SecretProviderClass"}
 
 
 def _render(directory: Path) -> str:
@@ -138,6 +138,42 @@ def test_prod_network_policy_admits_only_grpc_and_the_metrics_scrape(prod):
     assert scraper["podSelector"]["matchLabels"]
     # gRPC from pods in the cluster; an empty `from` (anyone at all) is not allowed.
     assert rules[ports["grpc"]]["from"] == [{"namespaceSelector": {}}]
+
+
+def test_prod_keys_and_database_url_come_from_vault_as_files(prod):
+    assert "Secret" not in prod  # nothing to fill in by hand, nothing in the repository
+    pod = _pod(prod)["spec"]
+    container = _container(prod)
+    env = {item["name"]: item for item in container["env"]}
+    (provider_class,) = prod["SecretProviderClass"]
+    assert provider_class["spec"]["provider"] == "vault"
+    objects = {o["objectName"]: o for o in yaml.safe_load(provider_class["spec"]["parameters"]["objects"])}
+
+    # The key files the *_FILE settings name are files of the Vault-backed CSI volume.
+    keys = next(v for v in pod["volumes"] if v["name"] == "keys")
+    assert "secret" not in keys
+    assert keys["csi"]["driver"] == "secrets-store.csi.k8s.io" and keys["csi"]["readOnly"] is True
+    assert keys["csi"]["volumeAttributes"]["secretProviderClass"] == provider_class["metadata"]["name"]
+    mount = PurePosixPath(next(m for m in container["volumeMounts"] if m["name"] == "keys")["mountPath"])
+    for setting in ("LENDING_SECRET_KEY_FILE", "LENDING_DATA_KEY_FILE"):
+        path = PurePosixPath(env[setting]["value"])
+        assert path.parent == mount and path.name in objects, setting
+    # Root-owned files (the driver ignores fsGroup) that uid 10001 can read and nobody can write.
+    assert {o["filePermission"] for o in objects.values()} == {0o444}
+
+    # The URL: a Vault object, synced by the driver into the Secret the base reads it from.
+    reference = env["LENDING_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    synced = {
+        (s["secretName"], item["key"]): item["objectName"]
+        for s in provider_class["spec"]["secretObjects"]
+        for item in s["data"]
+    }
+    assert synced[(reference["name"], reference["key"])] in objects
+
+    # Vault's role is bound to a service account of its own; still no token in the pod.
+    (account,) = prod["ServiceAccount"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False and pod["automountServiceAccountToken"] is False
 
 
 def test_prod_scrapes_the_metrics_port_under_the_job_name_the_rules_use(prod):
