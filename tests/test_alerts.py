@@ -27,6 +27,7 @@ RULE_FILES = [ALERT_RULES, FLOOR_RULES]
 TEST_FILES = sorted((RULES_DIR / "tests").glob("*.test.yml"))
 DASHBOARD = RULES_DIR / "lending-grpc-dashboard.json"
 PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "monitoring" / "prometheus-rule.yaml"
+DOCS = ROOT / "docs" / "operations-alerts-and-deploy.md"
 PROMTOOL_HINT = "Debian/Ubuntu package `prometheus` (apt-get install prometheus); .ci/run installs it"
 
 # The metrics the service and the relay export (names fixed by the metric contract).
@@ -229,6 +230,22 @@ def test_rules_and_dashboard_ask_only_for_contract_metrics():
     # The dashboard shows every metric of the contract, and the floor beside TKB90.
     assert CONTRACT - in_dashboard == set()
     assert "lending:tkb90_floor_percent" in in_dashboard
+
+
+def test_docs_page_names_every_metric_alert_and_check():
+    """The operations page lists the metrics the rules need, explains every rule, shows the checks."""
+    text = DOCS.read_text()
+    names = CONTRACT | {rule.get("alert") or rule["record"] for rule in _all_rules()}
+    assert {name for name in names if f"`{name}`" not in text} == set()
+    for command in (
+        "make lint",
+        "make test",
+        "make prometheus-rule",
+        "check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml",
+        "promtool test rules deploy/prometheus/tests/*.test.yml",
+        "kubectl kustomize deploy/kubernetes/overlays/prod",
+    ):
+        assert command in text, command
 
 
 @pytest.mark.parametrize(
