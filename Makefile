@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 BUF_VERSION := 1.75.0
 PROTOS := $(wildcard protos/lending/v1/*.proto)
 
-.PHONY: help setup run demo test proto proto-check lint buf-lint buf-breaking buf-baseline bench bench-scale clean
+.PHONY: help setup run demo test proto proto-check lint buf-lint buf-breaking buf-baseline bench bench-scale clean \
+	prometheus-rule
 
 help:
 	@echo "make run          serve on 127.0.0.1:50051 (SQLite under ./var/)"
@@ -14,9 +15,10 @@ help:
 	@echo "make test         run the whole test suite"
 	@echo "make proto        regenerate generated/ from protos/"
 	@echo "make proto-check  fail when generated/ is stale"
-	@echo "make lint         ruff + buf lint"
+	@echo "make lint         ruff + buf lint + the CI workflow against GitHub's schema"
 	@echo "make buf-breaking fail when protos/ breaks clients of the baseline in api-baseline/"
 	@echo "make buf-baseline record the current protos as the new baseline (a deliberate API release)"
+	@echo "make prometheus-rule  copy deploy/prometheus/*.rules.yml into the Kubernetes PrometheusRule"
 	@echo "make bench        throughput and latency against the echo and raw-sqlite3 ceilings"
 	@echo "make bench-scale  1,000 vs 1,000,000 loans: per-call cost, portfolio pages, bytes per loan"
 	@echo "make clean        remove the virtualenv, caches and ./var"
@@ -70,6 +72,11 @@ buf-baseline: $(STAMP)
 
 lint: $(STAMP) buf-lint
 	$(BIN)/ruff check lending_grpc tests
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
+
+# The alerting rules are written once, in deploy/prometheus; the Operator's copy is generated.
+prometheus-rule: $(STAMP)
+	$(BIN)/python deploy/prometheus/render_prometheus_rule.py
 
 bench: $(STAMP)
 	@command -v h2load >/dev/null || { echo "make bench needs h2load: apt-get install nghttp2-client" >&2; exit 1; }

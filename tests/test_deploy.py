@@ -26,7 +26,7 @@ from lending_grpc.config import Settings
 from lending_grpc.server import create_server
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFESTS = ROOT / "deploy" / "kubernetes"
+MANIFESTS = ROOT / "deploy" / "kubernetes" / "base"
 BIN = Path(sys.executable).parent
 KNOWN_ENV = {Settings.env_name(field.name) for field in dataclasses.fields(Settings)}
 
