@@ -25,10 +25,10 @@ from typing import TextIO
 
 from peewee import Database, SqliteDatabase, fn
 
-from lending_grpc.core import fields
+from lending_grpc.core import fields, standing
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.schedule import LoanTerms
-from lending_grpc.core.storage.models import Loan, Payment, User
+from lending_grpc.core.storage.models import DelinquencySpan, Loan, Payment, User
 
 SEED_PASSWORD = "bench password"
 USERNAME_PREFIX = "seed-"
@@ -117,6 +117,23 @@ def _history(rng: random.Random, paid_weeks: int) -> list[tuple[int, int]]:
     return [(bounds[i] + 1, bounds[i + 1]) for i in range(count)]
 
 
+@dataclasses.dataclass
+class _Batch:
+    """Rows of one batch, ready for executemany."""
+
+    loans: list[tuple] = dataclasses.field(default_factory=list)
+    payments: list[tuple] = dataclasses.field(default_factory=list)
+    spans: list[tuple] = dataclasses.field(default_factory=list)
+
+
+def _months(start: dt.date, end: dt.date) -> list[dt.date]:
+    months, month = [], start.replace(day=1)
+    while month < end:
+        months.append(month)
+        month = (month + dt.timedelta(days=32)).replace(day=1)
+    return months
+
+
 def _rows(
     rng: random.Random,
     first_id: int,
@@ -124,10 +141,18 @@ def _rows(
     user_ids: list[int],
     as_of: dt.date,
     first_payment_id: int,
-) -> tuple[list[tuple], list[tuple]]:
-    """``count`` loan rows (ids from ``first_id``) and the payment rows of their histories."""
-    loans: list[tuple] = []
-    payments: list[tuple] = []
+) -> _Batch:
+    """``count`` loan rows (ids from ``first_id``), their payments and their delinquent spans.
+
+    Most payments are valued on the due date of the first installment they
+    cover, some (late catch-ups) on that of the last; never after today.
+    About one in ten was
+    recorded a few days after its value date (a field collection entered
+    late), and about one in forty is preceded by a bounced attempt of the
+    same amount that an operator reversed a few days later: the reversed
+    rows stay, as in a real book, and count for nothing.
+    """
+    batch = _Batch()
     payment_id = first_payment_id
     for loan_pk in range(first_id, first_id + count):
         owner = user_ids[loan_pk % len(user_ids)]
@@ -136,28 +161,43 @@ def _rows(
         terms = LoanTerms.build(rng.randint(1000, 10_000_000) * 100, rng.choice(_RATES_E4), term_weeks, start)
         paid_weeks = _paid_weeks(rng, terms, as_of)
         paid_cents = 0
+        running: list[tuple[dt.date, int]] = []
         for first, last in _history(rng, paid_weeks):
             amount = terms.cents_for_next(first - 1, last - first + 1)
+            # Most pay on time (the first installment's due date, the rest ahead);
+            # some catch up late, on the last one's, delinquent in between.
+            value_date = min(terms.due_date(last if rng.random() < 0.15 else first), as_of)
+            if rng.random() < 0.025 and value_date > start:
+                bounced_on = max(start, value_date - dt.timedelta(days=rng.randint(1, 6)))
+                reversed_us = _epoch_us(min(bounced_on + dt.timedelta(days=3), as_of), 7200)
+                batch.payments.append(
+                    (payment_id, str(uuid.uuid4()), loan_pk, owner, None, amount, first, last,
+                     terms.total_cents - paid_cents - amount, _epoch_us(bounced_on, 3600), owner,
+                     bounced_on, paid_cents + amount, reversed_us, "bounced transfer (seeded)")
+                )  # fmt: skip
+                payment_id += 1
             paid_cents += amount
-            # Paid on the last covered due date, or today for installments paid ahead.
-            paid_on = min(terms.due_date(last), as_of)
-            payments.append(
-                (
-                    payment_id,
-                    str(uuid.uuid4()),
-                    loan_pk,
-                    owner,
-                    None,
-                    amount,
-                    first,
-                    last,
-                    terms.total_cents - paid_cents,
-                    _epoch_us(paid_on, 3600 + first),
-                )
-            )
+            late_days = rng.randint(1, 5) if rng.random() < 0.1 else 0
+            recorded_on = min(value_date + dt.timedelta(days=late_days), as_of)
+            batch.payments.append(
+                (payment_id, str(uuid.uuid4()), loan_pk, owner, None, amount, first, last,
+                 terms.total_cents - paid_cents, _epoch_us(recorded_on, 3600 + first), owner,
+                 value_date, paid_cents, None, None)
+            )  # fmt: skip
             payment_id += 1
+            running.append((value_date, paid_cents))
+        steps = standing.steps(running)
+        for span in standing.delinquent_spans(terms, steps):
+            if span.end is not None:
+                for month in _months(span.start, span.end):
+                    batch.spans.append(
+                        (month, loan_pk, owner, span.start, span.end, span.second_unpaid_due_date)
+                    )
         second_unpaid = terms.second_unpaid_due_date(paid_weeks)
-        loans.append(
+        # Delinquencies older than the seeding count as announced, as the
+        # migration to the event log treats the loans it finds.
+        announced = second_unpaid + standing.ONE_DAY if second_unpaid and second_unpaid < as_of else None
+        batch.loans.append(
             (
                 loan_pk,
                 owner,
@@ -173,9 +213,11 @@ def _rows(
                 paid_cents,
                 second_unpaid,
                 _epoch_us(start),
+                steps[-1].value_date if steps else None,
+                announced,
             )
         )
-    return loans, payments
+    return batch
 
 
 _LOAN_COLUMNS = (
@@ -193,6 +235,8 @@ _LOAN_COLUMNS = (
     Loan.paid_cents,
     Loan.second_unpaid_due_date,
     Loan.create_time_us,
+    Loan.last_value_date,
+    Loan.announced_delinquent_since,
 )
 _PAYMENT_COLUMNS = (
     Payment.id,
@@ -205,6 +249,19 @@ _PAYMENT_COLUMNS = (
     Payment.last_week,
     Payment.outstanding_after_cents,
     Payment.payment_time_us,
+    Payment.recorded_by,
+    Payment.value_date,
+    Payment.running_paid_cents,
+    Payment.reverse_time_us,
+    Payment.reversal_reason,
+)
+_SPAN_COLUMNS = (
+    DelinquencySpan.month,
+    DelinquencySpan.loan,
+    DelinquencySpan.owner,
+    DelinquencySpan.start_date,
+    DelinquencySpan.end_date,
+    DelinquencySpan.second_unpaid_due_date,
 )
 
 
@@ -295,19 +352,22 @@ def seed(
     next_payment = (Payment.select(fn.MAX(Payment.id)).scalar() or 0) + 1
     loan_sql = _insert_sql(db, Loan, _LOAN_COLUMNS)
     payment_sql = _insert_sql(db, Payment, _PAYMENT_COLUMNS)
+    span_sql = _insert_sql(db, DelinquencySpan, _SPAN_COLUMNS)
     bar = Progress("seeding loans", loans, stream) if progress else None
     payments_total = 0
     for done in range(0, loans, batch_size):
         count = min(batch_size, loans - done)
-        loan_rows, payment_rows = _rows(rng, next_loan, count, user_ids, as_of, next_payment)
+        rows = _rows(rng, next_loan, count, user_ids, as_of, next_payment)
         with db.write_lock():
             cursor = db.cursor()
-            cursor.executemany(loan_sql, list(_to_db(_LOAN_COLUMNS, loan_rows)))
-            if payment_rows:
-                cursor.executemany(payment_sql, list(_to_db(_PAYMENT_COLUMNS, payment_rows)))
+            cursor.executemany(loan_sql, list(_to_db(_LOAN_COLUMNS, rows.loans)))
+            if rows.payments:
+                cursor.executemany(payment_sql, list(_to_db(_PAYMENT_COLUMNS, rows.payments)))
+            if rows.spans:
+                cursor.executemany(span_sql, list(_to_db(_SPAN_COLUMNS, rows.spans)))
         next_loan += count
-        next_payment += len(payment_rows)
-        payments_total += len(payment_rows)
+        next_payment += len(rows.payments)
+        payments_total += len(rows.payments)
         if bar:
             bar.update(done + count)
     if bar:
@@ -318,7 +378,7 @@ def seed(
 
 def table_bytes(db: Database) -> dict[str, int]:
     """Bytes each table occupies with its indexes (SQLite pages via dbstat; PostgreSQL relation sizes)."""
-    names = [model._meta.table_name for model in (User, Loan, Payment)]
+    names = [model._meta.table_name for model in (User, Loan, Payment, DelinquencySpan)]
     if isinstance(db, SqliteDatabase):
         query = (
             "SELECT m.tbl_name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name "
@@ -370,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = table_bytes(db)
     finally:
         close_database(db)
-    without_payments = sizes["user"] + sizes["loan"] + sizes["other"]
+    without_payments = sizes["user"] + sizes["loan"] + sizes["delinquency_span"] + sizes["other"]
     print(
         f"seeded {report.loans} loans and {report.payments} payments for {report.users} users "
         f"in {report.seconds:.1f}s\n"

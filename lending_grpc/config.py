@@ -111,6 +111,9 @@ class Settings:
     login_failure_window_seconds: int = _flag(900, "window in which failed sign-ins are counted")
     login_lockout_seconds: int = _flag(300, "first lockout; each further one doubles")
     login_lockout_max_seconds: int = _flag(86400, "longest lockout")
+    daily_close: bool = _flag(
+        True, "close each day in the server after midnight (off: run `lending-grpc close-day` on a schedule)"
+    )
     auth_cache_seconds: float = _flag(
         5.0, "how long a process trusts its cached user role/erasure and token revocation state"
     )

@@ -15,6 +15,7 @@ from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import Sealer, new_key_text
+from lending_grpc.core.delinquency import DelinquencyCore
 from lending_grpc.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -59,6 +60,7 @@ class Env:
     db: object
     auth: AuthCore
     billing: BillingCore
+    delinquency: DelinquencyCore
 
     def new_owner(self) -> int:
         name = f"user-{uuid.uuid4().hex[:12]}"
@@ -72,8 +74,9 @@ def make_env(database_url: str, clock: Clock | None = None) -> Env:
     clock = clock or Clock()
     sealer = Sealer.from_text(new_key_text())
     auth = AuthCore(db, clock, Passwords(fast_insecure=True), TokenSigner(b"x" * 32), sealer)
-    billing = BillingCore(db, clock, PageTokens(b"k" * 32))
-    return Env(db, auth, billing)
+    tokens = PageTokens(b"k" * 32)
+    billing = BillingCore(db, clock, tokens)
+    return Env(db, auth, billing, DelinquencyCore(db, clock, tokens, billing))
 
 
 @pytest.fixture
@@ -366,13 +369,13 @@ def test_other_owner_gets_not_found(env, owner):
     with pytest.raises(NotFound):
         env.billing.list_payments(bob, "L1")
     with pytest.raises(NotFound):
-        env.billing.get_delinquency(bob, "L1", as_of="2026-06-01")
+        env.delinquency.get_delinquency(bob, "L1", as_of="2026-06-01")
     with pytest.raises(NotFound):
         env.billing.make_payment(actor_of(bob), "L1", "110000.00")
     with pytest.raises(NotFound):
         env.billing.make_payment(actor_of(bob), "L1", "110000.00", request_id="r-1")
     assert env.billing.list_loans(bob).items == []
-    assert env.billing.list_delinquent(bob, as_of="2027-01-01").items == []
+    assert env.delinquency.list_delinquent(bob, as_of="2027-01-01").items == []
     assert snapshot(env, owner, "L1") == before
 
     # bob's own loan with the same loan_id and request_id is independent
@@ -431,7 +434,7 @@ def test_garbage_page_tokens_are_invalid_argument(env, owner, token):
     with pytest.raises(InvalidArgument):
         env.billing.list_payments(owner, "L1", page_token=token)
     with pytest.raises(InvalidArgument):
-        env.billing.list_delinquent(owner, page_token=token)
+        env.delinquency.list_delinquent(owner, page_token=token)
 
 
 def test_list_payments_pages_and_token_is_bound_to_the_loan(env, owner):
@@ -453,12 +456,14 @@ def test_list_payments_pages_and_token_is_bound_to_the_loan(env, owner):
 def test_list_delinquent_token_is_bound_to_its_as_of(env, owner):
     for loan_id in ("A", "B"):
         env.billing.create_loan(actor_of(owner), loan_id, "5000000", start_date=START)
-    page = env.billing.list_delinquent(owner, as_of="2026-03-01", page_size=1)
+    page = env.delinquency.list_delinquent(owner, as_of="2026-03-01", page_size=1)
     assert [v.loan_id for v in page.items] == ["A"] and page.next_page_token
     with pytest.raises(InvalidArgument) as info:
-        env.billing.list_delinquent(owner, as_of="2026-03-02", page_size=1, page_token=page.next_page_token)
+        env.delinquency.list_delinquent(
+            owner, as_of="2026-03-02", page_size=1, page_token=page.next_page_token
+        )
     assert info.value.field == "as_of"
-    rest = env.billing.list_delinquent(owner, page_size=1, page_token=page.next_page_token)
+    rest = env.delinquency.list_delinquent(owner, page_size=1, page_token=page.next_page_token)
     assert [v.loan_id for v in rest.items] == ["B"]
     assert rest.items[0].standing.as_of == dt.date(2026, 3, 1)
 
@@ -493,26 +498,26 @@ def test_delinquency_and_portfolio_query(env, owner):
     # F started a week later: installments 1-2 due before 2026-01-27 (day 15)
     env.billing.create_loan(actor_of(owner), "F", "5000000", start_date="2026-01-12")
 
-    a = env.billing.get_delinquency(owner, "A", as_of="2026-01-27").standing
+    a = env.delinquency.get_delinquency(owner, "A", as_of="2026-01-27").standing
     assert (a.missed_payments, a.overdue_cents, a.days_past_due, a.is_delinquent) == (3, 33_000_000, 15, True)
     assert a.next_due_date == dt.date(2026, 1, 12)
-    b = env.billing.get_delinquency(owner, "B", as_of="2026-01-27").standing
+    b = env.delinquency.get_delinquency(owner, "B", as_of="2026-01-27").standing
     assert (b.missed_payments, b.overdue_cents, b.days_past_due, b.is_delinquent) == (2, 22_000_000, 8, True)
-    c = env.billing.get_delinquency(owner, "C", as_of="2026-01-27").standing
+    c = env.delinquency.get_delinquency(owner, "C", as_of="2026-01-27").standing
     assert (c.missed_payments, c.days_past_due, c.is_delinquent) == (1, 1, False)
-    d = env.billing.get_delinquency(owner, "D", as_of="2026-01-27").standing
+    d = env.delinquency.get_delinquency(owner, "D", as_of="2026-01-27").standing
     assert (d.missed_payments, d.is_delinquent, d.next_due_date) == (0, False, dt.date(2026, 2, 2))
-    e = env.billing.get_delinquency(owner, "E", as_of="2026-01-27").standing
+    e = env.delinquency.get_delinquency(owner, "E", as_of="2026-01-27").standing
     assert (e.missed_payments, e.is_delinquent, e.next_due_date) == (0, False, None)
-    f = env.billing.get_delinquency(owner, "F", as_of="2026-01-27").standing
+    f = env.delinquency.get_delinquency(owner, "F", as_of="2026-01-27").standing
     assert (f.missed_payments, f.days_past_due, f.is_delinquent) == (2, 8, True)
     # installment due ON as_of is not missed
-    f = env.billing.get_delinquency(owner, "F", as_of="2026-01-26").standing
+    f = env.delinquency.get_delinquency(owner, "F", as_of="2026-01-26").standing
     assert (f.missed_payments, f.is_delinquent) == (1, False)
 
     listed, token = [], ""
     while True:
-        page = env.billing.list_delinquent(owner, as_of="2026-01-27", page_size=1, page_token=token)
+        page = env.delinquency.list_delinquent(owner, as_of="2026-01-27", page_size=1, page_token=token)
         listed.extend(page.items)
         token = page.next_page_token
         if not token:
@@ -522,9 +527,9 @@ def test_delinquency_and_portfolio_query(env, owner):
 
     # B catches up both missed installments and becomes current
     env.billing.make_payment(actor_of(owner), "B", "220000.00")
-    b = env.billing.get_delinquency(owner, "B", as_of="2026-01-27").standing
+    b = env.delinquency.get_delinquency(owner, "B", as_of="2026-01-27").standing
     assert (b.missed_payments, b.is_delinquent) == (0, False)
-    assert [v.loan_id for v in env.billing.list_delinquent(owner, as_of="2026-01-27").items] == ["A", "F"]
+    assert [v.loan_id for v in env.delinquency.list_delinquent(owner, as_of="2026-01-27").items] == ["A", "F"]
 
 
 # -- sequence property over the database ----------------------------------------------

@@ -102,7 +102,7 @@ def _make_version_1_database(url: str) -> None:
     try:
         with db.bind_ctx([SchemaVersion]):
             db.create_tables([SchemaVersion])
-            _v1_baseline(db)
+            _v1_baseline(db, "Asia/Jakarta")
             SchemaVersion.create(version=1, applied_time_us=0)
         password_hash = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1).hash(PASSWORD)
         db.execute_sql(

@@ -69,7 +69,7 @@ def test_every_seeded_loan_reconciles_with_its_payments(seeded):
 def test_histories_vary_and_the_portfolio_query_agrees_with_the_rules(seeded):
     env, _, _ = seeded
     rows = list(Loan.select())
-    standing = [env.billing.get_delinquency(row.owner_id, row.loan_id, AS_OF.isoformat()) for row in rows]
+    standing = [env.delinquency.get_delinquency(row.owner_id, row.loan_id, AS_OF.isoformat()) for row in rows]
     delinquent = {s.loan_id for s in standing if s.standing.is_delinquent}
     paid_off = [row for row in rows if row.paid_weeks == row.term_weeks]
     untouched = [row for row in rows if row.paid_weeks == 0]
@@ -81,7 +81,7 @@ def test_histories_vary_and_the_portfolio_query_agrees_with_the_rules(seeded):
     for owner in {row.owner_id for row in rows}:
         token = ""
         while True:
-            page = env.billing.list_delinquent(owner, AS_OF.isoformat(), page_size=50, page_token=token)
+            page = env.delinquency.list_delinquent(owner, AS_OF.isoformat(), page_size=50, page_token=token)
             listed |= {item.loan_id for item in page.items}
             token = page.next_page_token
             if not token:

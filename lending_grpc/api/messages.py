@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from lending.v1 import audit_pb2, auth_pb2, billing_pb2
+from lending.v1 import audit_pb2, auth_pb2, billing_pb2, events_pb2
 
 from lending_grpc.core.audit import AuditView
+from lending_grpc.core.event_log import EventView
 from lending_grpc.core.money import format_cents, format_rate
 from lending_grpc.core.views import (
     DelinquencyView,
+    HistoryView,
     LoanView,
     PaymentView,
+    PortfolioReportView,
     ScheduleView,
     TokenPair,
     UserView,
@@ -61,6 +64,7 @@ def loan(view: LoanView) -> billing_pb2.Loan:
         maturity_date=terms.maturity_date.isoformat(),
         state=billing_pb2.LOAN_STATE_PAID_OFF if view.is_paid_off else billing_pb2.LOAN_STATE_ACTIVE,
         create_time=timestamp(view.create_time_us),
+        unapplied_amount=format_cents(view.unapplied_cents),
     )
 
 
@@ -72,11 +76,12 @@ def outstanding(view: LoanView) -> billing_pb2.Outstanding:
         total_amount=format_cents(view.terms.total_cents),
         installments_paid=view.paid_weeks,
         installments_remaining=view.terms.term_weeks - view.paid_weeks,
+        unapplied_amount=format_cents(view.unapplied_cents),
     )
 
 
 def payment(view: PaymentView) -> billing_pb2.Payment:
-    return billing_pb2.Payment(
+    message = billing_pb2.Payment(
         payment_id=view.payment_id,
         loan_id=view.loan_id,
         amount=format_cents(view.amount_cents),
@@ -85,7 +90,13 @@ def payment(view: PaymentView) -> billing_pb2.Payment:
         last_week=view.last_week,
         outstanding_balance=format_cents(view.outstanding_after_cents),
         request_id=view.request_id or "",
+        value_date=view.value_date.isoformat(),
     )
+    if view.reverse_time_us is not None:
+        message.reversed = True
+        message.reverse_time.CopyFrom(timestamp(view.reverse_time_us))
+        message.reversal_reason = view.reversal_reason or ""
+    return message
 
 
 def schedule(view: ScheduleView) -> billing_pb2.Schedule:
@@ -131,3 +142,54 @@ def audit_event(view: AuditView) -> audit_pb2.AuditEvent:
         loan_id=view.loan_id,
         summary=json.dumps(view.summary, separators=(",", ":"), sort_keys=True),
     )
+
+
+def history(view: HistoryView) -> billing_pb2.DelinquencyHistory:
+    return billing_pb2.DelinquencyHistory(
+        loan_id=view.loan_id,
+        periods=[
+            billing_pb2.DelinquencyPeriod(
+                start_date=period.start.isoformat(),
+                end_date=period.end.isoformat() if period.end else "",
+                max_missed_payments=period.max_missed_payments,
+            )
+            for period in view.periods
+        ],
+    )
+
+
+def portfolio_report(view: PortfolioReportView) -> billing_pb2.PortfolioReport:
+    return billing_pb2.PortfolioReport(
+        as_of=view.as_of.isoformat(),
+        loans=view.loans,
+        outstanding_amount=format_cents(view.outstanding_cents),
+        categories=[
+            billing_pb2.FundingQualityCategory(
+                quality=billing_pb2.FundingQuality.Value(f"FUNDING_QUALITY_{category.quality}"),
+                loans=category.loans,
+                outstanding_amount=format_cents(category.outstanding_cents),
+            )
+            for category in view.categories
+        ],
+        twp90=view.twp90,
+        tkb90=view.tkb90,
+    )
+
+
+def event(view: EventView) -> events_pb2.Event:
+    message = events_pb2.Event(
+        sequence=view.sequence,
+        type=events_pb2.EventType.Value(f"EVENT_TYPE_{view.type}"),
+        loan_id=view.loan_id,
+        owner=view.owner,
+        occur_time=timestamp(view.occur_time_us),
+        effective_date=view.effective_date.isoformat(),
+    )
+    resource = view.resource
+    if isinstance(resource, LoanView):
+        message.loan.CopyFrom(loan(resource))
+    elif isinstance(resource, PaymentView):
+        message.payment.CopyFrom(payment(resource))
+    else:
+        message.delinquency.CopyFrom(delinquency(resource))
+    return message

@@ -344,6 +344,8 @@ class Pipeline(grpc.ServerInterceptor):
                     with self._db.unit_of_work():
                         item = next(items, _END)
                     if item is _END:
+                        if not context.is_active():  # the servicer saw the client leave
+                            code = grpc.StatusCode.CANCELLED
                         return
                     yield item
             except Exception as exc:

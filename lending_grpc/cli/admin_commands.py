@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         request_id=uuid.uuid4().hex,
     )
     try:
-        migrate(db)
+        migrate(db, settings.time_zone)
         with db.unit_of_work():
             if args.command == "audit":
                 for view in audit.export(args.since, args.until):

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
     _add_setting_flags(serve)
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
-    _add_setting_flags(migrate, ("database_url", "db_busy_timeout_ms", "log_level", "log_format"))
+    _add_setting_flags(
+        migrate, ("database_url", "db_busy_timeout_ms", "time_zone", "log_level", "log_format")
+    )
     health = commands.add_parser("health", help="check a running server's health service (exit 0 = SERVING)")
     health_command.add_arguments(health)
     admin_commands.add_commands(commands, _add_setting_flags)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 def _migrate(settings: Settings) -> int:
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
     try:
-        applied = migrate(db)
+        applied = migrate(db, settings.time_zone)
     finally:
         close_database(db)
     print(f"applied migrations: {applied}" if applied else "schema is up to date")

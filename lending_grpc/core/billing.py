@@ -1,21 +1,15 @@
-"""BillingCore: loans, payments, schedules and delinquency, each operation one transaction."""
+"""BillingCore: loans, payments and reversals, each change one transaction with its audit row and events."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Callable
 
-from peewee import Tuple
-
-from lending_grpc.core import audit, fields, pagination
+from lending_grpc.core import audit, event_log, fields, ledger, pagination, standing
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    LendingError,
-    NotFound,
-)
+from lending_grpc.core.errors import AlreadyExists, InvalidArgument, LendingError, NotFound
 from lending_grpc.core.money import parse_money, parse_rate
 from lending_grpc.core.schedule import (
     MAX_PRINCIPAL_CENTS,
@@ -24,7 +18,6 @@ from lending_grpc.core.schedule import (
     MIN_TERM_WEEKS,
     LoanTerms,
     delinquency,
-    weeks_paid_by,
 )
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import Loan, Payment, User
@@ -41,7 +34,7 @@ from lending_grpc.core.views import (
 
 DEFAULT_TERM_WEEKS = 50
 DEFAULT_RATE_E4 = 1000  # 0.10
-
+MAX_REASON_CHARS = 500
 
 # LoanTerms' fields are named after the loan columns that store them: one mapping, both ways.
 _TERM_COLUMNS = tuple(field.name for field in dataclasses.fields(LoanTerms))
@@ -50,48 +43,78 @@ _TERM_COLUMNS = tuple(field.name for field in dataclasses.fields(LoanTerms))
 _LOAN_BY_KEY = Select(
     Loan, lambda p: Loan.select().where((Loan.owner == p.owner) & (Loan.loan_id == p.loan_id))
 )
-# Locked until commit where the backend has row locks: concurrent payments on one loan take turns.
+# Locked until commit where the backend has row locks: concurrent changes to one loan take turns.
 _LOAN_BY_KEY_LOCKED = Select(
     Loan, lambda p: Loan.select().where((Loan.owner == p.owner) & (Loan.loan_id == p.loan_id)), lock=True
 )
+_LOAN_BY_ID_LOCKED = Select(Loan, lambda p: Loan.select().where(Loan.id == p.loan), lock=True)
 _PAYMENT_BY_REQUEST = Select(
     Payment,
-    lambda p: Payment.select().join(Loan).where((Payment.owner == p.owner) & (Payment.request_id == p.key)),
+    lambda p: (
+        Payment.select().join(Loan).where((Payment.recorded_by == p.caller) & (Payment.request_id == p.key))
+    ),
     columns=(*Payment._meta.sorted_fields, Loan.loan_id),
 )
-_PAYMENTS_OF_LOAN = Select(
-    Payment, lambda p: Payment.select().where(Payment.loan == p.loan).order_by(Payment.first_week)
+_PAYMENT_BY_ID = Select(
+    Payment,
+    lambda p: (
+        Payment.select()
+        .join(Loan)
+        .switch(Payment)
+        .join(User, on=(Payment.owner == User.id))
+        .where(Payment.payment_id == p.payment_id)
+    ),
+    columns=(*Payment._meta.sorted_fields, Loan.loan_id, User.user_id),
 )
+_PAYMENTS_IN_VALUE_ORDER = Select(
+    Payment,
+    lambda p: (
+        Payment.select()
+        .where((Payment.loan == p.loan) & Payment.reverse_time_us.is_null())
+        .order_by(Payment.value_date, Payment.id)
+    ),
+    columns=(Payment.payment_id, Payment.payment_time_us, Payment.running_paid_cents),
+)
+_USER_ID = Select(User, lambda p: User.select().where(User.id == p.user), columns=(User.user_id,))
 _LOAN_COLUMNS = tuple(field for field in Loan._meta.sorted_fields if field.name != "id")
-_INSERT_LOAN = Statement(lambda p: Loan.insert({field: getattr(p, field.name) for field in _LOAN_COLUMNS}))
+_INSERT_LOAN = Statement(
+    lambda p: Loan.insert({field: getattr(p, field.name) for field in _LOAN_COLUMNS}).returning(Loan.id)
+)
 _PAYMENT_COLUMNS = tuple(field for field in Payment._meta.sorted_fields if field.name != "id")
 _INSERT_PAYMENT = Statement(
-    lambda p: Payment.insert({field: getattr(p, field.name) for field in _PAYMENT_COLUMNS})
+    lambda p: Payment.insert({field: getattr(p, field.name) for field in _PAYMENT_COLUMNS}).returning(
+        Payment.id
+    )
 )
-# Guarded on the summary read under the lock as well: a lost update stays
-# impossible even if the lock were ever dropped.
-_UPDATE_SUMMARY = Statement(
-    lambda p: Loan.update(
-        paid_weeks=p.paid_weeks, paid_cents=p.paid_cents, second_unpaid_due_date=p.second_unpaid
-    ).where((Loan.id == p.loan) & (Loan.paid_weeks == p.expected_paid_weeks))
+_MARK_REVERSED = Statement(
+    lambda p: Payment.update(reverse_time_us=p.now, reversal_reason=p.reason).where(
+        (Payment.id == p.payment) & Payment.reverse_time_us.is_null()
+    )
+)
+_ANNOUNCE = Statement(
+    lambda p: Loan.update(announced_delinquent_since=p.since).where(
+        (Loan.id == p.loan) & (Loan.announced_delinquent_since == p.before)
+    )
+)
+_ANNOUNCE_FROM_NONE = Statement(
+    lambda p: Loan.update(announced_delinquent_since=p.since).where(
+        (Loan.id == p.loan) & Loan.announced_delinquent_since.is_null()
+    )
 )
 
 
-def _term_columns(terms: LoanTerms) -> dict:
-    return {name: getattr(terms, name) for name in _TERM_COLUMNS}
+def terms_of(row) -> LoanTerms:
+    """A loan row's terms."""
+    return LoanTerms(**{name: getattr(row, name) for name in _TERM_COLUMNS})
 
 
-def _loan_view(row) -> LoanView:
-    terms = LoanTerms(**{name: getattr(row, name) for name in _TERM_COLUMNS})
-    return LoanView(row.loan_id, terms, row.paid_weeks, row.paid_cents, row.create_time_us)
+def loan_view(row) -> LoanView:
+    """A loan row as it stands now."""
+    return LoanView(row.loan_id, terms_of(row), row.paid_weeks, row.paid_cents, row.create_time_us)
 
 
-def _standing(row, day: dt.date, owner: str = "") -> DelinquencyView:
-    view = _loan_view(row)
-    return DelinquencyView(view.loan_id, delinquency(view.terms, view.paid_weeks, day), owner)
-
-
-def _payment_view(row, loan_id: str) -> PaymentView:
+def payment_view(row, loan_id: str) -> PaymentView:
+    """A payment row."""
     return PaymentView(
         payment_id=row.payment_id,
         loan_id=loan_id,
@@ -101,7 +124,30 @@ def _payment_view(row, loan_id: str) -> PaymentView:
         last_week=row.last_week,
         outstanding_after_cents=row.outstanding_after_cents,
         request_id=row.request_id,
+        value_date=row.value_date,
+        reverse_time_us=row.reverse_time_us,
+        reversal_reason=row.reversal_reason,
     )
+
+
+def reason_text(value: str, field: str = "reason") -> str:
+    """A reversal reason: 1-500 characters, printable (spaces and line breaks allowed)."""
+    if not value.strip():
+        raise InvalidArgument(field, "is required")
+    if len(value) > MAX_REASON_CHARS:
+        raise InvalidArgument(field, f"must be at most {MAX_REASON_CHARS} characters")
+    if not all(ch.isprintable() or ch in "\n\t" for ch in value):
+        raise InvalidArgument(field, "must not hold control characters")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Loan:
+    """What a change needs of the loan it changes: its row (read under its lock) and terms."""
+
+    row: object
+    terms: LoanTerms
+    owner_user_id: str
 
 
 class BillingCore:
@@ -109,13 +155,29 @@ class BillingCore:
 
     Reads take ``owner``, the internal id of the user whose loans they read
     (the caller, or the owner an operator names); changes take the `Actor`
-    that makes them, which the audit trail records.
+    that makes them, which the audit trail records. ``on_events`` is told
+    after a transaction that wrote events committed (the event hub wakes its
+    watchers and numbers them).
     """
 
-    def __init__(self, db: LendingDatabase, clock: Clock, page_tokens: pagination.PageTokens) -> None:
+    def __init__(
+        self,
+        db: LendingDatabase,
+        clock: Clock,
+        page_tokens: pagination.PageTokens,
+        *,
+        on_events: Callable[[], None] | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._page_tokens = page_tokens
+        self._on_events = on_events or (lambda: None)
+
+    def _write(self, work):
+        """Run ``work`` in a write transaction, then tell the event hub its events committed."""
+        result = self._db.write_transaction(work)
+        self._on_events()
+        return result
 
     # -- loans ---------------------------------------------------------------
 
@@ -161,23 +223,31 @@ class BillingCore:
                     raise AlreadyExists(
                         f"loan {loan_id!r} already exists with a different {', '.join(differing)}"
                     )
-                return _loan_view(existing)
+                return loan_view(existing)
+            today = self._clock.today()
             terms = LoanTerms.build(
                 principal,
                 DEFAULT_RATE_E4 if rate is None else rate,
                 term_weeks or DEFAULT_TERM_WEEKS,
-                start or self._clock.today(),
+                start or today,
             )
+            now = self._clock.now_us()
+            second_unpaid = terms.second_unpaid_due_date(0)
             values = {
                 "owner": owner,
                 "loan_id": loan_id,
-                **_term_columns(terms),
+                **{name: getattr(terms, name) for name in _TERM_COLUMNS},
                 "paid_weeks": 0,
                 "paid_cents": 0,
-                "second_unpaid_due_date": terms.second_unpaid_due_date(0),
-                "create_time_us": self._clock.now_us(),
+                "second_unpaid_due_date": second_unpaid,
+                "create_time_us": now,
+                "last_value_date": None,
+                "announced_delinquent_since": None,
             }
-            self._db.run(_INSERT_LOAN, **values)
+            pk = self._db.run(
+                _INSERT_LOAN, **{name: Loan._meta.fields[name].db_value(v) for name, v in values.items()}
+            ).fetchone()[0]
+            view = LoanView(loan_id, terms, 0, 0, now)
             audit.record(
                 self._db,
                 actor,
@@ -192,9 +262,15 @@ class BillingCore:
                     "total_cents": terms.total_cents,
                 },
             )
-            return LoanView(loan_id, terms, 0, 0, values["create_time_us"])
+            owner_user_id = actor.user.user_id
+            self._event(
+                event_log.LOAN_CREATED, pk, loan_id, owner, owner_user_id, terms.start_date, view, now
+            )
+            # A back-dated start may make the loan delinquent from the outset.
+            self._announce(pk, loan_id, owner, owner_user_id, terms, 0, None, today, now)
+            return view
 
-        return self._db.write_transaction(create)
+        return self._write(create)
 
     def resolve_owner(self, user_id: str, loan_id: str) -> int:
         """The internal id of the user ``user_id`` (an operator naming a loan's owner).
@@ -206,7 +282,8 @@ class BillingCore:
             raise NotFound(f"loan {loan_id!r} not found")
         return row.id
 
-    def _loan_row(self, owner: int, loan_id: str, *, for_update: bool = False):
+    def loan_row(self, owner: int, loan_id: str, *, for_update: bool = False):
+        """The owner's loan row, or NotFound (also for other users' loans)."""
         statement = _LOAN_BY_KEY_LOCKED if for_update else _LOAN_BY_KEY
         row = self._db.first(statement, owner=owner, loan_id=fields.loan_id(loan_id))
         if row is None:
@@ -215,14 +292,14 @@ class BillingCore:
 
     def get_loan(self, owner: int, loan_id: str) -> LoanView:
         """One of the owner's loans, or NotFound (also for other users' loans)."""
-        return _loan_view(self._loan_row(owner, loan_id))
+        return loan_view(self.loan_row(owner, loan_id))
 
     def list_loans(self, owner: int, page_size: int = 0, page_token: str = "") -> Page:
         """The owner's loans, oldest first, keyset-paginated."""
         size = pagination.page_size(page_size)
         scope = f"loans|{owner}"
         rows, token = self._id_page(Loan.select().where(Loan.owner == owner), Loan, size, scope, page_token)
-        return Page([_loan_view(row) for row in rows], token)
+        return Page([loan_view(row) for row in rows], token)
 
     def _id_page(self, query, model, size: int, scope: str, page_token: str) -> tuple[list, str]:
         """One page of ``query`` in ``model.id`` order, resuming after the token's id."""
@@ -236,37 +313,54 @@ class BillingCore:
         return rows, self._page_tokens.encode(scope, {"id": rows[-1].id})
 
     def get_schedule(self, owner: int, loan_id: str) -> ScheduleView:
-        """Every installment with its due date, amount and covering payment."""
-        loan = self._loan_row(owner, loan_id)
-        terms = _loan_view(loan).terms
-        covered: dict[int, Payment] = {}
-        for payment in self._db.all(_PAYMENTS_OF_LOAN, loan=loan.id):
-            for week in range(payment.first_week, payment.last_week + 1):
-                covered[week] = payment
-        installments = []
+        """Every installment with its due date, amount and the payment that completed it.
+
+        Installment k is paid when the non-reversed payments, in value-date
+        order, cover installments 1..k in full; the payment that completed it
+        is the first whose running total reached that far.
+        """
+        loan = self.loan_row(owner, loan_id)
+        terms = terms_of(loan)
+        payments = self._db.all(_PAYMENTS_IN_VALUE_ORDER, loan=loan.id) if loan.paid_cents else []
+        installments, index = [], 0
         for week in range(1, terms.term_weeks + 1):
-            payment = covered.get(week)
+            needed = standing.paid_through(terms, week)
+            while index < len(payments) and payments[index].running_paid_cents < needed:
+                index += 1
+            completing = payments[index] if week <= loan.paid_weeks and index < len(payments) else None
             installments.append(
                 InstallmentView(
                     week=week,
                     due_date=terms.due_date(week),
                     due_cents=terms.installment_cents(week),
-                    payment_id=payment.payment_id if payment else None,
-                    payment_time_us=payment.payment_time_us if payment else None,
+                    payment_id=completing.payment_id if completing else None,
+                    payment_time_us=completing.payment_time_us if completing else None,
                 )
             )
         return ScheduleView(loan.loan_id, terms.total_cents, installments)
 
     # -- payments ------------------------------------------------------------
 
-    def make_payment(self, actor: Actor, loan_id: str, amount: str, request_id: str = "") -> PaymentView:
+    def make_payment(
+        self,
+        actor: Actor,
+        loan_id: str,
+        amount: str,
+        request_id: str = "",
+        *,
+        owner: int | None = None,
+        value_date: str = "",
+    ) -> PaymentView:
         """Record a payment of the next whole installments; idempotent on ``request_id``.
 
-        Accepted payments are audited in their own transaction; refused ones
-        (any rule or validation error, not a database failure) afterwards.
+        ``owner`` and ``value_date`` are for operators (the servicer checks the
+        role): a collection on any borrower's loan, valued from the loan's
+        start date to today. Accepted payments are audited in their own
+        transaction; refused ones (any rule or validation error, not a
+        database failure) afterwards.
         """
         try:
-            return self._make_payment(actor, loan_id, amount, request_id)
+            return self._make_payment(actor, loan_id, amount, request_id, owner, value_date)
         except LendingError as exc:  # database failures are not LendingErrors until the unit of work
             audit.record_alone(
                 self._db,
@@ -279,63 +373,81 @@ class BillingCore:
             )
             raise
 
-    def _make_payment(self, actor: Actor, loan_id: str, amount: str, request_id: str) -> PaymentView:
-        owner = actor.user.id
+    def _make_payment(
+        self, actor: Actor, loan_id: str, amount: str, request_id: str, owner: int | None, value_date: str
+    ) -> PaymentView:
+        caller = actor.user
+        loan_owner = caller.id if owner is None else owner
         loan_id = fields.loan_id(loan_id)
         amount_cents = parse_money(amount, "amount", max_cents=MAX_TOTAL_CENTS)
         key = fields.request_id(request_id)
         today = self._clock.today()
+        stated_value_date = (
+            fields.calendar_date(value_date, "value_date", low=fields.MIN_START_DATE, high=today)
+            if value_date
+            else None
+        )
 
         def pay() -> PaymentView:
             if key is not None:
-                earlier = self._db.first(_PAYMENT_BY_REQUEST, owner=owner, key=key)
+                earlier = self._db.first(_PAYMENT_BY_REQUEST, caller=caller.id, key=key)
                 if earlier is not None:
-                    if earlier.loan_loan_id != loan_id or earlier.amount_cents != amount_cents:
+                    same = (
+                        earlier.loan_loan_id == loan_id
+                        and earlier.owner == loan_owner
+                        and earlier.amount_cents == amount_cents
+                        and (stated_value_date is None or earlier.value_date == stated_value_date)
+                    )
+                    if not same:
                         raise AlreadyExists(f"request_id {key!r} was already used for a different payment")
-                    return _payment_view(earlier, loan_id)
-            # Locked until commit: concurrent payments on one loan take turns.
-            loan = self._loan_row(owner, loan_id, for_update=True)
-            view = _loan_view(loan)
-            weeks = weeks_paid_by(view.terms, loan.paid_weeks, amount_cents, today)
-            paid_weeks = loan.paid_weeks + weeks
-            paid_cents = loan.paid_cents + amount_cents
+                    return payment_view(earlier, loan_id)
+            # Locked until commit: concurrent changes to one loan take turns.
+            row = self.loan_row(loan_owner, loan_id, for_update=True)
+            loan = _Loan(row, terms_of(row), self._owner_user_id(actor, loan_owner))
+            day = stated_value_date or today
+            if stated_value_date is not None and stated_value_date < loan.terms.start_date:
+                raise InvalidArgument(
+                    "value_date",
+                    f"must not be before the loan's start date {loan.terms.start_date.isoformat()}",
+                )
+            covered = standing.accept_payment(loan.terms, row.paid_cents, amount_cents, today)
+            running, summary = ledger.add_payment(self._db, row, loan.terms, amount_cents, day)
+            now = self._clock.now_us()
             payment = PaymentView(
                 payment_id=str(uuid.uuid4()),
                 loan_id=loan_id,
                 amount_cents=amount_cents,
-                payment_time_us=self._clock.now_us(),
-                first_week=loan.paid_weeks + 1,
-                last_week=paid_weeks,
-                outstanding_after_cents=view.terms.total_cents - paid_cents,
+                payment_time_us=now,
+                first_week=row.paid_weeks + 1,
+                last_week=covered,
+                outstanding_after_cents=loan.terms.total_cents - summary.paid_cents,
                 request_id=key,
+                value_date=day,
             )
             self._db.run(
                 _INSERT_PAYMENT,
                 payment_id=payment.payment_id,
-                loan=loan.id,
-                owner=owner,
+                loan=row.id,
+                owner=loan_owner,
                 request_id=key,
                 amount_cents=amount_cents,
                 first_week=payment.first_week,
                 last_week=payment.last_week,
                 outstanding_after_cents=payment.outstanding_after_cents,
-                payment_time_us=payment.payment_time_us,
+                payment_time_us=now,
+                recorded_by=caller.id,
+                value_date=Payment.value_date.db_value(day),
+                running_paid_cents=running,
+                reverse_time_us=None,
+                reversal_reason=None,
             )
-            updated = self._db.run(
-                _UPDATE_SUMMARY,
-                paid_weeks=paid_weeks,
-                paid_cents=paid_cents,
-                second_unpaid=view.terms.second_unpaid_due_date(paid_weeks),
-                loan=loan.id,
-                expected_paid_weeks=loan.paid_weeks,
-            ).rowcount
-            if updated != 1:
-                raise RuntimeError("loan summary changed during a payment transaction")
+            if row.last_value_date is not None and day < row.last_value_date:
+                ledger.after_insert_backdated(self._db, row, loan.terms)
             audit.record(
                 self._db,
                 actor,
                 "payment.accepted",
-                subject=actor.name,
+                subject=loan.owner_user_id,
                 loan_id=loan_id,
                 summary={
                     "payment_id": payment.payment_id,
@@ -343,71 +455,225 @@ class BillingCore:
                     "weeks": [payment.first_week, payment.last_week],
                     "outstanding_after_cents": payment.outstanding_after_cents,
                     "request_id": key,
+                    "value_date": day.isoformat(),
                 },
+            )
+            self._event(
+                event_log.PAYMENT_ACCEPTED, row.id, loan_id, loan_owner, loan.owner_user_id, day, payment, now
+            )
+            if summary.paid_weeks == loan.terms.term_weeks:
+                after = LoanView(
+                    loan_id, loan.terms, summary.paid_weeks, summary.paid_cents, row.create_time_us
+                )
+                self._event(
+                    event_log.LOAN_PAID_OFF, row.id, loan_id, loan_owner, loan.owner_user_id, day, after, now
+                )
+            self._announce(
+                row.id,
+                loan_id,
+                loan_owner,
+                loan.owner_user_id,
+                loan.terms,
+                summary.paid_cents,
+                row.announced_delinquent_since,
+                today,
+                now,
+                paid_before=row.paid_cents,
             )
             return payment
 
-        return self._db.write_transaction(pay)
+        return self._write(pay)
+
+    def _owner_user_id(self, actor: Actor, owner: int) -> str:
+        if owner == actor.user.id:
+            return actor.user.user_id
+        return self._db.first(_USER_ID, user=owner).user_id
+
+    def reverse_payment(self, actor: Actor, payment_id: str, reason: str) -> PaymentView:
+        """Reverse a payment (operators; the servicer checks the role): it stops counting.
+
+        The record stays, marked. The loan's later payments are re-applied
+        oldest first, a paid-off loan reopens, and its schedule, standing,
+        history and reports change as if the payment had never been made.
+        Reversing a reversed payment returns it unchanged.
+        """
+        payment_id = fields.payment_id(payment_id)
+        reason = reason_text(reason)
+        today = self._clock.today()
+
+        def reverse() -> PaymentView:
+            found = self._db.first(_PAYMENT_BY_ID, payment_id=payment_id)
+            if found is None:
+                raise NotFound(f"payment {payment_id!r} not found")
+            row = self._db.first(_LOAN_BY_ID_LOCKED, loan=found.loan)
+            # Read again under the loan's lock: a racing reversal may have won.
+            payment = self._db.first(_PAYMENT_BY_ID, payment_id=payment_id)
+            if payment.reverse_time_us is not None:
+                return payment_view(payment, payment.loan_loan_id)
+            terms = terms_of(row)
+            now = self._clock.now_us()
+            self._db.run(_MARK_REVERSED, payment=payment.id, now=now, reason=reason)
+            summary = ledger.remove_payment(self._db, row, terms, payment)
+            view = dataclasses.replace(
+                payment_view(payment, row.loan_id), reverse_time_us=now, reversal_reason=reason
+            )
+            owner_user_id = payment.user_user_id
+            audit.record(
+                self._db,
+                actor,
+                "payment.reverse",
+                subject=owner_user_id,
+                loan_id=row.loan_id,
+                summary={
+                    "payment_id": payment_id,
+                    "amount_cents": payment.amount_cents,
+                    "value_date": payment.value_date.isoformat(),
+                    "reason": reason[:MAX_REASON_CHARS],
+                    "outstanding_after_cents": terms.total_cents - summary.paid_cents,
+                },
+            )
+            effective = payment.value_date
+            self._event(
+                event_log.PAYMENT_REVERSED,
+                row.id,
+                row.loan_id,
+                row.owner,
+                owner_user_id,
+                effective,
+                view,
+                now,
+            )
+            if row.paid_weeks == terms.term_weeks and summary.paid_weeks < terms.term_weeks:
+                after = LoanView(
+                    row.loan_id, terms, summary.paid_weeks, summary.paid_cents, row.create_time_us
+                )
+                self._event(
+                    event_log.LOAN_REOPENED,
+                    row.id,
+                    row.loan_id,
+                    row.owner,
+                    owner_user_id,
+                    effective,
+                    after,
+                    now,
+                )
+            self._announce(
+                row.id,
+                row.loan_id,
+                row.owner,
+                owner_user_id,
+                terms,
+                summary.paid_cents,
+                row.announced_delinquent_since,
+                today,
+                now,
+                paid_before=row.paid_cents,
+            )
+            return view
+
+        return self._write(reverse)
 
     def list_payments(self, owner: int, loan_id: str, page_size: int = 0, page_token: str = "") -> Page:
-        """A loan's payments, oldest first, keyset-paginated."""
+        """A loan's payments in recording order, reversed ones included, keyset-paginated."""
         size = pagination.page_size(page_size)
-        loan = self._loan_row(owner, loan_id)
+        loan = self.loan_row(owner, loan_id)
         scope = f"payments|{owner}|{loan.id}"
         query = Payment.select().where(Payment.loan == loan.id)
         rows, token = self._id_page(query, Payment, size, scope, page_token)
-        return Page([_payment_view(row, loan.loan_id) for row in rows], token)
+        return Page([payment_view(row, loan.loan_id) for row in rows], token)
 
-    # -- delinquency ---------------------------------------------------------
+    # -- events --------------------------------------------------------------
 
-    def _as_of(self, as_of: str) -> dt.date:
-        return fields.optional_date(as_of, "as_of", self._clock.today())
-
-    def get_delinquency(self, owner: int, loan_id: str, as_of: str = "") -> DelinquencyView:
-        """A loan's standing as of a date (default today): missed installments and overdue amount."""
-        day = self._as_of(as_of)
-        return _standing(self._loan_row(owner, loan_id), day)
-
-    def list_delinquent(
-        self, owner: int | None, as_of: str = "", page_size: int = 0, page_token: str = ""
-    ) -> Page:
-        """The owner's loans (every owner's when ``owner`` is None) delinquent as of a date.
-
-        Most overdue first. Delinquent as of D means the second unpaid
-        installment fell due before D, so this is one range scan on the stored
-        ``second_unpaid_due_date`` (per owner, or across the portfolio).
-        """
-        size = pagination.page_size(page_size)
-        scope = f"delinquent|{'all' if owner is None else owner}"
-        day = self._as_of(as_of)
-        if owner is None:
-            query = Loan.select(Loan, User.user_id).join(User)
-        else:
-            query = Loan.select().where(Loan.owner == owner)
-        if page_token:
-            after = self._page_tokens.decode(page_token, scope)
-            token_day = dt.date.fromisoformat(after["as_of"])
-            if as_of and token_day != day:
-                raise InvalidArgument("as_of", "differs from the as_of of the page token")
-            day = token_day
-            last_due = dt.date.fromisoformat(after["due"])
-            # A row-value comparison, not "due > d OR (due = d AND id > i)": both
-            # SQLite and PostgreSQL turn it into one index range, where the OR
-            # made PostgreSQL fetch and sort every delinquent loan of the owner.
-            query = query.where(
-                Tuple(Loan.second_unpaid_due_date, Loan.id) > Tuple(last_due, int(after["id"]))
-            )
-        rows = list(
-            query.where(Loan.second_unpaid_due_date < day)
-            .order_by(Loan.second_unpaid_due_date, Loan.id)
-            .limit(size + 1)
+    def _event(
+        self,
+        event_type: str,
+        loan_pk: int,
+        loan_id: str,
+        owner: int,
+        owner_user_id: str,
+        effective: dt.date,
+        resource,
+        now_us: int,
+    ) -> None:
+        event_log.record(
+            self._db,
+            event_type,
+            loan_pk=loan_pk,
+            loan_id=loan_id,
+            owner_pk=owner,
+            owner_user_id=owner_user_id,
+            occur_time_us=now_us,
+            effective_date=effective,
+            resource=resource,
         )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
-            token = self._page_tokens.encode(
-                scope,
-                {"as_of": day.isoformat(), "due": last.second_unpaid_due_date.isoformat(), "id": last.id},
+
+    def _announce(
+        self,
+        loan_pk: int,
+        loan_id: str,
+        owner: int,
+        owner_user_id: str,
+        terms: LoanTerms,
+        paid_cents: int,
+        announced_since: dt.date | None,
+        today: dt.date,
+        now_us: int,
+        *,
+        paid_before: int | None = None,
+    ) -> None:
+        """Tell the event log when today's standing now differs from what it last announced.
+
+        If the loan had turned delinquent today or earlier by the passing of
+        days and the daily close has not said so yet, that comes first: every
+        change of today's standing gets its own event.
+        """
+        if paid_before is not None and announced_since is None:
+            second_unpaid = standing.second_unpaid_due_date(terms, paid_before)
+            if second_unpaid is not None and second_unpaid < today:
+                since = second_unpaid + standing.ONE_DAY
+                self._delinquency_event(
+                    event_log.DELINQUENCY_STARTED, loan_pk, loan_id, owner, owner_user_id, terms,
+                    paid_before, since, today, now_us, None,
+                )  # fmt: skip
+                announced_since = since
+        delinquent = standing.is_delinquent_today(terms, paid_cents, today)
+        if delinquent and announced_since is None:
+            self._delinquency_event(
+                event_log.DELINQUENCY_STARTED, loan_pk, loan_id, owner, owner_user_id, terms,
+                paid_cents, today, today, now_us, None,
+            )  # fmt: skip
+        elif not delinquent and announced_since is not None:
+            self._delinquency_event(
+                event_log.DELINQUENCY_ENDED, loan_pk, loan_id, owner, owner_user_id, terms,
+                paid_cents, today, today, now_us, announced_since,
+            )  # fmt: skip
+
+    def _delinquency_event(
+        self,
+        event_type: str,
+        loan_pk: int,
+        loan_id: str,
+        owner: int,
+        owner_user_id: str,
+        terms: LoanTerms,
+        paid_cents: int,
+        effective: dt.date,
+        today: dt.date,
+        now_us: int,
+        announced_before: dt.date | None,
+    ) -> None:
+        paid = standing.installments_paid(terms, paid_cents)
+        status = DelinquencyView(loan_id, delinquency(terms, paid, effective), owner_user_id)
+        self._event(event_type, loan_pk, loan_id, owner, owner_user_id, effective, status, now_us)
+        since = Loan.announced_delinquent_since.db_value(
+            effective if event_type == event_log.DELINQUENCY_STARTED else None
+        )
+        if announced_before is None:
+            self._db.run(_ANNOUNCE_FROM_NONE, loan=loan_pk, since=since)
+        else:
+            self._db.run(
+                _ANNOUNCE,
+                loan=loan_pk,
+                since=since,
+                before=Loan.announced_delinquent_since.db_value(announced_before),
             )
-        return Page([_standing(row, day, row.owner.user_id if owner is None else "") for row in rows], token)

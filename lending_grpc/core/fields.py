@@ -13,6 +13,7 @@ from lending_grpc.core.errors import InvalidArgument
 
 LOAN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+PAYMENT_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MIN_USERNAME_CHARS = 3
 MAX_USERNAME_CHARS = 150
 USERNAME_RE = re.compile(rf"[A-Za-z0-9@.+_-]{{{MIN_USERNAME_CHARS},{MAX_USERNAME_CHARS}}}")
@@ -40,6 +41,15 @@ def loan_id(value: str, field: str = "loan_id") -> str:
         raise InvalidArgument(field, "is required")
     if not LOAN_ID_RE.fullmatch(value):
         raise InvalidArgument(field, f"{_short(value)} must be 1-64 characters of letters, digits and ._-")
+    return value
+
+
+def payment_id(value: str, field: str = "payment_id") -> str:
+    """A payment's id as the service issued it: a lower-case UUID."""
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not PAYMENT_ID_RE.fullmatch(value):
+        raise InvalidArgument(field, f"{_short(value)} is not a payment id (a UUID as the service issued it)")
     return value
 
 

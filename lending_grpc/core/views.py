@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+from lending_grpc.core import standing
 from lending_grpc.core.schedule import Delinquency, LoanTerms
 
 
@@ -23,13 +24,18 @@ class LoanView:
         return self.terms.total_cents - self.paid_cents
 
     @property
+    def unapplied_cents(self) -> int:
+        """Paid beyond the last completed installment (only ever after a reversal)."""
+        return self.paid_cents - standing.paid_through(self.terms, self.paid_weeks)
+
+    @property
     def is_paid_off(self) -> bool:
         return self.paid_weeks >= self.terms.term_weeks
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PaymentView:
-    """One recorded payment."""
+    """One recorded payment; weeks and outstanding balance as they were when it was recorded."""
 
     payment_id: str
     loan_id: str
@@ -39,6 +45,13 @@ class PaymentView:
     last_week: int
     outstanding_after_cents: int
     request_id: str | None
+    value_date: dt.date
+    reverse_time_us: int | None = None
+    reversal_reason: str | None = None
+
+    @property
+    def is_reversed(self) -> bool:
+        return self.reverse_time_us is not None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +85,38 @@ class DelinquencyView:
     loan_id: str
     standing: Delinquency
     owner: str = ""  # the owner's public user id, filled in portfolio-wide lists
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryView:
+    """A loan's delinquency periods, oldest first."""
+
+    loan_id: str
+    periods: list[standing.DelinquencyPeriod]
+
+
+FUNDING_QUALITIES = ("CURRENT", "SPECIAL_MENTION", "SUBSTANDARD", "DOUBTFUL", "LOSS")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QualityView:
+    """One funding-quality category of a report: how many loans, how much outstanding."""
+
+    quality: str  # one of FUNDING_QUALITIES
+    loans: int
+    outstanding_cents: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PortfolioReportView:
+    """The funding-quality report as of a date; ``twp90`` and ``tkb90`` are percentages as text."""
+
+    as_of: dt.date
+    loans: int
+    outstanding_cents: int
+    categories: list[QualityView]
+    twp90: str
+    tkb90: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -14,12 +14,22 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from lending.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    billing_pb2,
+    billing_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+)
 from prometheus_client import CollectorRegistry
 
 from lending_grpc.api.audit_servicer import AuditServicer
 from lending_grpc.api.auth_servicer import AuthServicer
 from lending_grpc.api.billing_servicer import BillingServicer
+from lending_grpc.api.event_servicer import EventServicer
 from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics, worker_address
 from lending_grpc.api.pipeline import Pipeline
 from lending_grpc.api.rate_limits import TokenBuckets
@@ -30,6 +40,8 @@ from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.crypto import Sealer
+from lending_grpc.core.delinquency import DelinquencyCore
+from lending_grpc.core.event_hub import EventHub
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.portfolio_stats import portfolio_figures
@@ -37,6 +49,7 @@ from lending_grpc.core.storage.database import LendingDatabase, close_database, 
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
+from lending_grpc.server.daily_close_scheduler import DailyCloseScheduler
 from lending_grpc.server.transport import server_credentials, server_options
 
 log = logging.getLogger(__name__)
@@ -45,6 +58,7 @@ SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 )
 
 
@@ -57,7 +71,9 @@ class RunningServer:
     health: health.HealthServicer
     database: LendingDatabase
     executor: futures.ThreadPoolExecutor
+    events: EventHub
     metrics: MetricsServer | None = None
+    daily_close: DailyCloseScheduler | None = None
 
     def stop(
         self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
@@ -72,6 +88,9 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             hurry.wait(drain_delay)
+        if self.daily_close is not None:
+            self.daily_close.stop()
+        self.events.stop()  # watchers end their streams with UNAVAILABLE, to resume elsewhere
         self.server.stop(0 if hurry.is_set() else grace).wait()
         self.executor.shutdown(wait=True)
         if self.metrics is not None:
@@ -83,14 +102,14 @@ class ListenError(OSError):
     """The listen address is malformed or already in use."""
 
 
-def prepare_database(db: LendingDatabase, sealer: Sealer) -> None:
+def prepare_database(db: LendingDatabase, sealer: Sealer, time_zone: str) -> None:
     """Apply pending migrations, then seal emails left in plaintext or under an older data key.
 
     Safe to run from several processes at once (both take locks), and cheap
     once done: `serve --workers` runs it in the parent before forking, and
     every worker's create_server checks again.
     """
-    migrate(db)
+    migrate(db, time_zone)
     sealed = seal_legacy_emails(db, sealer)
     if sealed:
         log.info("sealed %d email(s): plaintext from schema version 1 or an older data key", sealed)
@@ -108,7 +127,7 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
         settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
     )
     try:
-        prepare_database(db, sealer)
+        prepare_database(db, sealer, settings.time_zone)
         db.release_connection()  # the main thread serves no RPC: leave its connection to the pool
         return _start(settings, key, sealer, db, reuse_port, worker_index)
     except BaseException:
@@ -146,7 +165,9 @@ def _start(
         on_lockout=metrics.lockout,
     )
     page_tokens = PageTokens(key)
-    billing = BillingCore(db, clock, page_tokens)
+    events = EventHub(db)
+    billing = BillingCore(db, clock, page_tokens, on_events=events.committed)
+    delinquency = DelinquencyCore(db, clock, page_tokens, billing)
 
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
@@ -156,7 +177,8 @@ def _start(
         options=server_options(settings, reuse_port=reuse_port),
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
-    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing, auth), server)
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(billing, delinquency, auth), server)
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(db, events), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(page_tokens), auth), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -184,11 +206,15 @@ def _start(
             metrics_server = MetricsServer(address, registry)
         except OSError as exc:
             raise ListenError(f"cannot serve metrics on {address}: {exc.strerror}") from None
+    events.start()
+    scheduler = DailyCloseScheduler(db, clock) if settings.daily_close else None
+    if scheduler is not None:
+        scheduler.start()
     server.start()
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, executor, metrics_server)
+    return RunningServer(server, port, health_servicer, db, executor, events, metrics_server, scheduler)
 
 
 def _pipeline(settings: Settings, db: LendingDatabase, auth: AuthCore, metrics: RpcMetrics) -> Pipeline:

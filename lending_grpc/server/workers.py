@@ -70,7 +70,7 @@ def _prepare(settings: Settings) -> None:
     sealer = resolve_data_key(settings)  # likewise the data key
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=1)
     try:
-        prepare_database(db, sealer)
+        prepare_database(db, sealer, settings.time_zone)
     finally:
         close_database(db)
 

@@ -25,51 +25,67 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lending/v1/billing.proto\x12\nlending.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x02\n\x04Loan\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x18\n\x10principal_amount\x18\x02 \x01(\t\x12\x15\n\rinterest_rate\x18\x03 \x01(\t\x12\x12\n\nterm_weeks\x18\x04 \x01(\x05\x12\x16\n\x0eweekly_payment\x18\x05 \x01(\t\x12\x14\n\x0ctotal_amount\x18\x06 \x01(\t\x12\x1b\n\x13outstanding_balance\x18\x07 \x01(\t\x12\x12\n\nstart_date\x18\x08 \x01(\t\x12$\n\x05state\x18\t \x01(\x0e\x32\x15.lending.v1.LoanState\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfinal_payment\x18\x0b \x01(\t\x12\x13\n\x0bpaid_amount\x18\x0c \x01(\t\x12\x19\n\x11installments_paid\x18\r \x01(\x05\x12\x15\n\rmaturity_date\x18\x0e \x01(\t\"}\n\x11\x43reateLoanRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x18\n\x10principal_amount\x18\x02 \x01(\t\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x12\n\nterm_weeks\x18\x04 \x01(\x05\x12\x15\n\rinterest_rate\x18\x05 \x01(\t\"0\n\x0eGetLoanRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"9\n\x10ListLoansRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x11ListLoansResponse\x12\x1f\n\x05loans\x18\x01 \x03(\x0b\x32\x10.lending.v1.Loan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x12GetScheduleRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"`\n\x08Schedule\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12-\n\x0cinstallments\x18\x02 \x03(\x0b\x32\x17.lending.v1.Installment\x12\x14\n\x0ctotal_amount\x18\x03 \x01(\t\"\x95\x01\n\x0bInstallment\x12\x0c\n\x04week\x18\x01 \x01(\x05\x12\x10\n\x08\x64ue_date\x18\x02 \x01(\t\x12\x12\n\ndue_amount\x18\x03 \x01(\t\x12\x0c\n\x04paid\x18\x04 \x01(\x08\x12\x30\n\x0cpayment_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x06 \x01(\t\"7\n\x15GetOutstandingRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"\xa1\x01\n\x0bOutstanding\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x1b\n\x13outstanding_balance\x18\x02 \x01(\t\x12\x13\n\x0bpaid_amount\x18\x03 \x01(\t\x12\x14\n\x0ctotal_amount\x18\x04 \x01(\t\x12\x19\n\x11installments_paid\x18\x05 \x01(\x05\x12\x1e\n\x16installments_remaining\x18\x06 \x01(\x05\"I\n\x12MakePaymentRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xc8\x01\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07loan_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x30\n\x0cpayment_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nfirst_week\x18\x05 \x01(\x05\x12\x11\n\tlast_week\x18\x06 \x01(\x05\x12\x1b\n\x13outstanding_balance\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\\\n\x13ListPaymentsRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\"V\n\x14ListPaymentsResponse\x12%\n\x08payments\x18\x01 \x03(\x0b\x32\x13.lending.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x1bGetDelinquencyStatusRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05\x61s_of\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"\xb8\x01\n\x11\x44\x65linquencyStatus\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x15\n\ris_delinquent\x18\x02 \x01(\x08\x12\x17\n\x0fmissed_payments\x18\x03 \x01(\x05\x12\x16\n\x0eoverdue_amount\x18\x04 \x01(\t\x12\x15\n\rdays_past_due\x18\x05 \x01(\x05\x12\x15\n\rnext_due_date\x18\x06 \x01(\t\x12\r\n\x05\x61s_of\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\"f\n\x1aListDelinquentLoansRequest\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\nall_owners\x18\x04 \x01(\x08\"d\n\x1bListDelinquentLoansResponse\x12,\n\x05loans\x18\x01 \x03(\x0b\x32\x1d.lending.v1.DelinquencyStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*W\n\tLoanState\x12\x1a\n\x16LOAN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11LOAN_STATE_ACTIVE\x10\x01\x12\x17\n\x13LOAN_STATE_PAID_OFF\x10\x02\x32\xc4\x05\n\x0e\x42illingService\x12=\n\nCreateLoan\x12\x1d.lending.v1.CreateLoanRequest\x1a\x10.lending.v1.Loan\x12\x37\n\x07GetLoan\x12\x1a.lending.v1.GetLoanRequest\x1a\x10.lending.v1.Loan\x12H\n\tListLoans\x12\x1c.lending.v1.ListLoansRequest\x1a\x1d.lending.v1.ListLoansResponse\x12\x43\n\x0bGetSchedule\x12\x1e.lending.v1.GetScheduleRequest\x1a\x14.lending.v1.Schedule\x12L\n\x0eGetOutstanding\x12!.lending.v1.GetOutstandingRequest\x1a\x17.lending.v1.Outstanding\x12\x42\n\x0bMakePayment\x12\x1e.lending.v1.MakePaymentRequest\x1a\x13.lending.v1.Payment\x12Q\n\x0cListPayments\x12\x1f.lending.v1.ListPaymentsRequest\x1a .lending.v1.ListPaymentsResponse\x12^\n\x14GetDelinquencyStatus\x12\'.lending.v1.GetDelinquencyStatusRequest\x1a\x1d.lending.v1.DelinquencyStatus\x12\x66\n\x13ListDelinquentLoans\x12&.lending.v1.ListDelinquentLoansRequest\x1a\'.lending.v1.ListDelinquentLoansResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lending/v1/billing.proto\x12\nlending.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x03\n\x04Loan\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x18\n\x10principal_amount\x18\x02 \x01(\t\x12\x15\n\rinterest_rate\x18\x03 \x01(\t\x12\x12\n\nterm_weeks\x18\x04 \x01(\x05\x12\x16\n\x0eweekly_payment\x18\x05 \x01(\t\x12\x14\n\x0ctotal_amount\x18\x06 \x01(\t\x12\x1b\n\x13outstanding_balance\x18\x07 \x01(\t\x12\x12\n\nstart_date\x18\x08 \x01(\t\x12$\n\x05state\x18\t \x01(\x0e\x32\x15.lending.v1.LoanState\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfinal_payment\x18\x0b \x01(\t\x12\x13\n\x0bpaid_amount\x18\x0c \x01(\t\x12\x19\n\x11installments_paid\x18\r \x01(\x05\x12\x15\n\rmaturity_date\x18\x0e \x01(\t\x12\x18\n\x10unapplied_amount\x18\x0f \x01(\t\"}\n\x11\x43reateLoanRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x18\n\x10principal_amount\x18\x02 \x01(\t\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x12\n\nterm_weeks\x18\x04 \x01(\x05\x12\x15\n\rinterest_rate\x18\x05 \x01(\t\"0\n\x0eGetLoanRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"9\n\x10ListLoansRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x11ListLoansResponse\x12\x1f\n\x05loans\x18\x01 \x03(\x0b\x32\x10.lending.v1.Loan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x12GetScheduleRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"`\n\x08Schedule\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12-\n\x0cinstallments\x18\x02 \x03(\x0b\x32\x17.lending.v1.Installment\x12\x14\n\x0ctotal_amount\x18\x03 \x01(\t\"\x95\x01\n\x0bInstallment\x12\x0c\n\x04week\x18\x01 \x01(\x05\x12\x10\n\x08\x64ue_date\x18\x02 \x01(\t\x12\x12\n\ndue_amount\x18\x03 \x01(\t\x12\x0c\n\x04paid\x18\x04 \x01(\x08\x12\x30\n\x0cpayment_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x06 \x01(\t\"7\n\x15GetOutstandingRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"\xbb\x01\n\x0bOutstanding\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x1b\n\x13outstanding_balance\x18\x02 \x01(\t\x12\x13\n\x0bpaid_amount\x18\x03 \x01(\t\x12\x14\n\x0ctotal_amount\x18\x04 \x01(\t\x12\x19\n\x11installments_paid\x18\x05 \x01(\x05\x12\x1e\n\x16installments_remaining\x18\x06 \x01(\x05\x12\x18\n\x10unapplied_amount\x18\x07 \x01(\t\"l\n\x12MakePaymentRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x12\n\nvalue_date\x18\x05 \x01(\t\";\n\x15ReversePaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb9\x02\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07loan_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x30\n\x0cpayment_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nfirst_week\x18\x05 \x01(\x05\x12\x11\n\tlast_week\x18\x06 \x01(\x05\x12\x1b\n\x13outstanding_balance\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x12\n\nvalue_date\x18\t \x01(\t\x12\x10\n\x08reversed\x18\n \x01(\x08\x12\x30\n\x0creverse_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0freversal_reason\x18\x0c \x01(\t\"\\\n\x13ListPaymentsRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\"V\n\x14ListPaymentsResponse\x12%\n\x08payments\x18\x01 \x03(\x0b\x32\x13.lending.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x1bGetDelinquencyStatusRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05\x61s_of\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"\xb8\x01\n\x11\x44\x65linquencyStatus\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\x15\n\ris_delinquent\x18\x02 \x01(\x08\x12\x17\n\x0fmissed_payments\x18\x03 \x01(\x05\x12\x16\n\x0eoverdue_amount\x18\x04 \x01(\t\x12\x15\n\rdays_past_due\x18\x05 \x01(\x05\x12\x15\n\rnext_due_date\x18\x06 \x01(\t\x12\r\n\x05\x61s_of\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\"f\n\x1aListDelinquentLoansRequest\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\nall_owners\x18\x04 \x01(\x08\"d\n\x1bListDelinquentLoansResponse\x12,\n\x05loans\x18\x01 \x03(\x0b\x32\x1d.lending.v1.DelinquencyStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x1cGetDelinquencyHistoryRequest\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"U\n\x12\x44\x65linquencyHistory\x12\x0f\n\x07loan_id\x18\x01 \x01(\t\x12.\n\x07periods\x18\x02 \x03(\x0b\x32\x1d.lending.v1.DelinquencyPeriod\"V\n\x11\x44\x65linquencyPeriod\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\x12\x1b\n\x13max_missed_payments\x18\x03 \x01(\x05\">\n\x19GetPortfolioReportRequest\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\x12\n\nall_owners\x18\x02 \x01(\x08\"\xa1\x01\n\x0fPortfolioReport\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\r\n\x05loans\x18\x02 \x01(\x05\x12\x1a\n\x12outstanding_amount\x18\x03 \x01(\t\x12\x36\n\ncategories\x18\x04 \x03(\x0b\x32\".lending.v1.FundingQualityCategory\x12\r\n\x05twp90\x18\x05 \x01(\t\x12\r\n\x05tkb90\x18\x06 \x01(\t\"p\n\x16\x46undingQualityCategory\x12+\n\x07quality\x18\x01 \x01(\x0e\x32\x1a.lending.v1.FundingQuality\x12\r\n\x05loans\x18\x02 \x01(\x05\x12\x1a\n\x12outstanding_amount\x18\x03 \x01(\t*W\n\tLoanState\x12\x1a\n\x16LOAN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11LOAN_STATE_ACTIVE\x10\x01\x12\x17\n\x13LOAN_STATE_PAID_OFF\x10\x02*\xcc\x01\n\x0e\x46undingQuality\x12\x1f\n\x1b\x46UNDING_QUALITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46UNDING_QUALITY_CURRENT\x10\x01\x12#\n\x1f\x46UNDING_QUALITY_SPECIAL_MENTION\x10\x02\x12\x1f\n\x1b\x46UNDING_QUALITY_SUBSTANDARD\x10\x03\x12\x1c\n\x18\x46UNDING_QUALITY_DOUBTFUL\x10\x04\x12\x18\n\x14\x46UNDING_QUALITY_LOSS\x10\x05\x32\xcb\x07\n\x0e\x42illingService\x12=\n\nCreateLoan\x12\x1d.lending.v1.CreateLoanRequest\x1a\x10.lending.v1.Loan\x12\x37\n\x07GetLoan\x12\x1a.lending.v1.GetLoanRequest\x1a\x10.lending.v1.Loan\x12H\n\tListLoans\x12\x1c.lending.v1.ListLoansRequest\x1a\x1d.lending.v1.ListLoansResponse\x12\x43\n\x0bGetSchedule\x12\x1e.lending.v1.GetScheduleRequest\x1a\x14.lending.v1.Schedule\x12L\n\x0eGetOutstanding\x12!.lending.v1.GetOutstandingRequest\x1a\x17.lending.v1.Outstanding\x12\x42\n\x0bMakePayment\x12\x1e.lending.v1.MakePaymentRequest\x1a\x13.lending.v1.Payment\x12Q\n\x0cListPayments\x12\x1f.lending.v1.ListPaymentsRequest\x1a .lending.v1.ListPaymentsResponse\x12^\n\x14GetDelinquencyStatus\x12\'.lending.v1.GetDelinquencyStatusRequest\x1a\x1d.lending.v1.DelinquencyStatus\x12\x66\n\x13ListDelinquentLoans\x12&.lending.v1.ListDelinquentLoansRequest\x1a\'.lending.v1.ListDelinquentLoansResponse\x12H\n\x0eReversePayment\x12!.lending.v1.ReversePaymentRequest\x1a\x13.lending.v1.Payment\x12\x61\n\x15GetDelinquencyHistory\x12(.lending.v1.GetDelinquencyHistoryRequest\x1a\x1e.lending.v1.DelinquencyHistory\x12X\n\x12GetPortfolioReport\x12%.lending.v1.GetPortfolioReportRequest\x1a\x1b.lending.v1.PortfolioReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lending.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOANSTATE']._serialized_start=2215
-  _globals['_LOANSTATE']._serialized_end=2302
+  _globals['_LOANSTATE']._serialized_start=3057
+  _globals['_LOANSTATE']._serialized_end=3144
+  _globals['_FUNDINGQUALITY']._serialized_start=3147
+  _globals['_FUNDINGQUALITY']._serialized_end=3351
   _globals['_LOAN']._serialized_start=74
-  _globals['_LOAN']._serialized_end=442
-  _globals['_CREATELOANREQUEST']._serialized_start=444
-  _globals['_CREATELOANREQUEST']._serialized_end=569
-  _globals['_GETLOANREQUEST']._serialized_start=571
-  _globals['_GETLOANREQUEST']._serialized_end=619
-  _globals['_LISTLOANSREQUEST']._serialized_start=621
-  _globals['_LISTLOANSREQUEST']._serialized_end=678
-  _globals['_LISTLOANSRESPONSE']._serialized_start=680
-  _globals['_LISTLOANSRESPONSE']._serialized_end=757
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=759
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=811
-  _globals['_SCHEDULE']._serialized_start=813
-  _globals['_SCHEDULE']._serialized_end=909
-  _globals['_INSTALLMENT']._serialized_start=912
-  _globals['_INSTALLMENT']._serialized_end=1061
-  _globals['_GETOUTSTANDINGREQUEST']._serialized_start=1063
-  _globals['_GETOUTSTANDINGREQUEST']._serialized_end=1118
-  _globals['_OUTSTANDING']._serialized_start=1121
-  _globals['_OUTSTANDING']._serialized_end=1282
-  _globals['_MAKEPAYMENTREQUEST']._serialized_start=1284
-  _globals['_MAKEPAYMENTREQUEST']._serialized_end=1357
-  _globals['_PAYMENT']._serialized_start=1360
-  _globals['_PAYMENT']._serialized_end=1560
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1562
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1654
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1656
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1742
-  _globals['_GETDELINQUENCYSTATUSREQUEST']._serialized_start=1744
-  _globals['_GETDELINQUENCYSTATUSREQUEST']._serialized_end=1820
-  _globals['_DELINQUENCYSTATUS']._serialized_start=1823
-  _globals['_DELINQUENCYSTATUS']._serialized_end=2007
-  _globals['_LISTDELINQUENTLOANSREQUEST']._serialized_start=2009
-  _globals['_LISTDELINQUENTLOANSREQUEST']._serialized_end=2111
-  _globals['_LISTDELINQUENTLOANSRESPONSE']._serialized_start=2113
-  _globals['_LISTDELINQUENTLOANSRESPONSE']._serialized_end=2213
-  _globals['_BILLINGSERVICE']._serialized_start=2305
-  _globals['_BILLINGSERVICE']._serialized_end=3013
+  _globals['_LOAN']._serialized_end=468
+  _globals['_CREATELOANREQUEST']._serialized_start=470
+  _globals['_CREATELOANREQUEST']._serialized_end=595
+  _globals['_GETLOANREQUEST']._serialized_start=597
+  _globals['_GETLOANREQUEST']._serialized_end=645
+  _globals['_LISTLOANSREQUEST']._serialized_start=647
+  _globals['_LISTLOANSREQUEST']._serialized_end=704
+  _globals['_LISTLOANSRESPONSE']._serialized_start=706
+  _globals['_LISTLOANSRESPONSE']._serialized_end=783
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=785
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=837
+  _globals['_SCHEDULE']._serialized_start=839
+  _globals['_SCHEDULE']._serialized_end=935
+  _globals['_INSTALLMENT']._serialized_start=938
+  _globals['_INSTALLMENT']._serialized_end=1087
+  _globals['_GETOUTSTANDINGREQUEST']._serialized_start=1089
+  _globals['_GETOUTSTANDINGREQUEST']._serialized_end=1144
+  _globals['_OUTSTANDING']._serialized_start=1147
+  _globals['_OUTSTANDING']._serialized_end=1334
+  _globals['_MAKEPAYMENTREQUEST']._serialized_start=1336
+  _globals['_MAKEPAYMENTREQUEST']._serialized_end=1444
+  _globals['_REVERSEPAYMENTREQUEST']._serialized_start=1446
+  _globals['_REVERSEPAYMENTREQUEST']._serialized_end=1505
+  _globals['_PAYMENT']._serialized_start=1508
+  _globals['_PAYMENT']._serialized_end=1821
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1823
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1915
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1917
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=2003
+  _globals['_GETDELINQUENCYSTATUSREQUEST']._serialized_start=2005
+  _globals['_GETDELINQUENCYSTATUSREQUEST']._serialized_end=2081
+  _globals['_DELINQUENCYSTATUS']._serialized_start=2084
+  _globals['_DELINQUENCYSTATUS']._serialized_end=2268
+  _globals['_LISTDELINQUENTLOANSREQUEST']._serialized_start=2270
+  _globals['_LISTDELINQUENTLOANSREQUEST']._serialized_end=2372
+  _globals['_LISTDELINQUENTLOANSRESPONSE']._serialized_start=2374
+  _globals['_LISTDELINQUENTLOANSRESPONSE']._serialized_end=2474
+  _globals['_GETDELINQUENCYHISTORYREQUEST']._serialized_start=2476
+  _globals['_GETDELINQUENCYHISTORYREQUEST']._serialized_end=2538
+  _globals['_DELINQUENCYHISTORY']._serialized_start=2540
+  _globals['_DELINQUENCYHISTORY']._serialized_end=2625
+  _globals['_DELINQUENCYPERIOD']._serialized_start=2627
+  _globals['_DELINQUENCYPERIOD']._serialized_end=2713
+  _globals['_GETPORTFOLIOREPORTREQUEST']._serialized_start=2715
+  _globals['_GETPORTFOLIOREPORTREQUEST']._serialized_end=2777
+  _globals['_PORTFOLIOREPORT']._serialized_start=2780
+  _globals['_PORTFOLIOREPORT']._serialized_end=2941
+  _globals['_FUNDINGQUALITYCATEGORY']._serialized_start=2943
+  _globals['_FUNDINGQUALITYCATEGORY']._serialized_end=3055
+  _globals['_BILLINGSERVICE']._serialized_start=3354
+  _globals['_BILLINGSERVICE']._serialized_end=4325
 # @@protoc_insertion_point(module_scope)

@@ -15,12 +15,27 @@ class LoanState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOAN_STATE_UNSPECIFIED: _ClassVar[LoanState]
     LOAN_STATE_ACTIVE: _ClassVar[LoanState]
     LOAN_STATE_PAID_OFF: _ClassVar[LoanState]
+
+class FundingQuality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUNDING_QUALITY_UNSPECIFIED: _ClassVar[FundingQuality]
+    FUNDING_QUALITY_CURRENT: _ClassVar[FundingQuality]
+    FUNDING_QUALITY_SPECIAL_MENTION: _ClassVar[FundingQuality]
+    FUNDING_QUALITY_SUBSTANDARD: _ClassVar[FundingQuality]
+    FUNDING_QUALITY_DOUBTFUL: _ClassVar[FundingQuality]
+    FUNDING_QUALITY_LOSS: _ClassVar[FundingQuality]
 LOAN_STATE_UNSPECIFIED: LoanState
 LOAN_STATE_ACTIVE: LoanState
 LOAN_STATE_PAID_OFF: LoanState
+FUNDING_QUALITY_UNSPECIFIED: FundingQuality
+FUNDING_QUALITY_CURRENT: FundingQuality
+FUNDING_QUALITY_SPECIAL_MENTION: FundingQuality
+FUNDING_QUALITY_SUBSTANDARD: FundingQuality
+FUNDING_QUALITY_DOUBTFUL: FundingQuality
+FUNDING_QUALITY_LOSS: FundingQuality
 
 class Loan(_message.Message):
-    __slots__ = ("loan_id", "principal_amount", "interest_rate", "term_weeks", "weekly_payment", "total_amount", "outstanding_balance", "start_date", "state", "create_time", "final_payment", "paid_amount", "installments_paid", "maturity_date")
+    __slots__ = ("loan_id", "principal_amount", "interest_rate", "term_weeks", "weekly_payment", "total_amount", "outstanding_balance", "start_date", "state", "create_time", "final_payment", "paid_amount", "installments_paid", "maturity_date", "unapplied_amount")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     INTEREST_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +50,7 @@ class Loan(_message.Message):
     PAID_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     INSTALLMENTS_PAID_FIELD_NUMBER: _ClassVar[int]
     MATURITY_DATE_FIELD_NUMBER: _ClassVar[int]
+    UNAPPLIED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     principal_amount: str
     interest_rate: str
@@ -49,7 +65,8 @@ class Loan(_message.Message):
     paid_amount: str
     installments_paid: int
     maturity_date: str
-    def __init__(self, loan_id: _Optional[str] = ..., principal_amount: _Optional[str] = ..., interest_rate: _Optional[str] = ..., term_weeks: _Optional[int] = ..., weekly_payment: _Optional[str] = ..., total_amount: _Optional[str] = ..., outstanding_balance: _Optional[str] = ..., start_date: _Optional[str] = ..., state: _Optional[_Union[LoanState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., final_payment: _Optional[str] = ..., paid_amount: _Optional[str] = ..., installments_paid: _Optional[int] = ..., maturity_date: _Optional[str] = ...) -> None: ...
+    unapplied_amount: str
+    def __init__(self, loan_id: _Optional[str] = ..., principal_amount: _Optional[str] = ..., interest_rate: _Optional[str] = ..., term_weeks: _Optional[int] = ..., weekly_payment: _Optional[str] = ..., total_amount: _Optional[str] = ..., outstanding_balance: _Optional[str] = ..., start_date: _Optional[str] = ..., state: _Optional[_Union[LoanState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., final_payment: _Optional[str] = ..., paid_amount: _Optional[str] = ..., installments_paid: _Optional[int] = ..., maturity_date: _Optional[str] = ..., unapplied_amount: _Optional[str] = ...) -> None: ...
 
 class CreateLoanRequest(_message.Message):
     __slots__ = ("loan_id", "principal_amount", "start_date", "term_weeks", "interest_rate")
@@ -132,33 +149,47 @@ class GetOutstandingRequest(_message.Message):
     def __init__(self, loan_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Outstanding(_message.Message):
-    __slots__ = ("loan_id", "outstanding_balance", "paid_amount", "total_amount", "installments_paid", "installments_remaining")
+    __slots__ = ("loan_id", "outstanding_balance", "paid_amount", "total_amount", "installments_paid", "installments_remaining", "unapplied_amount")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_BALANCE_FIELD_NUMBER: _ClassVar[int]
     PAID_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     INSTALLMENTS_PAID_FIELD_NUMBER: _ClassVar[int]
     INSTALLMENTS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    UNAPPLIED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     outstanding_balance: str
     paid_amount: str
     total_amount: str
     installments_paid: int
     installments_remaining: int
-    def __init__(self, loan_id: _Optional[str] = ..., outstanding_balance: _Optional[str] = ..., paid_amount: _Optional[str] = ..., total_amount: _Optional[str] = ..., installments_paid: _Optional[int] = ..., installments_remaining: _Optional[int] = ...) -> None: ...
+    unapplied_amount: str
+    def __init__(self, loan_id: _Optional[str] = ..., outstanding_balance: _Optional[str] = ..., paid_amount: _Optional[str] = ..., total_amount: _Optional[str] = ..., installments_paid: _Optional[int] = ..., installments_remaining: _Optional[int] = ..., unapplied_amount: _Optional[str] = ...) -> None: ...
 
 class MakePaymentRequest(_message.Message):
-    __slots__ = ("loan_id", "amount", "request_id")
+    __slots__ = ("loan_id", "amount", "request_id", "owner", "value_date")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_DATE_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     amount: str
     request_id: str
-    def __init__(self, loan_id: _Optional[str] = ..., amount: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    owner: str
+    value_date: str
+    def __init__(self, loan_id: _Optional[str] = ..., amount: _Optional[str] = ..., request_id: _Optional[str] = ..., owner: _Optional[str] = ..., value_date: _Optional[str] = ...) -> None: ...
+
+class ReversePaymentRequest(_message.Message):
+    __slots__ = ("payment_id", "reason")
+    PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    payment_id: str
+    reason: str
+    def __init__(self, payment_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("payment_id", "loan_id", "amount", "payment_time", "first_week", "last_week", "outstanding_balance", "request_id")
+    __slots__ = ("payment_id", "loan_id", "amount", "payment_time", "first_week", "last_week", "outstanding_balance", "request_id", "value_date", "reversed", "reverse_time", "reversal_reason")
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +198,10 @@ class Payment(_message.Message):
     LAST_WEEK_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_BALANCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_DATE_FIELD_NUMBER: _ClassVar[int]
+    REVERSED_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVERSAL_REASON_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
     loan_id: str
     amount: str
@@ -175,7 +210,11 @@ class Payment(_message.Message):
     last_week: int
     outstanding_balance: str
     request_id: str
-    def __init__(self, payment_id: _Optional[str] = ..., loan_id: _Optional[str] = ..., amount: _Optional[str] = ..., payment_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_week: _Optional[int] = ..., last_week: _Optional[int] = ..., outstanding_balance: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    value_date: str
+    reversed: bool
+    reverse_time: _timestamp_pb2.Timestamp
+    reversal_reason: str
+    def __init__(self, payment_id: _Optional[str] = ..., loan_id: _Optional[str] = ..., amount: _Optional[str] = ..., payment_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_week: _Optional[int] = ..., last_week: _Optional[int] = ..., outstanding_balance: _Optional[str] = ..., request_id: _Optional[str] = ..., value_date: _Optional[str] = ..., reversed: _Optional[bool] = ..., reverse_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reversal_reason: _Optional[str] = ...) -> None: ...
 
 class ListPaymentsRequest(_message.Message):
     __slots__ = ("loan_id", "page_size", "page_token", "owner")
@@ -246,3 +285,63 @@ class ListDelinquentLoansResponse(_message.Message):
     loans: _containers.RepeatedCompositeFieldContainer[DelinquencyStatus]
     next_page_token: str
     def __init__(self, loans: _Optional[_Iterable[_Union[DelinquencyStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetDelinquencyHistoryRequest(_message.Message):
+    __slots__ = ("loan_id", "owner")
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    loan_id: str
+    owner: str
+    def __init__(self, loan_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class DelinquencyHistory(_message.Message):
+    __slots__ = ("loan_id", "periods")
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    loan_id: str
+    periods: _containers.RepeatedCompositeFieldContainer[DelinquencyPeriod]
+    def __init__(self, loan_id: _Optional[str] = ..., periods: _Optional[_Iterable[_Union[DelinquencyPeriod, _Mapping]]] = ...) -> None: ...
+
+class DelinquencyPeriod(_message.Message):
+    __slots__ = ("start_date", "end_date", "max_missed_payments")
+    START_DATE_FIELD_NUMBER: _ClassVar[int]
+    END_DATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MISSED_PAYMENTS_FIELD_NUMBER: _ClassVar[int]
+    start_date: str
+    end_date: str
+    max_missed_payments: int
+    def __init__(self, start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., max_missed_payments: _Optional[int] = ...) -> None: ...
+
+class GetPortfolioReportRequest(_message.Message):
+    __slots__ = ("as_of", "all_owners")
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    ALL_OWNERS_FIELD_NUMBER: _ClassVar[int]
+    as_of: str
+    all_owners: bool
+    def __init__(self, as_of: _Optional[str] = ..., all_owners: _Optional[bool] = ...) -> None: ...
+
+class PortfolioReport(_message.Message):
+    __slots__ = ("as_of", "loans", "outstanding_amount", "categories", "twp90", "tkb90")
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    LOANS_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    TWP90_FIELD_NUMBER: _ClassVar[int]
+    TKB90_FIELD_NUMBER: _ClassVar[int]
+    as_of: str
+    loans: int
+    outstanding_amount: str
+    categories: _containers.RepeatedCompositeFieldContainer[FundingQualityCategory]
+    twp90: str
+    tkb90: str
+    def __init__(self, as_of: _Optional[str] = ..., loans: _Optional[int] = ..., outstanding_amount: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[FundingQualityCategory, _Mapping]]] = ..., twp90: _Optional[str] = ..., tkb90: _Optional[str] = ...) -> None: ...
+
+class FundingQualityCategory(_message.Message):
+    __slots__ = ("quality", "loans", "outstanding_amount")
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    LOANS_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    quality: FundingQuality
+    loans: int
+    outstanding_amount: str
+    def __init__(self, quality: _Optional[_Union[FundingQuality, str]] = ..., loans: _Optional[int] = ..., outstanding_amount: _Optional[str] = ...) -> None: ...

@@ -50,7 +50,8 @@ class BillingServiceStub:
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY, RATE_LIMITED, ACCOUNT_LOCKED.
+    INVALID_ARGUMENT also carries a
     google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
     the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
     many calls in flight) are safe to retry with backoff; a retried MakePayment
@@ -108,6 +109,21 @@ class BillingServiceStub:
                 request_serializer=lending_dot_v1_dot_billing__pb2.ListDelinquentLoansRequest.SerializeToString,
                 response_deserializer=lending_dot_v1_dot_billing__pb2.ListDelinquentLoansResponse.FromString,
                 _registered_method=True)
+        self.ReversePayment = channel.unary_unary(
+                '/lending.v1.BillingService/ReversePayment',
+                request_serializer=lending_dot_v1_dot_billing__pb2.ReversePaymentRequest.SerializeToString,
+                response_deserializer=lending_dot_v1_dot_billing__pb2.Payment.FromString,
+                _registered_method=True)
+        self.GetDelinquencyHistory = channel.unary_unary(
+                '/lending.v1.BillingService/GetDelinquencyHistory',
+                request_serializer=lending_dot_v1_dot_billing__pb2.GetDelinquencyHistoryRequest.SerializeToString,
+                response_deserializer=lending_dot_v1_dot_billing__pb2.DelinquencyHistory.FromString,
+                _registered_method=True)
+        self.GetPortfolioReport = channel.unary_unary(
+                '/lending.v1.BillingService/GetPortfolioReport',
+                request_serializer=lending_dot_v1_dot_billing__pb2.GetPortfolioReportRequest.SerializeToString,
+                response_deserializer=lending_dot_v1_dot_billing__pb2.PortfolioReport.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -135,7 +151,8 @@ class BillingServiceServicer:
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY, RATE_LIMITED, ACCOUNT_LOCKED.
+    INVALID_ARGUMENT also carries a
     google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
     the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
     many calls in flight) are safe to retry with backoff; a retried MakePayment
@@ -237,10 +254,58 @@ class BillingServiceServicer:
 
     def ListDelinquentLoans(self, request, context):
         """ListDelinquentLoans pages through the caller's loans that are delinquent
-        as of a date, most overdue first.
+        as of a date, most overdue first. For a past date each loan is judged as
+        it stood at the end of that day (payments by value date, reversed ones
+        not at all).
 
         Errors: INVALID_ARGUMENT for a malformed `as_of`, a negative `page_size`
         or a foreign page token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReversePayment(self, request, context):
+        """ReversePayment (operators only) takes back a bounced or mistaken payment:
+        it stops counting, as if it had never been made. The record stays and is
+        listed with `reversed`, `reverse_time` and `reversal_reason`; the
+        outstanding balance rises by its amount; a paid-off loan becomes ACTIVE
+        again; the loan's later payments are re-applied oldest first (value-date
+        order), so its schedule, delinquency, history and reports change from the
+        payment's value date on. Reversing a payment that is already reversed
+        returns it unchanged (no second effect). Audited.
+
+        Errors: PERMISSION_DENIED for anyone but an operator; INVALID_ARGUMENT
+        for a malformed `payment_id` or a `reason` that is empty, longer than 500
+        characters or holds control characters; NOT_FOUND for an unknown payment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDelinquencyHistory(self, request, context):
+        """GetDelinquencyHistory returns the periods in which a loan was delinquent
+        (two or more missed installments, judged day by day with payments by
+        value date), oldest first, including the one still running. A
+        back-dated payment or a reversal rewrites the history it touches.
+
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed `loan_id`;
+        PERMISSION_DENIED when a non-operator sets `owner`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPortfolioReport(self, request, context):
+        """GetPortfolioReport returns the funding-quality report (TKB90 / TWP90, as
+        an Indonesian P2P lender publishes under POJK 10/POJK.05/2022) as of a
+        date: over the loans that had started by `as_of` and still owed something
+        at the end of it, the number of loans and the amount outstanding in each
+        funding-quality category by days past due. The caller's own loans, or
+        the whole book for an operator setting `all_owners`.
+
+        Errors: INVALID_ARGUMENT for a malformed `as_of`; PERMISSION_DENIED when
+        a non-operator sets `all_owners`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -294,6 +359,21 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     request_deserializer=lending_dot_v1_dot_billing__pb2.ListDelinquentLoansRequest.FromString,
                     response_serializer=lending_dot_v1_dot_billing__pb2.ListDelinquentLoansResponse.SerializeToString,
             ),
+            'ReversePayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReversePayment,
+                    request_deserializer=lending_dot_v1_dot_billing__pb2.ReversePaymentRequest.FromString,
+                    response_serializer=lending_dot_v1_dot_billing__pb2.Payment.SerializeToString,
+            ),
+            'GetDelinquencyHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDelinquencyHistory,
+                    request_deserializer=lending_dot_v1_dot_billing__pb2.GetDelinquencyHistoryRequest.FromString,
+                    response_serializer=lending_dot_v1_dot_billing__pb2.DelinquencyHistory.SerializeToString,
+            ),
+            'GetPortfolioReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPortfolioReport,
+                    request_deserializer=lending_dot_v1_dot_billing__pb2.GetPortfolioReportRequest.FromString,
+                    response_serializer=lending_dot_v1_dot_billing__pb2.PortfolioReport.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'lending.v1.BillingService', rpc_method_handlers)
@@ -327,7 +407,8 @@ class BillingService:
     (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
     NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
     number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY. INVALID_ARGUMENT also carries a
+    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY, RATE_LIMITED, ACCOUNT_LOCKED.
+    INVALID_ARGUMENT also carries a
     google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
     the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
     many calls in flight) are safe to retry with backoff; a retried MakePayment
@@ -567,6 +648,87 @@ class BillingService:
             '/lending.v1.BillingService/ListDelinquentLoans',
             lending_dot_v1_dot_billing__pb2.ListDelinquentLoansRequest.SerializeToString,
             lending_dot_v1_dot_billing__pb2.ListDelinquentLoansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReversePayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lending.v1.BillingService/ReversePayment',
+            lending_dot_v1_dot_billing__pb2.ReversePaymentRequest.SerializeToString,
+            lending_dot_v1_dot_billing__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDelinquencyHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lending.v1.BillingService/GetDelinquencyHistory',
+            lending_dot_v1_dot_billing__pb2.GetDelinquencyHistoryRequest.SerializeToString,
+            lending_dot_v1_dot_billing__pb2.DelinquencyHistory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPortfolioReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lending.v1.BillingService/GetPortfolioReport',
+            lending_dot_v1_dot_billing__pb2.GetPortfolioReportRequest.SerializeToString,
+            lending_dot_v1_dot_billing__pb2.PortfolioReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,193 @@
+"""One event hub per server process: knows the newest event, wakes the watchers, numbers events.
+
+Watchers (WatchEvents streams) never poll the database: they wait here until
+the log has grown past their position, then read. The hub learns of new
+events three ways: a commit in this process tells it at once
+(``committed``), PostgreSQL's NOTIFY tells it of the commits of other
+processes and machines, and a timer catches anything else (a SQLite file
+shared by several processes, a missed notification). Whatever the number of
+watchers, an idle process costs one small query per poll interval.
+
+The hub also keeps the most recent events in memory, so that many watchers
+following the head of the log share one read instead of one each.
+
+On PostgreSQL it runs the numberer (``event_log.assign_sequences``) after
+each local commit and on every tick, so events are numbered within
+milliseconds, and those of a process that died after committing are numbered
+by the survivors.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import select
+import threading
+import time
+
+from lending_grpc.core import event_log
+from lending_grpc.core.event_log import EventView
+from lending_grpc.core.storage.database import LendingDatabase
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "lending_events"
+RECENT_EVENTS = 4096  # kept in memory for watchers at the head of the log
+_FETCH = 1000
+
+
+class EventHub:
+    """See the module docstring. ``start`` it; ``stop`` it before closing the database."""
+
+    def __init__(self, db: LendingDatabase, *, poll_s: float = 0.2) -> None:
+        self._db = db
+        self._poll_s = poll_s
+        self._latest = 0
+        # Every event after _floor, up to _latest, in order: a contiguous tail of the log.
+        self._recent: collections.deque[EventView] = collections.deque(maxlen=RECENT_EVENTS)
+        self._floor = 0
+        self._changed = threading.Condition()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listener = None
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Read the newest sequence and start following the log."""
+        with self._db.unit_of_work():
+            self._latest = self._floor = event_log.latest_sequence(self._db)
+        self._listener = self._listen()
+        self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following the log and release every watcher (they end their streams: UNAVAILABLE)."""
+        self._stopping.set()
+        self._wake.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the hub is stopping: the server is shutting down."""
+        return self._stopping.is_set()
+
+    # -- for writers and watchers
+
+    def committed(self) -> None:
+        """A transaction of this process that wrote events committed: number them, wake the watchers."""
+        self._wake.set()
+
+    @property
+    def latest(self) -> int:
+        """The newest event sequence the hub knows of."""
+        return self._latest
+
+    def wait_beyond(self, sequence: int, timeout: float) -> int:
+        """Block until the log holds an event after ``sequence``, the timeout passes or the hub stops."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._latest <= sequence and not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return self._latest
+
+    def recent_after(self, sequence: int) -> tuple[int, list[EventView]] | None:
+        """(latest, every event after ``sequence`` up to it) from memory; None when memory lacks some."""
+        with self._changed:
+            if sequence < self._floor:
+                return None
+            return self._latest, [event for event in self._recent if event.sequence > sequence]
+
+    # -- the thread
+
+    def _listen(self):
+        """A connection LISTENing for the numberer's notifications (PostgreSQL only)."""
+        if self._db.kind != "postgresql":
+            return None
+        try:
+            import psycopg
+
+            conn = psycopg.connect(
+                dbname=self._db.database, autocommit=True, **{**self._db.connect_params, "options": ""}
+            )
+            conn.execute(f"LISTEN {CHANNEL}")
+            return conn
+        except Exception:
+            log.warning("event hub: cannot LISTEN for events; polling instead", exc_info=True)
+            return None
+
+    def _wait_for_news(self) -> None:
+        """Sleep until woken, notified or a poll interval passed."""
+        if self._listener is None:
+            self._wake.wait(self._poll_s)
+            return
+        deadline = time.monotonic() + self._poll_s
+        while not self._wake.is_set() and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                ready, _, _ = select.select([self._listener.fileno()], [], [], min(remaining, 0.05))
+                if ready:
+                    self._listener.execute("SELECT 1")  # let psycopg read the notifications
+                    if list(self._listener.notifies(timeout=0)):
+                        return
+            except Exception:
+                log.warning("event hub: lost the LISTEN connection; polling instead", exc_info=True)
+                with contextlib.suppress(Exception):
+                    self._listener.close()
+                self._listener = None
+                return
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wait_for_news()
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._refresh()
+            except Exception:
+                # The database may be away for a while: watchers wait, nothing is lost.
+                log.warning("event hub: cannot read the event log", exc_info=True)
+                time.sleep(self._poll_s)
+
+    def _refresh(self) -> None:
+        with self._db.unit_of_work():
+            event_log.assign_sequences(self._db)
+            latest = event_log.latest_sequence(self._db)
+            if latest <= self._latest:
+                return
+            fetched: list[EventView] | None = []
+            if latest - self._latest <= RECENT_EVENTS:
+                known = self._latest
+                while known < latest:
+                    batch = event_log.read(self._db, known, _FETCH)
+                    if not batch:
+                        break
+                    fetched += batch
+                    known = batch[-1].sequence
+                latest = max(latest, known)
+            else:
+                fetched = None  # too far behind: memory starts again from here
+        with self._changed:
+            if fetched is None:
+                self._recent.clear()
+                self._floor = latest
+            else:
+                self._recent.extend(fetched)
+                if self._recent:
+                    self._floor = max(self._floor, self._recent[0].sequence - 1)
+            self._latest = latest
+            self._changed.notify_all()
