@@ -11,6 +11,7 @@ scrapes (``core/portfolio_stats.py``), never on the RPC path.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -104,14 +105,37 @@ def _code_name(code: grpc.StatusCode) -> str:
 
 
 class PortfolioCollector(Collector):
-    """The book's gauges (``core/portfolio_stats.py``), computed when Prometheus scrapes."""
+    """The book's gauges (``core/portfolio_stats.py``), computed when Prometheus scrapes.
 
-    def __init__(self, stats: Callable[[], dict[str, tuple[str, float]]]) -> None:
-        self._stats = stats
+    ``cheap`` figures (indexed counts) are read at every scrape; ``costly``
+    ones (the funding-quality report scans the book) at most once per
+    ``costly_every_s`` seconds, the last value served in between.
+    """
+
+    def __init__(
+        self,
+        cheap: Callable[[], dict[str, tuple[str, float]]],
+        costly: Callable[[], dict[str, tuple[str, float]]] | None = None,
+        costly_every_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cheap = cheap
+        self._costly = costly
+        self._costly_every_s = costly_every_s
+        self._clock = clock
+        self._costly_cache: tuple[float, dict[str, tuple[str, float]]] | None = None
+
+    def _costly_figures(self) -> dict[str, tuple[str, float]]:
+        if self._costly is None:
+            return {}
+        now = self._clock()
+        if self._costly_cache is None or now - self._costly_cache[0] >= self._costly_every_s:
+            self._costly_cache = (now, self._costly())
+        return self._costly_cache[1]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            figures = self._stats()
+            figures = {**self._cheap(), **self._costly_figures()}
         except Exception:
             # A scrape must not fail because the database is briefly unavailable; the gap shows.
             log.warning("metrics: could not read the portfolio figures", exc_info=True)

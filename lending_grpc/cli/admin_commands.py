@@ -1,4 +1,4 @@
-"""Operator commands run on the server host: `lending-grpc users ...` and `lending-grpc audit export`.
+"""Operator commands run on the server host: `users ...`, `audit export` and `close-day`.
 
 They work on the database directly (no gRPC, no running server needed):
 whoever can run them already holds the service's configuration. Each change
@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 
 from lending_grpc.config import Settings
-from lending_grpc.core import audit
+from lending_grpc.core import audit, daily_close
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.errors import LendingError
@@ -24,7 +24,7 @@ from lending_grpc.core.storage.database import close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.views import ROLES, Actor
 
-COMMANDS = ("users", "audit")
+COMMANDS = ("users", "audit", "close-day")
 _DB_FLAGS = ("database_url", "db_busy_timeout_ms", "log_level")
 
 
@@ -54,6 +54,26 @@ def add_commands(commands, add_setting_flags: Callable[[argparse.ArgumentParser,
     export.add_argument("--until", type=_instant, help="only events before this ISO 8601 time (UTC if naive)")
     add_setting_flags(export, _DB_FLAGS)
 
+    close = commands.add_parser(
+        "close-day",
+        help="announce the delinquencies that began because a day passed (the server does this after "
+        "midnight unless LENDING_DAILY_CLOSE=false)",
+    )
+    close.add_argument(
+        "--date",
+        type=_calendar_date,
+        help="close every day not closed yet up to this one, YYYY-MM-DD (default: today in the service "
+        "time zone)",
+    )
+    add_setting_flags(close, (*_DB_FLAGS, "time_zone"))
+
+
+def _calendar_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date in the form YYYY-MM-DD") from None
+
 
 def _instant(text: str) -> int:
     try:
@@ -75,12 +95,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     action = getattr(args, "users_action", None) or getattr(args, "audit_action", None)
     actor = Actor(
         name=f"cli:{getpass.getuser()}",
-        rpc=f"lending-grpc {args.command} {action}",
+        rpc=" ".join(part for part in ("lending-grpc", args.command, action) if part),
         request_id=uuid.uuid4().hex,
     )
     try:
         migrate(db, settings.time_zone)
         with db.unit_of_work():
+            if args.command == "close-day":
+                clock = Clock(settings.time_zone)
+                if args.date is not None and args.date > clock.today():
+                    print("lending-grpc: --date must not be after today", file=sys.stderr)
+                    return 2
+                days = daily_close.close_through(db, clock, args.date)
+                if not days:
+                    last = daily_close.last_closed_day(db)
+                    print(f"nothing to close: every day up to {last.isoformat()} is closed")
+                for closed in days:
+                    if closed.already_closed:
+                        print(f"{closed.day.isoformat()} was already closed")
+                    else:
+                        started = closed.delinquencies_started
+                        print(
+                            f"closed {closed.day.isoformat()}: {started} "
+                            f"{'delinquency' if started == 1 else 'delinquencies'} started"
+                        )
+                return 0
             if args.command == "audit":
                 for view in audit.export(args.since, args.until):
                     record = view.as_dict()

@@ -411,8 +411,9 @@ class BillingCore:
                     f"must not be before the loan's start date {loan.terms.start_date.isoformat()}",
                 )
             covered = standing.accept_payment(loan.terms, row.paid_cents, amount_cents, today)
-            running, summary = ledger.add_payment(self._db, row, loan.terms, amount_cents, day)
             now = self._clock.now_us()
+            announced = self._catch_up(row, loan.terms, loan.owner_user_id, today, now)
+            running, summary = ledger.add_payment(self._db, row, loan.terms, amount_cents, day)
             payment = PaymentView(
                 payment_id=str(uuid.uuid4()),
                 loan_id=loan_id,
@@ -475,10 +476,9 @@ class BillingCore:
                 loan.owner_user_id,
                 loan.terms,
                 summary.paid_cents,
-                row.announced_delinquent_since,
+                announced,
                 today,
                 now,
-                paid_before=row.paid_cents,
             )
             return payment
 
@@ -512,12 +512,13 @@ class BillingCore:
                 return payment_view(payment, payment.loan_loan_id)
             terms = terms_of(row)
             now = self._clock.now_us()
+            owner_user_id = payment.user_user_id
+            announced = self._catch_up(row, terms, owner_user_id, today, now)
             self._db.run(_MARK_REVERSED, payment=payment.id, now=now, reason=reason)
             summary = ledger.remove_payment(self._db, row, terms, payment)
             view = dataclasses.replace(
                 payment_view(payment, row.loan_id), reverse_time_us=now, reversal_reason=reason
             )
-            owner_user_id = payment.user_user_id
             audit.record(
                 self._db,
                 actor,
@@ -564,10 +565,9 @@ class BillingCore:
                 owner_user_id,
                 terms,
                 summary.paid_cents,
-                row.announced_delinquent_since,
+                announced,
                 today,
                 now,
-                paid_before=row.paid_cents,
             )
             return view
 
@@ -607,6 +607,24 @@ class BillingCore:
             resource=resource,
         )
 
+    def _catch_up(self, row, terms: LoanTerms, owner_user_id: str, today: dt.date, now_us: int):
+        """Announce a delinquency that days passing began and no daily close has announced yet.
+
+        Called under the loan's lock before a change, so that the change's
+        own events follow it: every change of today's standing gets its own
+        event, in the order they happened. Returns what is now announced.
+        """
+        announced = row.announced_delinquent_since
+        second_unpaid = standing.second_unpaid_due_date(terms, row.paid_cents)
+        if announced is None and second_unpaid is not None and second_unpaid < today:
+            since = second_unpaid + standing.ONE_DAY
+            self._delinquency_event(
+                event_log.DELINQUENCY_STARTED, row.id, row.loan_id, row.owner, owner_user_id, terms,
+                row.paid_cents, since, now_us, None,
+            )  # fmt: skip
+            return since
+        return announced
+
     def _announce(
         self,
         loan_pk: int,
@@ -618,34 +636,18 @@ class BillingCore:
         announced_since: dt.date | None,
         today: dt.date,
         now_us: int,
-        *,
-        paid_before: int | None = None,
     ) -> None:
-        """Tell the event log when today's standing now differs from what it last announced.
-
-        If the loan had turned delinquent today or earlier by the passing of
-        days and the daily close has not said so yet, that comes first: every
-        change of today's standing gets its own event.
-        """
-        if paid_before is not None and announced_since is None:
-            second_unpaid = standing.second_unpaid_due_date(terms, paid_before)
-            if second_unpaid is not None and second_unpaid < today:
-                since = second_unpaid + standing.ONE_DAY
-                self._delinquency_event(
-                    event_log.DELINQUENCY_STARTED, loan_pk, loan_id, owner, owner_user_id, terms,
-                    paid_before, since, today, now_us, None,
-                )  # fmt: skip
-                announced_since = since
+        """Tell the event log when today's standing now differs from what it last announced."""
         delinquent = standing.is_delinquent_today(terms, paid_cents, today)
         if delinquent and announced_since is None:
             self._delinquency_event(
                 event_log.DELINQUENCY_STARTED, loan_pk, loan_id, owner, owner_user_id, terms,
-                paid_cents, today, today, now_us, None,
+                paid_cents, today, now_us, None,
             )  # fmt: skip
         elif not delinquent and announced_since is not None:
             self._delinquency_event(
                 event_log.DELINQUENCY_ENDED, loan_pk, loan_id, owner, owner_user_id, terms,
-                paid_cents, today, today, now_us, announced_since,
+                paid_cents, today, now_us, announced_since,
             )  # fmt: skip
 
     def _delinquency_event(
@@ -658,7 +660,6 @@ class BillingCore:
         terms: LoanTerms,
         paid_cents: int,
         effective: dt.date,
-        today: dt.date,
         now_us: int,
         announced_before: dt.date | None,
     ) -> None:

@@ -64,7 +64,7 @@ def close_through(db: LendingDatabase, clock: Clock, until: dt.date | None = Non
     """
     until = until or clock.today()
     last = last_closed_day(db)
-    day = until if last is None else min(last + standing.ONE_DAY, until)
+    day = until if last is None else last + standing.ONE_DAY
     closed = []
     while day <= until:
         closed.append(close_day(db, clock, day))
@@ -88,7 +88,7 @@ def close_day(db: LendingDatabase, clock: Clock, day: dt.date) -> ClosedDay:
                 return None
             rows = list(
                 db.lock_rows(
-                    Loan.select(Loan, User.user_id)
+                    Loan.select(Loan, User.id, User.user_id)
                     .join(User)
                     .where(Loan.announced_delinquent_since.is_null() & (Loan.second_unpaid_due_date < day))
                     .order_by(Loan.second_unpaid_due_date, Loan.id)
@@ -107,7 +107,7 @@ def close_day(db: LendingDatabase, clock: Clock, day: dt.date) -> ClosedDay:
                     event_log.DELINQUENCY_STARTED,
                     loan_pk=row.id,
                     loan_id=row.loan_id,
-                    owner_pk=row.owner_id,
+                    owner_pk=row.owner.id,
                     owner_user_id=row.owner.user_id,
                     occur_time_us=now,
                     effective_date=since,

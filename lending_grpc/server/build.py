@@ -44,7 +44,7 @@ from lending_grpc.core.delinquency import DelinquencyCore
 from lending_grpc.core.event_hub import EventHub
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
-from lending_grpc.core.portfolio_stats import portfolio_figures
+from lending_grpc.core.portfolio_stats import funding_quality_figures, portfolio_figures
 from lending_grpc.core.storage.database import LendingDatabase, close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.throttle import LoginPolicy
@@ -199,7 +199,10 @@ def _start(
     if settings.metrics_listen:
         if worker_index == 0:  # portfolio counts once, not once per worker process
             registry.register(
-                PortfolioCollector(lambda: portfolio_figures(db, clock.today(), clock.now_us()))
+                PortfolioCollector(
+                    lambda: portfolio_figures(db, clock.today(), clock.now_us()),
+                    lambda: funding_quality_figures(db, clock.today()),
+                )
             )
         address = worker_address(settings.metrics_listen, worker_index)
         try:
