@@ -26,12 +26,8 @@ PASSWORD = "correct horse battery"
 
 
 def _login(api, username: str):
-    return (
-        (
-            "authorization",
-            f"Bearer {api.auth.Login(auth_pb2.LoginRequest(username=username, password=PASSWORD)).access_token}",
-        ),
-    )
+    tokens = api.auth.Login(auth_pb2.LoginRequest(username=username, password=PASSWORD))
+    return (("authorization", f"Bearer {tokens.access_token}"),)
 
 
 @pytest.fixture
