@@ -23,7 +23,7 @@ from lending_grpc.api.billing_servicer import BillingServicer
 from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics, worker_address
 from lending_grpc.api.pipeline import Pipeline
 from lending_grpc.api.rate_limits import TokenBuckets
-from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
+from lending_grpc.config import Settings, resolve_data_key, resolve_secret_keys
 from lending_grpc.core.admin import seal_legacy_emails
 from lending_grpc.core.audit import AuditLog
 from lending_grpc.core.auth import AuthCore
@@ -102,7 +102,7 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
     ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT);
     ``worker_index`` (0 for a single process) picks the worker's metrics port.
     """
-    key = resolve_secret_key(settings)
+    keys = resolve_secret_keys(settings)
     sealer = resolve_data_key(settings)
     db = open_database(
         settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
@@ -110,18 +110,23 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
     try:
         prepare_database(db, sealer)
         db.release_connection()  # the main thread serves no RPC: leave its connection to the pool
-        return _start(settings, key, sealer, db, reuse_port, worker_index)
+        return _start(settings, keys, sealer, db, reuse_port, worker_index)
     except BaseException:
         close_database(db)
         raise
 
 
 def _start(
-    settings: Settings, key: bytes, sealer: Sealer, db: LendingDatabase, reuse_port: bool, worker_index: int
+    settings: Settings,
+    keys: tuple[bytes, ...],
+    sealer: Sealer,
+    db: LendingDatabase,
+    reuse_port: bool,
+    worker_index: int,
 ) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
-        key,
+        keys,
         access_ttl_s=settings.access_token_ttl_seconds,
         refresh_ttl_s=settings.refresh_token_ttl_seconds,
     )
@@ -145,7 +150,7 @@ def _start(
         cache_s=settings.auth_cache_seconds,
         on_lockout=metrics.lockout,
     )
-    page_tokens = PageTokens(key)
+    page_tokens = PageTokens(*keys)
     billing = BillingCore(db, clock, page_tokens)
 
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
