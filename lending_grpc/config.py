@@ -80,7 +80,7 @@ class Settings:
         "JWT signing key (at least 32 bytes); one key per line to rotate, the signing key first",
         flag=False,
     )
-    secret_key_file: str = _flag("", "file holding the JWT signing key(s), one per line")
+    secret_key_file: str = _flag("", "file holding the JWT signing key(s), one per line (re-read on SIGHUP)")
     time_zone: str = _flag("Asia/Jakarta", "IANA time zone that defines 'today'")
     access_token_ttl_seconds: int = _flag(900, "access token lifetime")
     refresh_token_ttl_seconds: int = _flag(7 * 86400, "refresh token lifetime")
@@ -110,7 +110,10 @@ class Settings:
     data_key: str = _flag(
         "", "data encryption key(s): base64 of 32 bytes, '2:NEW,1:OLD' to rotate", flag=False
     )
-    data_key_file: str = _flag("", "file holding the data encryption key(s)")
+    data_key_file: str = _flag("", "file holding the data encryption key(s) (re-read on SIGHUP)")
+    key_poll_seconds: float = _flag(
+        0.0, "also re-read the *_FILE keys when they change, checking this often (0 = only on SIGHUP)"
+    )
     login_max_failures: int = _flag(5, "failed sign-ins within the window that lock an account")
     login_failure_window_seconds: int = _flag(900, "window in which failed sign-ins are counted")
     login_lockout_seconds: int = _flag(300, "first lockout; each further one doubles")
@@ -244,7 +247,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError(
             f"LENDING_DB_BUSY_TIMEOUT_MS must be between 1 and {MAX_BUSY_TIMEOUT_MS} (one hour)"
         )
-    for name in ("shutdown_grace_seconds", "drain_delay_seconds", "auth_cache_seconds"):
+    for name in ("shutdown_grace_seconds", "drain_delay_seconds", "auth_cache_seconds", "key_poll_seconds"):
         if not 0 <= getattr(settings, name) <= 3600:
             raise ConfigError(f"{Settings.env_name(name)} must be between 0 and 3600")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

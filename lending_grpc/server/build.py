@@ -37,6 +37,7 @@ from lending_grpc.core.storage.database import LendingDatabase, close_database, 
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
+from lending_grpc.server.keys import KeyReloader, describe_data_keys, describe_jwt_keys
 from lending_grpc.server.transport import server_credentials, server_options
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class RunningServer:
     database: LendingDatabase
     executor: futures.ThreadPoolExecutor
     metrics: MetricsServer | None = None
+    keys: KeyReloader | None = None  # `keys.request()` re-reads the key files (SIGHUP)
 
     def stop(
         self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
@@ -76,6 +78,8 @@ class RunningServer:
         self.executor.shutdown(wait=True)
         if self.metrics is not None:
             self.metrics.stop()
+        if self.keys is not None:
+            self.keys.stop()
         close_database(self.database)
 
 
@@ -130,6 +134,12 @@ def _start(
         access_ttl_s=settings.access_token_ttl_seconds,
         refresh_ttl_s=settings.refresh_token_ttl_seconds,
     )
+    if worker_index == 0:
+        log.info(
+            "JWT keys: %s; data keys: %s",
+            describe_jwt_keys(signer.key_ids),
+            describe_data_keys(sealer.versions),
+        )
     if settings.insecure_fast_password_hash:
         log.warning("LENDING_INSECURE_FAST_PASSWORD_HASH is on: password hashes are weak (tests only)")
     policy = LoginPolicy(
@@ -152,6 +162,7 @@ def _start(
     )
     page_tokens = PageTokens(*keys)
     billing = BillingCore(db, clock, page_tokens)
+    reloader = KeyReloader(settings, signer=signer, page_tokens=page_tokens, sealer=sealer, db=db)
 
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
@@ -190,10 +201,11 @@ def _start(
         except OSError as exc:
             raise ListenError(f"cannot serve metrics on {address}: {exc.strerror}") from None
     server.start()
+    reloader.start()
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, executor, metrics_server)
+    return RunningServer(server, port, health_servicer, db, executor, metrics_server, keys=reloader)
 
 
 def _pipeline(settings: Settings, db: LendingDatabase, auth: AuthCore, metrics: RpcMetrics) -> Pipeline:
