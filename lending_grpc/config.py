@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lending_grpc.core.crypto import DataKeyError, Sealer, new_key_text
@@ -114,6 +115,9 @@ class Settings:
     key_poll_seconds: float = _flag(
         0.0, "also re-read the *_FILE keys when they change, checking this often (0 = only on SIGHUP)"
     )
+    # The DSN holds the project's key: no flag (visible in ps), and never logged whole.
+    sentry_dsn: str = _flag("", "report INTERNAL errors to this Sentry DSN (empty = off)", flag=False)
+    sentry_environment: str = _flag("", "the environment Sentry files the errors under (e.g. production)")
     login_max_failures: int = _flag(5, "failed sign-ins within the window that lock an account")
     login_failure_window_seconds: int = _flag(900, "window in which failed sign-ins are counted")
     login_lockout_seconds: int = _flag(300, "first lockout; each further one doubles")
@@ -272,6 +276,34 @@ def validate(settings: Settings) -> None:
         raise ConfigError("set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE, not both")
     if settings.data_key and settings.data_key_file:
         raise ConfigError("set LENDING_DATA_KEY or LENDING_DATA_KEY_FILE, not both")
+    if settings.sentry_dsn:
+        check_sentry_dsn(settings.sentry_dsn)
+    # Sentry's own rules for environment names.
+    environment = settings.sentry_environment
+    if len(environment) > 64 or environment == "None" or any(c in environment for c in " /\r\n\t"):
+        raise ConfigError(
+            "LENDING_SENTRY_ENVIRONMENT must be at most 64 characters without spaces or slashes"
+        )
+
+
+def check_sentry_dsn(dsn: str) -> None:
+    """ConfigError unless ``dsn`` reads like a Sentry DSN; the message never repeats the DSN (a key)."""
+    problem = "must look like https://PUBLIC_KEY@HOST/PROJECT_ID"
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 -- raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigError(f"LENDING_SENTRY_DSN {problem}") from None
+    project = parts.path.rstrip("/").rpartition("/")[2]
+    if parts.scheme not in ("http", "https") or not parts.username or not parts.hostname or not project:
+        raise ConfigError(f"LENDING_SENTRY_DSN {problem}")
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its key(s), for logs: ``https://***@o1.ingest.sentry.io/5``."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://***@{host}{parts.path}"
 
 
 def parse_secret_keys(raw: bytes, where: str) -> tuple[bytes, ...]:

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,7 +24,7 @@ from lending_grpc.api.billing_servicer import BillingServicer
 from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics, worker_address
 from lending_grpc.api.pipeline import Pipeline
 from lending_grpc.api.rate_limits import TokenBuckets
-from lending_grpc.config import Settings, resolve_data_key, resolve_secret_keys
+from lending_grpc.config import ConfigError, Settings, resolve_data_key, resolve_secret_keys
 from lending_grpc.core.admin import seal_legacy_emails
 from lending_grpc.core.audit import AuditLog
 from lending_grpc.core.auth import AuthCore
@@ -39,6 +40,9 @@ from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
 from lending_grpc.server.keys import KeyReloader, describe_data_keys, describe_jwt_keys
 from lending_grpc.server.transport import server_credentials, server_options
+
+if TYPE_CHECKING:  # imported at run time only when a DSN is set: it loads sentry_sdk
+    from lending_grpc.server.error_tracking import ErrorTracker
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class RunningServer:
     executor: futures.ThreadPoolExecutor
     metrics: MetricsServer | None = None
     keys: KeyReloader | None = None  # `keys.request()` re-reads the key files (SIGHUP)
+    error_tracker: ErrorTracker | None = None  # when LENDING_SENTRY_DSN is set
 
     def stop(
         self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
@@ -80,6 +85,8 @@ class RunningServer:
             self.metrics.stop()
         if self.keys is not None:
             self.keys.stop()
+        if self.error_tracker is not None:
+            self.error_tracker.close()  # errors of the last calls still reach Sentry
         close_database(self.database)
 
 
@@ -163,11 +170,21 @@ def _start(
     page_tokens = PageTokens(*keys)
     billing = BillingCore(db, clock, page_tokens)
     reloader = KeyReloader(settings, signer=signer, page_tokens=page_tokens, sealer=sealer, db=db)
+    tracker = None
+    if settings.sentry_dsn:  # sentry_sdk is imported only then
+        try:
+            from lending_grpc.server.error_tracking import ErrorTracker
+        except ImportError:
+            raise ConfigError(
+                "LENDING_SENTRY_DSN is set but sentry-sdk is not installed: "
+                "pip install 'lending-grpc[sentry]'"
+            ) from None
+        tracker = ErrorTracker(settings, worker_index=worker_index)
 
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        interceptors=[_pipeline(settings, db, auth, metrics)],
+        interceptors=[_pipeline(settings, db, auth, metrics, tracker)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=server_options(settings, reuse_port=reuse_port),
     )
@@ -205,14 +222,29 @@ def _start(
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, executor, metrics_server, keys=reloader)
+    return RunningServer(
+        server, port, health_servicer, db, executor, metrics_server, keys=reloader, error_tracker=tracker
+    )
 
 
-def _pipeline(settings: Settings, db: LendingDatabase, auth: AuthCore, metrics: RpcMetrics) -> Pipeline:
+def _pipeline(
+    settings: Settings,
+    db: LendingDatabase,
+    auth: AuthCore,
+    metrics: RpcMetrics,
+    tracker: ErrorTracker | None = None,
+) -> Pipeline:
     """The one interceptor (``api/pipeline.py``); a rate of 0 turns that limit off."""
     peer_limit = user_limit = None
     if settings.rate_limit_peer_per_second > 0:
         peer_limit = TokenBuckets(settings.rate_limit_peer_per_second, settings.rate_limit_peer_burst)
     if settings.rate_limit_user_per_second > 0:
         user_limit = TokenBuckets(settings.rate_limit_user_per_second, settings.rate_limit_user_burst)
-    return Pipeline(auth=auth, database=db, metrics=metrics, peer_limit=peer_limit, user_limit=user_limit)
+    return Pipeline(
+        auth=auth,
+        database=db,
+        metrics=metrics,
+        peer_limit=peer_limit,
+        user_limit=user_limit,
+        on_internal_error=tracker,
+    )
