@@ -403,3 +403,20 @@ def test_settings_for_rotation_are_checked(tmp_path):
         load_settings({}, {"LENDING_KEY_POLL_SECONDS": "-1"}, None)
     settings = make_settings(tmp_path, key_poll_seconds=30.0)
     assert settings.key_poll_seconds == 30.0
+
+
+def test_the_operations_page_links_to_its_own_sections_and_names_real_tests():
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "operations-secrets-and-error-tracking.md").read_text()
+    anchors = {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", page, re.MULTILINE)
+    }
+    links = re.findall(r"\]\(#([^)]+)\)", page)
+    readme_links = re.findall(
+        r"docs/operations-secrets-and-error-tracking\.md#([\w-]+)", (root / "README.md").read_text()
+    )
+    assert links and readme_links
+    assert set(links + readme_links) <= anchors
+    for test_file in set(re.findall(r"tests/\w+\.py", page)):
+        assert (root / test_file).is_file(), test_file
