@@ -13,8 +13,9 @@ RUN python -m venv /opt/lending
 COPY pyproject.toml README.md ./
 COPY lending_grpc ./lending_grpc
 COPY generated ./generated
-# The postgres extra brings psycopg with its bundled libpq; SQLite needs nothing more.
-RUN /opt/lending/bin/pip install --no-compile '.[postgres]'
+# The postgres extra brings psycopg with its bundled libpq; SQLite needs nothing more. The sentry
+# extra is loaded only when LENDING_SENTRY_DSN is set.
+RUN /opt/lending/bin/pip install --no-compile '.[postgres,sentry]'
 
 FROM python:3.12-slim-bookworm
 ENV PATH=/opt/lending/bin:$PATH \

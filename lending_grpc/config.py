@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lending_grpc.core.crypto import DataKeyError, Sealer, new_key_text
@@ -21,7 +22,7 @@ from lending_grpc.core.storage.database import (
     database_file,
     is_postgresql_url,
 )
-from lending_grpc.core.tokens import MIN_KEY_BYTES
+from lending_grpc.core.tokens import WeakSecretKey, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,12 @@ class Settings:
         "sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user@host:port/dbname",
     )
     # No command-line flag: a key in argv is visible to every local user (ps, /proc).
-    secret_key: str = _flag("", "JWT signing key (at least 32 bytes)", flag=False)
-    secret_key_file: str = _flag("", "file holding the JWT signing key")
+    secret_key: str = _flag(
+        "",
+        "JWT signing key (at least 32 bytes); one key per line to rotate, the signing key first",
+        flag=False,
+    )
+    secret_key_file: str = _flag("", "file holding the JWT signing key(s), one per line (re-read on SIGHUP)")
     time_zone: str = _flag("Asia/Jakarta", "IANA time zone that defines 'today'")
     access_token_ttl_seconds: int = _flag(900, "access token lifetime")
     refresh_token_ttl_seconds: int = _flag(7 * 86400, "refresh token lifetime")
@@ -106,7 +111,13 @@ class Settings:
     data_key: str = _flag(
         "", "data encryption key(s): base64 of 32 bytes, '2:NEW,1:OLD' to rotate", flag=False
     )
-    data_key_file: str = _flag("", "file holding the data encryption key(s)")
+    data_key_file: str = _flag("", "file holding the data encryption key(s) (re-read on SIGHUP)")
+    key_poll_seconds: float = _flag(
+        0.0, "also re-read the *_FILE keys when they change, checking this often (0 = only on SIGHUP)"
+    )
+    # The DSN holds the project's key: no flag (visible in ps), and never logged whole.
+    sentry_dsn: str = _flag("", "report INTERNAL errors to this Sentry DSN (empty = off)", flag=False)
+    sentry_environment: str = _flag("", "the environment Sentry files the errors under (e.g. production)")
     login_max_failures: int = _flag(5, "failed sign-ins within the window that lock an account")
     login_failure_window_seconds: int = _flag(900, "window in which failed sign-ins are counted")
     login_lockout_seconds: int = _flag(300, "first lockout; each further one doubles")
@@ -243,7 +254,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError(
             f"LENDING_DB_BUSY_TIMEOUT_MS must be between 1 and {MAX_BUSY_TIMEOUT_MS} (one hour)"
         )
-    for name in ("shutdown_grace_seconds", "drain_delay_seconds", "auth_cache_seconds"):
+    for name in ("shutdown_grace_seconds", "drain_delay_seconds", "auth_cache_seconds", "key_poll_seconds"):
         if not 0 <= getattr(settings, name) <= 3600:
             raise ConfigError(f"{Settings.env_name(name)} must be between 0 and 3600")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -268,25 +279,93 @@ def validate(settings: Settings) -> None:
         raise ConfigError("set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE, not both")
     if settings.data_key and settings.data_key_file:
         raise ConfigError("set LENDING_DATA_KEY or LENDING_DATA_KEY_FILE, not both")
+    if settings.sentry_dsn:
+        check_sentry_dsn(settings.sentry_dsn)
+    # Sentry's own rules for environment names.
+    environment = settings.sentry_environment
+    if len(environment) > 64 or environment == "None" or any(c in environment for c in " /\r\n\t"):
+        raise ConfigError(
+            "LENDING_SENTRY_ENVIRONMENT must be at most 64 characters without spaces or slashes"
+        )
+
+
+def check_sentry_dsn(dsn: str) -> None:
+    """ConfigError unless ``dsn`` reads like a Sentry DSN; the message never repeats the DSN (a key)."""
+    problem = "must look like https://PUBLIC_KEY@HOST/PROJECT_ID"
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 -- raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigError(f"LENDING_SENTRY_DSN {problem}") from None
+    project = parts.path.rstrip("/").rpartition("/")[2]
+    if parts.scheme not in ("http", "https") or not parts.username or not parts.hostname or not project:
+        raise ConfigError(f"LENDING_SENTRY_DSN {problem}")
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its key(s), for logs: ``https://***@o1.ingest.sentry.io/5``."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://***@{host}{parts.path}"
+
+
+def parse_secret_keys(raw: bytes, where: str) -> tuple[bytes, ...]:
+    """JWT keys from a setting or file: one key per line, the signing key first, blank lines skipped.
+
+    A single line is taken as it is, and bytes that are not UTF-8 text are
+    one binary key: every key that worked before rotation existed still means
+    the same key. ConfigError names ``where`` and never shows a key.
+    """
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        lines = []
+    if len(lines) <= 1:
+        keys: tuple[bytes, ...] = (raw,)
+    else:
+        keys = tuple(line.strip().encode("utf-8") for line in lines if line.strip())
+    try:
+        check_keys(keys)
+    except WeakSecretKey as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return keys
+
+
+def read_secret_key_file(path: str) -> tuple[bytes, ...]:
+    """The JWT keys in LENDING_SECRET_KEY_FILE ``path`` (ConfigError if unreadable, unsafe or invalid)."""
+    return parse_secret_keys(_read_key_file(Path(path), "LENDING_SECRET_KEY_FILE"), path)
+
+
+def read_data_key_file(path: str) -> Sealer:
+    """A sealer for the data keys in LENDING_DATA_KEY_FILE ``path`` (ConfigError if unusable)."""
+    raw = _read_key_file(Path(path), "LENDING_DATA_KEY_FILE")
+    try:
+        return Sealer.from_text(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not text (base64 keys, '2:NEW,1:OLD' to rotate)") from None
+    except DataKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def resolve_secret_keys(settings: Settings) -> tuple[bytes, ...]:
+    """The JWT keys, the signing key first: inline, from a file, or generated once beside the SQLite file."""
+    if settings.secret_key:
+        return parse_secret_keys(settings.secret_key.encode("utf-8"), "LENDING_SECRET_KEY")
+    if settings.secret_key_file:
+        return read_secret_key_file(settings.secret_key_file)
+    key = _generated_key(
+        settings.database_url,
+        "LENDING_SECRET_KEY",
+        suffix=".jwt-key",
+        what="JWT signing key",
+        advice="set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE in production",
+    )
+    return parse_secret_keys(key, "the generated JWT signing key")
 
 
 def resolve_secret_key(settings: Settings) -> bytes:
-    """The JWT signing key: given inline, read from a file, or generated once beside the SQLite file."""
-    if settings.secret_key:
-        key = settings.secret_key.encode("utf-8")
-    elif settings.secret_key_file:
-        key = _read_key_file(Path(settings.secret_key_file), "LENDING_SECRET_KEY_FILE")
-    else:
-        key = _generated_key(
-            settings.database_url,
-            "LENDING_SECRET_KEY",
-            suffix=".jwt-key",
-            what="JWT signing key",
-            advice="set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE in production",
-        )
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(f"the JWT secret key must be at least {MIN_KEY_BYTES} bytes")
-    return key
+    """The JWT signing key (the first of ``resolve_secret_keys``)."""
+    return resolve_secret_keys(settings)[0]
 
 
 def resolve_data_key(settings: Settings) -> Sealer:
@@ -294,8 +373,7 @@ def resolve_data_key(settings: Settings) -> Sealer:
     if settings.data_key:
         text, where = settings.data_key, "LENDING_DATA_KEY"
     elif settings.data_key_file:
-        path = Path(settings.data_key_file)
-        text, where = _read_key_file(path, "LENDING_DATA_KEY_FILE").decode("utf-8"), str(path)
+        return read_data_key_file(settings.data_key_file)
     else:
         generated = _generated_key(
             settings.database_url,

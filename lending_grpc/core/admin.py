@@ -8,10 +8,11 @@ Every change is audited in the same transaction.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from lending_grpc.core import audit, fields
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.crypto import DataKeyError, Sealer, UnsealError
+from lending_grpc.core.crypto import DataKeyError, Sealer, UnsealError, sealed_prefix
 from lending_grpc.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import LoginThrottle, TokenFamily, User
@@ -140,3 +141,18 @@ def seal_legacy_emails(db: LendingDatabase, sealer: Sealer, batch: int = 500) ->
         total += done
         if done < batch:
             return total
+
+
+def emails_sealed_with(db: LendingDatabase, versions: Iterable[int]) -> bool:
+    """Whether any stored email is still sealed with one of the data key ``versions``.
+
+    A scan of the user table: for the rare moment a key is about to be dropped.
+    """
+    condition = None
+    for version in versions:
+        match = User.email_sealed.startswith(sealed_prefix(version))
+        condition = match if condition is None else condition | match
+    if condition is None:
+        return False
+    with db.unit_of_work():
+        return User.select(User.id).where(condition).exists()

@@ -62,23 +62,42 @@ def new_key_text() -> str:
     return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode("ascii")
 
 
+def sealed_prefix(version: int) -> str:
+    """How values sealed with key ``version`` begin."""
+    return f"v{version}."
+
+
 class Sealer:
-    """Seals and opens short strings with the configured keys."""
+    """Seals and opens short strings with the configured keys; ``use_keys`` swaps them while serving."""
 
     def __init__(self, current: int, keys: dict[int, bytes]) -> None:
-        self._current = current
-        self._ciphers = {version: AESGCM(key) for version, key in keys.items()}
+        self._use(current, keys)
+
+    def _use(self, current: int, keys: dict[int, bytes]) -> None:
+        # One attribute: a concurrent seal sees the old keys or the new ones, never a mix.
+        self._keys = (current, {version: AESGCM(key) for version, key in keys.items()})
 
     @classmethod
     def from_text(cls, text: str) -> Sealer:
         """A sealer for a key setting (see ``parse_keys``)."""
         return cls(*parse_keys(text))
 
+    def use_keys(self, other: Sealer) -> None:
+        """Seal with ``other``'s current key from now on and open with its keys."""
+        self._keys = other._keys
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The configured key versions, the current one first."""
+        current, ciphers = self._keys
+        return (current, *(version for version in ciphers if version != current))
+
     def seal(self, plaintext: str, associated: str) -> str:
         """``plaintext`` encrypted under the current key, bound to ``associated``."""
+        current, ciphers = self._keys
         nonce = os.urandom(_NONCE_BYTES)
-        body = self._ciphers[self._current].encrypt(nonce, plaintext.encode("utf-8"), associated.encode())
-        return f"v{self._current}." + base64.urlsafe_b64encode(nonce + body).decode("ascii").rstrip("=")
+        body = ciphers[current].encrypt(nonce, plaintext.encode("utf-8"), associated.encode())
+        return sealed_prefix(current) + base64.urlsafe_b64encode(nonce + body).decode("ascii").rstrip("=")
 
     def open(self, sealed: str, associated: str) -> str:
         """The plaintext of a value ``seal`` made with the same ``associated``, else UnsealError."""
@@ -88,7 +107,7 @@ class Sealer:
             data = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         except (ValueError, binascii.Error):
             raise UnsealError("malformed sealed value") from None
-        cipher = self._ciphers.get(version)
+        cipher = self._keys[1].get(version)
         if cipher is None:
             raise UnsealError(f"sealed with key version {prefix[1:]!r}, which is not configured")
         try:
@@ -100,7 +119,7 @@ class Sealer:
     @property
     def current_prefix(self) -> str:
         """How values sealed with the current key begin."""
-        return f"v{self._current}."
+        return sealed_prefix(self._keys[0])
 
     def needs_reseal(self, sealed: str) -> bool:
         """Whether ``sealed`` was made with an older key than the current one."""

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from lending_grpc.core.errors import InvalidArgument
@@ -40,18 +41,27 @@ class PageTokens:
 
     A token is bound to its ``scope`` (the method, the caller and the query):
     a token from another query or another user is refused like a forged one.
+
+    Given several keys (the JWT keys, the signing key first), tokens are
+    signed with the first and accepted from any: a key rotation does not
+    break a client paging through a list.
     """
 
-    def __init__(self, key: bytes) -> None:
-        self._key = hashlib.sha256(b"lending-grpc page token\x00" + key).digest()
+    def __init__(self, key: bytes, *older: bytes) -> None:
+        self.use_keys((key, *older))
 
-    def _sign(self, scope: str, payload: bytes) -> bytes:
-        return hmac.new(self._key, scope.encode() + b"\x00" + payload, hashlib.sha256).digest()[:16]
+    def use_keys(self, keys: Sequence[bytes]) -> None:
+        """Sign with ``keys[0]`` from now on; accept tokens signed with any of ``keys``."""
+        self._keys = tuple(hashlib.sha256(b"lending-grpc page token\x00" + key).digest() for key in keys)
+
+    @staticmethod
+    def _sign(key: bytes, scope: str, payload: bytes) -> bytes:
+        return hmac.new(key, scope.encode() + b"\x00" + payload, hashlib.sha256).digest()[:16]
 
     def encode(self, scope: str, position: dict[str, Any]) -> str:
         """Make the token that resumes ``scope`` after ``position``."""
         payload = json.dumps(position, separators=(",", ":"), sort_keys=True).encode()
-        return f"{_b64(payload)}.{_b64(self._sign(scope, payload))}"
+        return f"{_b64(payload)}.{_b64(self._sign(self._keys[0], scope, payload))}"
 
     def decode(self, token: str, scope: str, field: str = "page_token") -> dict[str, Any]:
         """Return the position in ``token``, or InvalidArgument if it was not issued for ``scope``."""
@@ -64,7 +74,7 @@ class PageTokens:
             signature = _unb64(signature_text)
         except ValueError:
             raise invalid from None
-        if not hmac.compare_digest(signature, self._sign(scope, payload)):
+        if not any(hmac.compare_digest(signature, self._sign(key, scope, payload)) for key in self._keys):
             raise invalid
         position = json.loads(payload)
         if not isinstance(position, dict):

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,7 +34,7 @@ from lending_grpc.api.event_servicer import EventServicer
 from lending_grpc.api.metrics import MetricsServer, PortfolioCollector, RpcMetrics, worker_address
 from lending_grpc.api.pipeline import Pipeline
 from lending_grpc.api.rate_limits import TokenBuckets
-from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
+from lending_grpc.config import ConfigError, Settings, resolve_data_key, resolve_secret_keys
 from lending_grpc.core.admin import seal_legacy_emails
 from lending_grpc.core.audit import AuditLog
 from lending_grpc.core.auth import AuthCore
@@ -50,7 +51,11 @@ from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
 from lending_grpc.server.daily_close_scheduler import DailyCloseScheduler
+from lending_grpc.server.keys import KeyReloader, describe_data_keys, describe_jwt_keys
 from lending_grpc.server.transport import server_credentials, server_options
+
+if TYPE_CHECKING:  # imported at run time only when a DSN is set: it loads sentry_sdk
+    from lending_grpc.server.error_tracking import ErrorTracker
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ class RunningServer:
     events: EventHub
     metrics: MetricsServer | None = None
     daily_close: DailyCloseScheduler | None = None
+    keys: KeyReloader | None = None  # `keys.request()` re-reads the key files (SIGHUP)
+    error_tracker: ErrorTracker | None = None  # when LENDING_SENTRY_DSN is set
 
     def stop(
         self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
@@ -95,6 +102,10 @@ class RunningServer:
         self.executor.shutdown(wait=True)
         if self.metrics is not None:
             self.metrics.stop()
+        if self.keys is not None:
+            self.keys.stop()
+        if self.error_tracker is not None:
+            self.error_tracker.close()  # errors of the last calls still reach Sentry
         close_database(self.database)
 
 
@@ -121,7 +132,7 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
     ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT);
     ``worker_index`` (0 for a single process) picks the worker's metrics port.
     """
-    key = resolve_secret_key(settings)
+    keys = resolve_secret_keys(settings)
     sealer = resolve_data_key(settings)
     db = open_database(
         settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size
@@ -129,21 +140,32 @@ def create_server(settings: Settings, *, reuse_port: bool = False, worker_index:
     try:
         prepare_database(db, sealer, settings.time_zone)
         db.release_connection()  # the main thread serves no RPC: leave its connection to the pool
-        return _start(settings, key, sealer, db, reuse_port, worker_index)
+        return _start(settings, keys, sealer, db, reuse_port, worker_index)
     except BaseException:
         close_database(db)
         raise
 
 
 def _start(
-    settings: Settings, key: bytes, sealer: Sealer, db: LendingDatabase, reuse_port: bool, worker_index: int
+    settings: Settings,
+    keys: tuple[bytes, ...],
+    sealer: Sealer,
+    db: LendingDatabase,
+    reuse_port: bool,
+    worker_index: int,
 ) -> RunningServer:
     clock = Clock(settings.time_zone)
     signer = TokenSigner(
-        key,
+        keys,
         access_ttl_s=settings.access_token_ttl_seconds,
         refresh_ttl_s=settings.refresh_token_ttl_seconds,
     )
+    if worker_index == 0:
+        log.info(
+            "JWT keys: %s; data keys: %s",
+            describe_jwt_keys(signer.key_ids),
+            describe_data_keys(sealer.versions),
+        )
     if settings.insecure_fast_password_hash:
         log.warning("LENDING_INSECURE_FAST_PASSWORD_HASH is on: password hashes are weak (tests only)")
     policy = LoginPolicy(
@@ -164,15 +186,26 @@ def _start(
         cache_s=settings.auth_cache_seconds,
         on_lockout=metrics.lockout,
     )
-    page_tokens = PageTokens(key)
+    page_tokens = PageTokens(*keys)
     events = EventHub(db)
     billing = BillingCore(db, clock, page_tokens, on_events=events.committed)
     delinquency = DelinquencyCore(db, clock, page_tokens, billing)
+    reloader = KeyReloader(settings, signer=signer, page_tokens=page_tokens, sealer=sealer, db=db)
+    tracker = None
+    if settings.sentry_dsn:  # sentry_sdk is imported only then
+        try:
+            from lending_grpc.server.error_tracking import ErrorTracker
+        except ImportError:
+            raise ConfigError(
+                "LENDING_SENTRY_DSN is set but sentry-sdk is not installed: "
+                "pip install 'lending-grpc[sentry]'"
+            ) from None
+        tracker = ErrorTracker(settings, worker_index=worker_index)
 
     executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
         executor,
-        interceptors=[_pipeline(settings, db, auth, metrics)],
+        interceptors=[_pipeline(settings, db, auth, metrics, tracker)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=server_options(settings, reuse_port=reuse_port),
     )
@@ -214,17 +247,42 @@ def _start(
     if scheduler is not None:
         scheduler.start()
     server.start()
+    reloader.start()
     # The database is open and migrated: ready.
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, executor, events, metrics_server, scheduler)
+    return RunningServer(
+        server,
+        port,
+        health_servicer,
+        db,
+        executor,
+        events,
+        metrics_server,
+        daily_close=scheduler,
+        keys=reloader,
+        error_tracker=tracker,
+    )
 
 
-def _pipeline(settings: Settings, db: LendingDatabase, auth: AuthCore, metrics: RpcMetrics) -> Pipeline:
+def _pipeline(
+    settings: Settings,
+    db: LendingDatabase,
+    auth: AuthCore,
+    metrics: RpcMetrics,
+    tracker: ErrorTracker | None = None,
+) -> Pipeline:
     """The one interceptor (``api/pipeline.py``); a rate of 0 turns that limit off."""
     peer_limit = user_limit = None
     if settings.rate_limit_peer_per_second > 0:
         peer_limit = TokenBuckets(settings.rate_limit_peer_per_second, settings.rate_limit_peer_burst)
     if settings.rate_limit_user_per_second > 0:
         user_limit = TokenBuckets(settings.rate_limit_user_per_second, settings.rate_limit_user_burst)
-    return Pipeline(auth=auth, database=db, metrics=metrics, peer_limit=peer_limit, user_limit=user_limit)
+    return Pipeline(
+        auth=auth,
+        database=db,
+        metrics=metrics,
+        peer_limit=peer_limit,
+        user_limit=user_limit,
+        on_internal_error=tracker,
+    )

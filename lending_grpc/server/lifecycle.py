@@ -36,16 +36,30 @@ def database_kind(settings: Settings) -> str:
     return settings.database_url.split("://", 1)[0]
 
 
+def hold_reload_signal() -> threading.Event:
+    """Until `run_until_signalled` takes over, remember a SIGHUP instead of dying of it.
+
+    Call it first thing in a process that will serve: a SIGHUP sent while the
+    server is starting (an agent that has just rendered a key file, say) is
+    then acted on as soon as it serves, instead of terminating the process.
+    """
+    held = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: held.set())
+    return held
+
+
 def run_until_signalled(
     running: RunningServer,
     settings: Settings,
     signals: tuple[signal.Signals, ...],
     on_ready: Callable[[], None],
+    held_reload: threading.Event | None = None,
 ) -> None:
     """Wait for one of ``signals``, then drain and stop; a second signal stops at once.
 
-    ``on_ready`` runs once the handlers are installed: whoever it tells that
-    we are serving may stop us at once.
+    SIGHUP re-reads the key files (``keys.py``), also one ``held_reload``
+    noted before. ``on_ready`` runs once the handlers are installed: whoever
+    it tells that we are serving may stop us at once.
     """
     stop = threading.Event()
     hurry = threading.Event()
@@ -65,8 +79,15 @@ def run_until_signalled(
         )
         stop.set()
 
+    def request_reload(_signum, _frame):
+        if running.keys is not None:
+            running.keys.request()  # only wakes the reloader's thread
+
     for signum in signals:
         signal.signal(signum, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
+    if held_reload is not None and held_reload.is_set():
+        request_reload(signal.SIGHUP, None)
     on_ready()
     stop.wait()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)

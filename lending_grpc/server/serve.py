@@ -9,6 +9,7 @@ from lending_grpc.config import Settings
 from lending_grpc.server.build import create_server
 from lending_grpc.server.lifecycle import (
     database_kind,
+    hold_reload_signal,
     log_metrics_address,
     run_until_signalled,
     transport_kind,
@@ -19,10 +20,14 @@ log = logging.getLogger("lending_grpc.server")
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully; ``settings.workers`` > 1 forks processes."""
+    """Serve until SIGTERM or SIGINT, then drain gracefully; ``settings.workers`` > 1 forks processes.
+
+    SIGHUP re-reads the key files without a restart (a supervisor passes it on to its workers).
+    """
     if settings.workers > 1:
         serve_workers(settings)
         return
+    held_reload = hold_reload_signal()
     running = create_server(settings)
     host = settings.listen.rsplit(":", 1)[0]
 
@@ -36,4 +41,6 @@ def serve(settings: Settings) -> None:
             transport_kind(settings),
         )
 
-    run_until_signalled(running, settings, (signal.SIGTERM, signal.SIGINT), on_ready=ready)
+    run_until_signalled(
+        running, settings, (signal.SIGTERM, signal.SIGINT), on_ready=ready, held_reload=held_reload
+    )

@@ -19,6 +19,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
@@ -26,6 +27,7 @@ from lending_grpc.core.storage.database import close_database, open_database
 from lending_grpc.server.build import ListenError, create_server, prepare_database
 from lending_grpc.server.lifecycle import (
     database_kind,
+    hold_reload_signal,
     log_metrics_address,
     run_until_signalled,
     transport_kind,
@@ -87,8 +89,8 @@ class _Worker:
     started: float
 
 
-def _worker_main(settings: Settings, ready_w: int, index: int) -> int:
-    """Body of a forked worker: serve until the supervisor sends SIGTERM."""
+def _worker_main(settings: Settings, ready_w: int, index: int, held_reload: threading.Event) -> int:
+    """Body of a forked worker: serve until the supervisor sends SIGTERM (SIGHUP: reload the key files)."""
     # Ctrl-C reaches the whole process group (SIGINT stays ignored here): the
     # supervisor alone decides, then sends SIGTERM.
     # The index also picks this worker's metrics port (a restarted worker keeps it).
@@ -99,7 +101,7 @@ def _worker_main(settings: Settings, ready_w: int, index: int) -> int:
         os.write(ready_w, b"R")
         os.close(ready_w)
 
-    run_until_signalled(running, settings, (signal.SIGTERM,), on_ready=ready)
+    run_until_signalled(running, settings, (signal.SIGTERM,), on_ready=ready, held_reload=held_reload)
     return 0
 
 
@@ -112,30 +114,33 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_FORWARDED_SIGNALS = {*_STOP_SIGNALS, signal.SIGHUP}
 
 
 def _fork_worker(settings: Settings, index: int, inherited: socket.socket, register) -> _Worker:
     """Fork a worker; ``register`` records it in the parent before any stop signal can be handled.
 
-    Stop signals are blocked across the fork: in the parent they would find
-    the new worker unregistered (and never forward to it), in the child they
-    would run the supervisor's handler (and signal its siblings).
+    Stop signals and SIGHUP are blocked across the fork: in the parent they
+    would find the new worker unregistered (and never forward to it), in the
+    child they would run the supervisor's handler (and signal its siblings).
+    A worker that is still starting remembers a SIGHUP for when it serves.
     """
     ready_r, ready_w = os.pipe()
     parent_pid = os.getpid()
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor alone decides
+            held_reload = hold_reload_signal()
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             _die_with_parent(parent_pid)
             inherited.close()
             os.close(ready_r)
             code = 1
             try:
-                code = _worker_main(settings, ready_w, index)
+                code = _worker_main(settings, ready_w, index, held_reload)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -173,6 +178,11 @@ class _Supervisor:
             log.info("received %s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
         self.stopping = True
         self._signal_workers(signal.SIGTERM)
+
+    def on_reload_signal(self, _signum, _frame) -> None:
+        """SIGHUP: every worker re-reads the key files (a worker still starting reads them anyway)."""
+        log.info("received SIGHUP: %d workers re-read their key files", len(self.workers))
+        self._signal_workers(signal.SIGHUP)
 
     def _signal_workers(self, signum: int) -> None:
         for worker in list(self.workers.values()):
@@ -237,13 +247,19 @@ class _Supervisor:
 
 
 def serve_workers(settings: Settings) -> None:
-    """Serve with ``settings.workers`` processes until SIGTERM/SIGINT; exits non-zero if they fail."""
+    """Serve with ``settings.workers`` processes until SIGTERM/SIGINT; exits non-zero if they fail.
+
+    SIGHUP goes on to every worker, which re-reads the key files.
+    """
+    # A SIGHUP before the workers exist changes nothing: they read the key files as they start.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _prepare(settings)
     sock, host, port = reserve_port(settings.listen)
     worker_settings = dataclasses.replace(settings, listen=f"{host}:{port}", workers=1)
     supervisor = _Supervisor(worker_settings, settings.workers, sock)
     for signum in _STOP_SIGNALS:
         signal.signal(signum, supervisor.on_signal)
+    signal.signal(signal.SIGHUP, supervisor.on_reload_signal)
     try:
         supervisor.start()
         if not supervisor.stopping:
