@@ -10,29 +10,20 @@ import uuid
 import grpc
 import jwt
 import pytest
-from conftest import TEST_SECRET_KEY
+from helpers import (
+    PASSWORD,
+    TEST_SECRET_KEY,
+    assert_invalid,
+    bearer,
+    call_error,
+    jwt_payload,
+    list_loans,
+    register,
+)
 from lending.v1 import auth_pb2, billing_pb2
-from rpc_helpers import assert_invalid, call_error
 
 OTHER_KEY = "another-secret-key-of-at-least-32-bytes-111111"
-PASSWORD = "correct horse battery"
 BAD_CREDENTIALS = "invalid username or password"
-
-
-def register(api, username: str, password: str = PASSWORD, email: str | None = None):
-    return api.auth.Register(
-        auth_pb2.RegisterRequest(
-            username=username, password=password, email=email or f"{uuid.uuid4().hex[:8]}@example.com"
-        )
-    )
-
-
-def bearer(token: str) -> tuple:
-    return (("authorization", f"Bearer {token}"),)
-
-
-def list_loans(api, metadata):
-    return api.billing.ListLoans(billing_pb2.ListLoansRequest(), metadata=metadata)
 
 
 def claims_for(user_id: str, **overrides) -> dict:
@@ -50,11 +41,6 @@ def claims_for(user_id: str, **overrides) -> dict:
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
-
-
-def jwt_payload(token: str) -> dict:
-    part = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
 def family(tokens) -> str:

@@ -6,8 +6,8 @@ import datetime as dt
 
 import grpc
 import pytest
+from helpers import assert_invalid, call_error, tamper, today
 from lending.v1 import billing_pb2
-from rpc_helpers import assert_invalid, call_error, tamper, today
 
 START = dt.date(2026, 1, 5)  # installment k due START + 7k: 01-12, 01-19, 01-26, 02-02, ...
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from helpers import call_error, violated_fields
 from lending.v1 import auth_pb2, billing_pb2
-from rpc_helpers import call_error, violated_fields
 
 B = billing_pb2
 A = auth_pb2

@@ -10,8 +10,8 @@ from decimal import Decimal
 import grpc
 import pytest
 from grpc_status import rpc_status
+from helpers import assert_invalid, call_error, get, list_loans, pay, today, violated_fields
 from lending.v1 import billing_pb2
-from rpc_helpers import assert_invalid, call_error, today, violated_fields
 
 from lending_grpc.core import pagination
 
@@ -27,17 +27,6 @@ def create_error(api, metadata, loan_id="L1", principal="5000000", **kwargs) -> 
     return call_error(
         api.billing.CreateLoan,
         billing_pb2.CreateLoanRequest(loan_id=loan_id, principal_amount=principal, **kwargs),
-        metadata=metadata,
-    )
-
-
-def get(api, metadata, loan_id="L1") -> billing_pb2.Loan:
-    return api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id=loan_id), metadata=metadata)
-
-
-def pay(api, metadata, amount, loan_id="L1", request_id="") -> billing_pb2.Payment:
-    return api.billing.MakePayment(
-        billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
         metadata=metadata,
     )
 
@@ -341,12 +330,6 @@ def test_get_loan_after_payments(api, alice):
 
 
 # -- ListLoans -----------------------------------------------------------------
-
-
-def list_loans(api, metadata, page_size=0, page_token="") -> billing_pb2.ListLoansResponse:
-    return api.billing.ListLoans(
-        billing_pb2.ListLoansRequest(page_size=page_size, page_token=page_token), metadata=metadata
-    )
 
 
 def test_list_loans_empty(api, alice):

@@ -10,24 +10,19 @@ from decimal import Decimal
 
 import grpc
 import pytest
+from helpers import (
+    assert_balanced,
+    assert_invalid,
+    call_error,
+    create,
+    get,
+    outstanding,
+    pay,
+    payments,
+    tamper,
+    today,
+)
 from lending.v1 import billing_pb2
-from rpc_helpers import assert_invalid, call_error, tamper, today
-
-
-def create(api, metadata, loan_id="L1", principal="5000000", start_date="2026-01-05", **kwargs):
-    return api.billing.CreateLoan(
-        billing_pb2.CreateLoanRequest(
-            loan_id=loan_id, principal_amount=principal, start_date=start_date, **kwargs
-        ),
-        metadata=metadata,
-    )
-
-
-def pay(api, metadata, amount, loan_id="L1", request_id="") -> billing_pb2.Payment:
-    return api.billing.MakePayment(
-        billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
-        metadata=metadata,
-    )
 
 
 def pay_error(api, metadata, amount, loan_id="L1", request_id="") -> grpc.RpcError:
@@ -36,36 +31,6 @@ def pay_error(api, metadata, amount, loan_id="L1", request_id="") -> grpc.RpcErr
         billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
         metadata=metadata,
     )
-
-
-def outstanding(api, metadata, loan_id="L1") -> billing_pb2.Outstanding:
-    return api.billing.GetOutstanding(billing_pb2.GetOutstandingRequest(loan_id=loan_id), metadata=metadata)
-
-
-def get(api, metadata, loan_id="L1") -> billing_pb2.Loan:
-    return api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id=loan_id), metadata=metadata)
-
-
-def payments(api, metadata, loan_id="L1", page_size=0, page_token="") -> billing_pb2.ListPaymentsResponse:
-    return api.billing.ListPayments(
-        billing_pb2.ListPaymentsRequest(loan_id=loan_id, page_size=page_size, page_token=page_token),
-        metadata=metadata,
-    )
-
-
-def assert_balanced(api, metadata, loan_id="L1") -> billing_pb2.Outstanding:
-    """Outstanding + paid == total, and both agree with GetLoan and the ledger."""
-    out = outstanding(api, metadata, loan_id)
-    loan = get(api, metadata, loan_id)
-    assert Decimal(out.outstanding_balance) + Decimal(out.paid_amount) == Decimal(out.total_amount)
-    assert out.total_amount == loan.total_amount
-    assert out.outstanding_balance == loan.outstanding_balance
-    assert out.paid_amount == loan.paid_amount
-    assert out.installments_paid == loan.installments_paid
-    assert out.installments_paid + out.installments_remaining == loan.term_weeks
-    ledger = payments(api, metadata, loan_id, page_size=500).payments
-    assert sum((Decimal(p.amount) for p in ledger), Decimal("0.00")) == Decimal(out.paid_amount)
-    return out
 
 
 # -- GetOutstanding ------------------------------------------------------------

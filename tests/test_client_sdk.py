@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from databases import sqlite_url
+from helpers import PASSWORD
 
 from lending_grpc.client import (
     AlreadyExists,
@@ -25,8 +26,6 @@ from lending_grpc.client import (
     Tokens,
     Unauthenticated,
 )
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture

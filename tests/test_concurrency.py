@@ -6,8 +6,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from helpers import pay_on_own_channel
 from lending.v1 import billing_pb2, billing_pb2_grpc
-from rpc_helpers import pay_on_own_channel
 
 
 def _create(api, metadata, loan_id: str, principal: str = "5000000") -> None:

@@ -7,9 +7,9 @@ import sqlite3
 import grpc
 import pytest
 from grpc_status import rpc_status
+from helpers import running_api
 from lending.v1 import billing_pb2
 from peewee import IntegrityError, OperationalError
-from security_helpers import running_api
 
 from lending_grpc.core.errors import Aborted
 from lending_grpc.core.storage.database import LendingDatabase, sqlite_path

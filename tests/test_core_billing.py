@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import uuid
 
 import pytest
+from helpers import START, START_DATE, Env, FixedClock, actor_of, all_payments, make_env, snapshot
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lending_grpc.core import pagination
-from lending_grpc.core.auth import AuthCore
-from lending_grpc.core.billing import BillingCore
-from lending_grpc.core.clock import Clock
-from lending_grpc.core.crypto import Sealer, new_key_text
 from lending_grpc.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -24,87 +19,8 @@ from lending_grpc.core.errors import (
 )
 from lending_grpc.core.money import format_cents
 from lending_grpc.core.pagination import PageTokens
-from lending_grpc.core.passwords import Passwords
-from lending_grpc.core.storage.database import close_database, open_database
-from lending_grpc.core.storage.migrations import migrate
+from lending_grpc.core.storage.database import close_database
 from lending_grpc.core.storage.models import Loan, Payment
-from lending_grpc.core.tokens import TokenSigner
-from lending_grpc.core.views import Actor, Principal
-
-START = "2026-01-05"
-ANONYMOUS = Actor()  # what the core is told for Register and Login
-
-
-def actor_of(owner: int) -> Actor:
-    """The actor for a user known by internal id (the audit trail records a made-up public id)."""
-    return Actor(principal=Principal(owner, f"user-{owner}"), name=f"user-{owner}")
-
-
-START_DATE = dt.date(2026, 1, 5)
-
-
-class FixedClock(Clock):
-    """A clock whose "today" is fixed, so refusal hints are deterministic."""
-
-    def __init__(self, today: dt.date) -> None:
-        super().__init__()
-        self._today = today
-
-    def today(self) -> dt.date:
-        return self._today
-
-
-@dataclasses.dataclass
-class Env:
-    db: object
-    auth: AuthCore
-    billing: BillingCore
-
-    def new_owner(self) -> int:
-        name = f"user-{uuid.uuid4().hex[:12]}"
-        user = self.auth.register(ANONYMOUS, name, "correct horse battery", f"{name}@example.com")
-        return self.auth.principal(user.user_id).id
-
-
-def make_env(database_url: str, clock: Clock | None = None) -> Env:
-    db = open_database(database_url)
-    migrate(db)
-    clock = clock or Clock()
-    sealer = Sealer.from_text(new_key_text())
-    auth = AuthCore(db, clock, Passwords(fast_insecure=True), TokenSigner(b"x" * 32), sealer)
-    billing = BillingCore(db, clock, PageTokens(b"k" * 32))
-    return Env(db, auth, billing)
-
-
-@pytest.fixture
-def env(database_url: str):
-    e = make_env(database_url)
-    yield e
-    close_database(e.db)
-
-
-@pytest.fixture
-def owner(env: Env) -> int:
-    return env.new_owner()
-
-
-def all_payments(env: Env, owner: int, loan_id: str) -> list:
-    items, token = [], ""
-    while True:
-        page = env.billing.list_payments(owner, loan_id, page_size=7, page_token=token)
-        items.extend(page.items)
-        token = page.next_page_token
-        if not token:
-            return items
-
-
-def snapshot(env: Env, owner: int, loan_id: str):
-    """Everything observable about a loan, for before/after comparisons."""
-    return (
-        env.billing.get_loan(owner, loan_id),
-        env.billing.get_schedule(owner, loan_id),
-        tuple(all_payments(env, owner, loan_id)),
-    )
 
 
 def check_invariants(env: Env, owner: int, loan_id: str) -> None:

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
-from serverproc import ServerProcess
+from helpers import ServerProcess, user_on
+from lending.v1 import billing_pb2, billing_pb2_grpc
 
 from lending_grpc.core.storage.database import sqlite_path
 
@@ -19,20 +19,10 @@ WEEKS = 50
 KILL_AFTER_ACKS = 60
 
 
-def _login(target: str):
-    with grpc.insecure_channel(target) as channel:
-        auth = auth_pb2_grpc.AuthServiceStub(channel)
-        auth.Register(
-            auth_pb2.RegisterRequest(username="crash", password="crash-test-pw", email="c@example.com")
-        )
-        tokens = auth.Login(auth_pb2.LoginRequest(username="crash", password="crash-test-pw"))
-    return (("authorization", f"Bearer {tokens.access_token}"),)
-
-
 @pytest.mark.slow
 def test_sigkill_mid_burst_keeps_every_acknowledged_payment(database_url):
     server = ServerProcess(database_url)
-    metadata = _login(server.target)
+    metadata = user_on(server.target)
     with grpc.insecure_channel(server.target) as channel:
         billing = billing_pb2_grpc.BillingServiceStub(channel)
         for n in range(LOANS):

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_settings
-from serverproc import run_cli
+from helpers import make_settings, run_cli
 
 from lending_grpc.config import Settings
 from lending_grpc.server import create_server

@@ -6,17 +6,13 @@ import threading
 
 import grpc
 import pytest
-from conftest import make_settings
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from helpers import health_status, make_settings
 
 from lending_grpc.server import create_server
 from lending_grpc.server.transport import MAX_PING_STRIKES, MIN_CLIENT_PING_INTERVAL_MS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def _check(channel: grpc.Channel) -> int:
-    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
 
 
 @pytest.mark.slow
@@ -50,10 +46,10 @@ def _ping_flood(server) -> None:
 
     flooding.subscribe(watch, try_to_connect=True)
     try:
-        assert _check(flooding) == SERVING
+        assert health_status(flooding) == SERVING
         assert dropped.wait(30), "the server never sent the ping-flooding client away"
     finally:
         flooding.unsubscribe(watch)
         flooding.close()
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as polite:
-        assert _check(polite) == SERVING
+        assert health_status(polite) == SERVING

@@ -7,58 +7,23 @@ import re
 import signal
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
-from rpc_helpers import pay_on_own_channel
-from serverproc import ServerProcess
+from helpers import (
+    WEEKLY,
+    ServerProcess,
+    cents,
+    create_on,
+    make_settings,
+    pay_on_own_channel,
+    read_on,
+    user_on,
+)
+from lending.v1 import billing_pb2
 
 pytestmark = pytest.mark.slow
-
-WEEKLY = "110000.00"
-
-
-def _user(target: str):
-    name = f"mp-{uuid.uuid4().hex[:8]}"
-    with grpc.insecure_channel(target) as channel:
-        auth = auth_pb2_grpc.AuthServiceStub(channel)
-        auth.Register(
-            auth_pb2.RegisterRequest(username=name, password="multi-process", email=f"{name}@ex.com")
-        )
-        tokens = auth.Login(auth_pb2.LoginRequest(username=name, password="multi-process"))
-    return (("authorization", f"Bearer {tokens.access_token}"),)
-
-
-def _create(target: str, metadata, loan_id: str, term_weeks: int = 50) -> None:
-    """A loan paying 110,000.00 a week (principal 100,000 per week of term, 10% flat)."""
-    with grpc.insecure_channel(target) as channel:
-        billing_pb2_grpc.BillingServiceStub(channel).CreateLoan(
-            billing_pb2.CreateLoanRequest(
-                loan_id=loan_id,
-                principal_amount=str(100_000 * term_weeks),
-                term_weeks=term_weeks,
-                start_date="2026-01-05",
-            ),
-            metadata=metadata,
-        )
-
-
-def _read(target: str, metadata, loan_id: str):
-    with grpc.insecure_channel(target) as channel:
-        billing = billing_pb2_grpc.BillingServiceStub(channel)
-        loan = billing.GetLoan(billing_pb2.GetLoanRequest(loan_id=loan_id), metadata=metadata)
-        payments = billing.ListPayments(
-            billing_pb2.ListPaymentsRequest(loan_id=loan_id, page_size=500), metadata=metadata
-        ).payments
-    return loan, list(payments)
-
-
-def _cents(text: str) -> int:
-    units, _, frac = text.partition(".")
-    return int(units) * 100 + int(frac or 0)
 
 
 @pytest.fixture
@@ -70,8 +35,8 @@ def targets(database_url):
 
 
 def test_hundred_payments_across_processes_pay_each_installment_once(targets):
-    metadata = _user(targets[0])
-    _create(targets[0], metadata, "shared", term_weeks=60)
+    metadata = user_on(targets[0])
+    create_on(targets[0], metadata, "shared", term_weeks=60)
     with ThreadPoolExecutor(16) as pool:
         results = list(
             pool.map(
@@ -85,16 +50,16 @@ def test_hundred_payments_across_processes_pay_each_installment_once(targets):
     assert refused == [grpc.StatusCode.FAILED_PRECONDITION] * 40
     assert sorted(p.first_week for p in accepted) == list(range(1, 61))
     assert all(p.last_week == p.first_week for p in accepted)
-    loan, payments = _read(targets[1], metadata, "shared")
+    loan, payments = read_on(targets[1], metadata, "shared")
     assert loan.installments_paid == 60 and loan.state == billing_pb2.LOAN_STATE_PAID_OFF
     assert loan.outstanding_balance == "0.00" and loan.paid_amount == "6600000.00"
-    assert sum(_cents(p.amount) for p in payments) == 660_000_000
+    assert sum(cents(p.amount) for p in payments) == 660_000_000
     assert sorted(p.first_week for p in payments) == list(range(1, 61))
 
 
 def test_thirty_retries_of_one_request_across_processes_make_one_payment(targets):
-    metadata = _user(targets[0])
-    _create(targets[0], metadata, "retried")
+    metadata = user_on(targets[0])
+    create_on(targets[0], metadata, "retried")
     start = threading.Barrier(30)
     with ThreadPoolExecutor(30) as pool:
         results = list(
@@ -108,15 +73,15 @@ def test_thirty_retries_of_one_request_across_processes_make_one_payment(targets
     assert all(isinstance(r, billing_pb2.Payment) for r in results), results
     assert len({r.payment_id for r in results}) == 1
     assert {(r.first_week, r.last_week) for r in results} == {(1, 1)}
-    loan, payments = _read(targets[1], metadata, "retried")
+    loan, payments = read_on(targets[1], metadata, "retried")
     assert len(payments) == 1 and loan.installments_paid == 1 and loan.outstanding_balance == "5390000.00"
 
 
 def test_two_concurrent_payoffs_one_wins_one_is_refused(targets):
-    metadata = _user(targets[0])
+    metadata = user_on(targets[0])
     loans = [f"payoff-{n}" for n in range(8)]
     for loan_id in loans:
-        _create(targets[0], metadata, loan_id)
+        create_on(targets[0], metadata, loan_id)
     for loan_id in loans:
         start = threading.Barrier(2)
         with ThreadPoolExecutor(2) as pool:
@@ -136,7 +101,7 @@ def test_two_concurrent_payoffs_one_wins_one_is_refused(targets):
             50,
             "0.00",
         )
-        loan, payments = _read(targets[0], metadata, loan_id)
+        loan, payments = read_on(targets[0], metadata, loan_id)
         assert len(payments) == 1 and loan.paid_amount == "5500000.00" and loan.outstanding_balance == "0.00"
 
 
@@ -145,8 +110,8 @@ def test_workers_share_one_port_and_a_killed_worker_is_replaced(database_url):
     try:
         pids = [int(pid) for pid in re.search(r"pids ([\d ]+)", "".join(server.log)).group(1).split()]
         assert len(pids) == 2 and os.getpid() not in pids
-        metadata = _user(server.target)
-        _create(server.target, metadata, "workers", term_weeks=100)
+        metadata = user_on(server.target)
+        create_on(server.target, metadata, "workers", term_weeks=100)
         # Channels of their own: SO_REUSEPORT spreads connections, not calls on one connection.
         with ThreadPoolExecutor(8) as pool:
             first = list(
@@ -173,7 +138,7 @@ def test_workers_share_one_port_and_a_killed_worker_is_replaced(database_url):
         assert all(isinstance(r, billing_pb2.Payment) for r in second)
         # The first 40 were retries: the same payments, not new ones.
         assert [p.payment_id for p in second[:40]] == [p.payment_id for p in first]
-        loan, payments = _read(server.target, metadata, "workers")
+        loan, payments = read_on(server.target, metadata, "workers")
         assert loan.installments_paid == 80 and len(payments) == 80
         assert sorted(p.first_week for p in payments) == list(range(1, 81))
     finally:
@@ -183,7 +148,6 @@ def test_workers_share_one_port_and_a_killed_worker_is_replaced(database_url):
 def test_dropped_postgresql_connections_never_surface_as_internal(postgres, tmp_path):
     """PostgreSQL restarts or a DBA kills sessions: calls fail UNAVAILABLE (never INTERNAL), then recover."""
     import psycopg
-    from conftest import make_settings
 
     from lending_grpc.server import create_server
 
@@ -191,8 +155,8 @@ def test_dropped_postgresql_connections_never_surface_as_internal(postgres, tmp_
     running = create_server(make_settings(tmp_path, database_url=url))
     try:
         target = f"127.0.0.1:{running.port}"
-        metadata = _user(target)
-        _create(target, metadata, "resilient")
+        metadata = user_on(target)
+        create_on(target, metadata, "resilient")
         dbname = url.rsplit("/", 1)[1]
         with psycopg.connect(url, autocommit=True) as admin:
             killed = admin.execute(
@@ -208,7 +172,7 @@ def test_dropped_postgresql_connections_never_surface_as_internal(postgres, tmp_
         assert set(outcomes) <= {"OK", grpc.StatusCode.UNAVAILABLE}, outcomes
         assert outcomes[-3:] == ["OK"] * 3, outcomes
         # Nothing half-written: the loan reconciles with the payments that were acknowledged.
-        loan, payments = _read(target, metadata, "resilient")
+        loan, payments = read_on(target, metadata, "resilient")
         assert loan.installments_paid == len(payments) == outcomes.count("OK")
     finally:
         running.stop(0)
@@ -217,7 +181,6 @@ def test_dropped_postgresql_connections_never_surface_as_internal(postgres, tmp_
 
 def test_the_postgresql_pool_is_bounded_and_shared_by_more_threads(postgres, tmp_path):
     import psycopg
-    from conftest import make_settings
 
     from lending_grpc.server import create_server
 
@@ -240,8 +203,8 @@ def test_the_postgresql_pool_is_bounded_and_shared_by_more_threads(postgres, tmp
 
     try:
         target = f"127.0.0.1:{running.port}"
-        metadata = _user(target)
-        _create(target, metadata, "pooled", term_weeks=60)
+        metadata = user_on(target)
+        create_on(target, metadata, "pooled", term_weeks=60)
         watcher = threading.Thread(target=watch)
         watcher.start()
         with ThreadPoolExecutor(16) as pool:

@@ -12,12 +12,10 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import make_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import ServerProcess, call_error, make_settings, today
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from rpc_helpers import call_error, today
-from serverproc import ServerProcess
 
 from lending_grpc.api import call as calls
 from lending_grpc.api.metrics import worker_address

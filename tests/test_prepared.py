@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from test_core_billing import actor_of, make_env
+from helpers import actor_of
 
-from lending_grpc.core.storage.database import close_database
 from lending_grpc.core.storage.models import Loan, Payment
 from lending_grpc.core.storage.prepared import Select, Statement
 
@@ -15,13 +14,6 @@ WITH_LOAN_ID = Select(
     lambda p: Payment.select().join(Loan).where(Payment.owner == p.owner).order_by(Payment.id),
     columns=(*Payment._meta.sorted_fields, Loan.loan_id),
 )
-
-
-@pytest.fixture
-def env(database_url: str):
-    e = make_env(database_url)
-    yield e
-    close_database(e.db)
 
 
 def test_rows_equal_what_peewee_returns(env):

@@ -7,10 +7,9 @@ import time
 
 import grpc
 import pytest
-from conftest import TEST_DATA_KEY, TEST_SECRET_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serverproc import ServerProcess, run_cli
+from helpers import TEST_DATA_KEY, TEST_SECRET_KEY, ServerProcess, run_cli
 
 
 def _list_services(channel) -> set[str]:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 
 import pytest
-from test_core_billing import ANONYMOUS, actor_of, env  # noqa: F401  (env: a fixture)
+from helpers import ANONYMOUS, actor_of
 
 
 class _Counter(logging.Handler):
@@ -36,7 +36,7 @@ def count_queries():
 
 
 @pytest.fixture
-def loan(env):  # noqa: F811
+def loan(env):
     owner = env.new_owner()
     env.billing.create_loan(actor_of(owner), "Q1", "5000000", start_date="2026-01-05")
     env.billing.make_payment(actor_of(owner), "Q1", "110000.00", "warm")
@@ -70,13 +70,13 @@ def loan(env):  # noqa: F811
         "create_loan",
     ],
 )
-def test_query_budget(env, loan, operation, budget):  # noqa: F811
+def test_query_budget(env, loan, operation, budget):
     with count_queries() as statements:
         operation(env.billing, loan)
     assert len(statements) == budget, statements
 
 
-def test_authenticating_a_known_session_costs_no_query(env):  # noqa: F811
+def test_authenticating_a_known_session_costs_no_query(env):
     owner_user = env.auth.register(ANONYMOUS, "cached-user", "correct horse battery", "c@example.com")
     token = env.auth.login(ANONYMOUS, "cached-user", "correct horse battery").access_token
     with count_queries() as statements:

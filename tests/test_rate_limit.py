@@ -7,13 +7,12 @@ import sqlite3
 
 import grpc
 import pytest
-from conftest import make_settings
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from helpers import call_error, make_settings
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2
-from rpc_helpers import call_error
 
 from lending_grpc.api.rate_limits import TokenBuckets, peer_key
 from lending_grpc.config import ConfigError, load_settings

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from helpers import audit_rows, bearer, call_error, jwt_payload, login, register, running_api
 from lending.v1 import auth_pb2, billing_pb2
-from rpc_helpers import call_error
-from security_helpers import audit_rows, bearer, login, register
 
 from lending_grpc.core.storage.models import TokenFamily
-
-
-def _claims(token: str) -> dict:
-    part = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
 def _refresh(api, token: str):
@@ -39,7 +31,7 @@ def _works(api, access_token: str) -> bool:
 def test_tokens_carry_issuer_audience_and_one_family(api):
     register(api, "ann")
     tokens = login(api, "ann")
-    access, refresh = _claims(tokens.access_token), _claims(tokens.refresh_token)
+    access, refresh = jwt_payload(tokens.access_token), jwt_payload(tokens.refresh_token)
     assert (access["iss"], access["aud"], refresh["iss"], refresh["aud"]) == ("lending-grpc",) * 4
     assert access["fam"] == refresh["fam"] and len(access["fam"]) == 32
     assert TokenFamily.get(TokenFamily.family_id == access["fam"]).current_jti == refresh["jti"]
@@ -51,8 +43,8 @@ def test_refresh_rotates_and_reuse_revokes_the_whole_family(api):
     other_session = login(api, "ben")
     second = _refresh(api, first.refresh_token)
     third = _refresh(api, second.refresh_token)
-    assert _claims(third.refresh_token)["fam"] == _claims(first.refresh_token)["fam"]
-    assert len({_claims(t.refresh_token)["jti"] for t in (first, second, third)}) == 3
+    assert jwt_payload(third.refresh_token)["fam"] == jwt_payload(first.refresh_token)["fam"]
+    assert len({jwt_payload(t.refresh_token)["jti"] for t in (first, second, third)}) == 3
     assert _works(api, third.access_token)
     # Replaying an already rotated token: refused, and the family dies.
     err = _refresh_error(api, first.refresh_token)
@@ -64,7 +56,7 @@ def test_refresh_rotates_and_reuse_revokes_the_whole_family(api):
     # The user's other session is untouched.
     assert _works(api, other_session.access_token)
     assert _refresh(api, other_session.refresh_token).access_token
-    family = TokenFamily.get(TokenFamily.family_id == _claims(first.refresh_token)["fam"])
+    family = TokenFamily.get(TokenFamily.family_id == jwt_payload(first.refresh_token)["fam"])
     assert family.revoked_reason == "reuse" and family.revoked_time_us is not None
     events = [(r["event"], r["outcome"]) for r in audit_rows() if r["event"].startswith("token.")]
     assert events == [
@@ -107,7 +99,7 @@ def test_logout_revokes_the_callers_session_only(api):
     assert _works(api, laptop.access_token)
     assert _refresh(api, laptop.refresh_token).access_token
     # Persisted: the family row says so.
-    family = TokenFamily.get(TokenFamily.family_id == _claims(phone.access_token)["fam"])
+    family = TokenFamily.get(TokenFamily.family_id == jwt_payload(phone.access_token)["fam"])
     assert family.revoked_reason == "logout"
     again = call_error(api.auth.Logout, auth_pb2.LogoutRequest(), metadata=bearer(phone.access_token))
     assert again.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -126,8 +118,6 @@ def test_logout_needs_an_access_token(api):
 
 
 def test_revocation_survives_a_restart(tmp_path, database_url):
-    from security_helpers import running_api
-
     with running_api(tmp_path, database_url) as api:
         register(api, "fay")
         tokens = login(api, "fay")
