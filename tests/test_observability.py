@@ -1,4 +1,4 @@
-"""Observability against real servers: the Prometheus endpoint, JSON logs and request ids."""
+"""Observability: the Prometheus endpoint, the access log, JSON logs and request ids."""
 
 from __future__ import annotations
 
@@ -248,3 +248,21 @@ def test_the_audit_trail_records_the_request_id_returned_to_the_caller(tmp_path)
         query = "SELECT request_id FROM audit_event WHERE event = 'login.failure' ORDER BY id"
         ids = [row[0] for row in db.execute(query)]
     assert ids == ["trace-audit-1", generated]
+
+
+def test_access_log_has_one_line_per_rpc_without_secrets(api, caplog):
+    from lending.v1 import auth_pb2
+
+    caplog.set_level("INFO", logger="lending_grpc.access")
+    api.auth.Register(
+        auth_pb2.RegisterRequest(username="logme", password="s3cret-password", email="l@example.com")
+    )
+    tokens = api.auth.Login(auth_pb2.LoginRequest(username="logme", password="s3cret-password"))
+    with pytest.raises(grpc.RpcError):
+        api.auth.Login(auth_pb2.LoginRequest(username="logme", password="wrong-password"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "lending_grpc.access"]
+    assert len(lines) == 3
+    assert "method=/lending.v1.AuthService/Login code=UNAUTHENTICATED" in lines[2]
+    assert "code=OK" in lines[0] and " ms=" in lines[0]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "s3cret-password" not in text and tokens.access_token not in text

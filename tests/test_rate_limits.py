@@ -1,9 +1,11 @@
-"""Rate limits: token-bucket arithmetic, then the real server's answers per user and per peer."""
+"""Rate and connection limits: token-bucket arithmetic, the real server's answers per user and per peer,
+and GOAWAY for clients that ping too often."""
 
 from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 
 import grpc
 import pytest
@@ -11,12 +13,13 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from helpers import call_error, make_settings
+from helpers import call_error, health_status, make_settings
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2
 
 from lending_grpc.api.rate_limits import TokenBuckets, peer_key
 from lending_grpc.config import ConfigError, load_settings
 from lending_grpc.server import create_server
+from lending_grpc.server.transport import MAX_PING_STRIKES, MIN_CLIENT_PING_INTERVAL_MS
 
 
 class FakeClock:
@@ -152,3 +155,49 @@ def test_refused_register_stores_nothing(tmp_path):
     finally:
         channel.close()
         running.stop(0)
+
+
+# == connection limits: ping floods get GOAWAY, and the server keeps serving =============
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.slow
+def test_a_client_pinging_too_often_is_sent_away_and_others_are_served(tmp_path):
+    # Transport behaviour: one backend is enough.
+    server = create_server(make_settings(tmp_path))
+    try:
+        _ping_flood(server)
+    finally:
+        server.stop(0)
+
+
+def _ping_flood(server) -> None:
+    assert MIN_CLIENT_PING_INTERVAL_MS == 10_000 and MAX_PING_STRIKES == 2
+    # Pings every 200 ms with no calls: each one after the first is a strike.
+    flooding = grpc.insecure_channel(
+        f"127.0.0.1:{server.port}",
+        options=[
+            ("grpc.keepalive_time_ms", 200),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    was_ready, dropped = threading.Event(), threading.Event()
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        if state is grpc.ChannelConnectivity.READY:
+            was_ready.set()
+        elif was_ready.is_set() and state is not grpc.ChannelConnectivity.READY:
+            dropped.set()  # GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") closed the connection
+
+    flooding.subscribe(watch, try_to_connect=True)
+    try:
+        assert health_status(flooding) == SERVING
+        assert dropped.wait(30), "the server never sent the ping-flooding client away"
+    finally:
+        flooding.unsubscribe(watch)
+        flooding.close()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as polite:
+        assert health_status(polite) == SERVING
