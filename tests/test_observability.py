@@ -13,7 +13,7 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import ServerProcess, call_error, make_settings, today
+from helpers import ServerProcess, call_error, make_settings, running_api, today
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,17 +43,13 @@ def rpc_labels(method: str, **extra: str) -> frozenset:
 
 
 def test_metrics_endpoint_counts_rpcs_by_code_and_the_portfolio(tmp_path):
-    running = create_server(
-        make_settings(
-            tmp_path / "m",
-            metrics_listen="127.0.0.1:0",
-            rate_limit_user_per_second=0.001,
-            rate_limit_user_burst=8,
-        )
-    )
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        auth, billing = auth_pb2_grpc.AuthServiceStub(channel), billing_pb2_grpc.BillingServiceStub(channel)
+    with running_api(
+        tmp_path / "m",
+        metrics_listen="127.0.0.1:0",
+        rate_limit_user_per_second=0.001,
+        rate_limit_user_burst=8,
+    ) as api:
+        running, auth, billing = api.server, api.auth, api.billing
         auth.Register(
             auth_pb2.RegisterRequest(username="ada", password="correct horse battery", email="a@b.co")
         )
@@ -81,9 +77,6 @@ def test_metrics_endpoint_counts_rpcs_by_code_and_the_portfolio(tmp_path):
             grpc.StatusCode.RESOURCE_EXHAUSTED
         )
         samples = scrape(running.metrics.port)
-    finally:
-        channel.close()
-        running.stop(0)
     started, handled = "grpc_server_started_total", "grpc_server_handled_total"
     assert samples[(started, rpc_labels("CreateLoan"))] == 2
     assert samples[(started, rpc_labels("GetLoan"))] == 6
@@ -231,19 +224,15 @@ def test_json_lines_stay_one_line_and_carry_the_request_id_and_exception():
 
 
 def test_the_audit_trail_records_the_request_id_returned_to_the_caller(tmp_path):
-    running = create_server(make_settings(tmp_path))
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            auth = auth_pb2_grpc.AuthServiceStub(channel)
-            register = auth_pb2.RegisterRequest(username="erin", password="correct horse 1", email="e@x.co")
-            auth.Register(register)
-            wrong = auth_pb2.LoginRequest(username="erin", password="wrong password!")
-            err = call_error(auth.Login, wrong, metadata=(("x-request-id", "trace-audit-1"),))
-            assert ("x-request-id", "trace-audit-1") in err.initial_metadata()
-            err = call_error(auth.Login, wrong)  # no id sent: the generated one is returned
-            generated = dict(err.initial_metadata())["x-request-id"]
-    finally:
-        running.stop(0)
+    with running_api(tmp_path) as api:
+        auth = api.auth
+        register = auth_pb2.RegisterRequest(username="erin", password="correct horse 1", email="e@x.co")
+        auth.Register(register)
+        wrong = auth_pb2.LoginRequest(username="erin", password="wrong password!")
+        err = call_error(auth.Login, wrong, metadata=(("x-request-id", "trace-audit-1"),))
+        assert ("x-request-id", "trace-audit-1") in err.initial_metadata()
+        err = call_error(auth.Login, wrong)  # no id sent: the generated one is returned
+        generated = dict(err.initial_metadata())["x-request-id"]
     with sqlite3.connect(tmp_path / "lending.db") as db:
         query = "SELECT request_id FROM audit_event WHERE event = 'login.failure' ORDER BY id"
         ids = [row[0] for row in db.execute(query)]

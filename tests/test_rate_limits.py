@@ -13,12 +13,11 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from helpers import call_error, health_status, make_settings
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2
+from helpers import call_error, health_status, running_api
+from lending.v1 import auth_pb2, billing_pb2
 
 from lending_grpc.api.rate_limits import TokenBuckets, peer_key
 from lending_grpc.config import ConfigError, load_settings
-from lending_grpc.server import create_server
 from lending_grpc.server.transport import MAX_PING_STRIKES, MIN_CLIENT_PING_INTERVAL_MS
 
 
@@ -140,10 +139,8 @@ def test_peer_limit_stops_anonymous_floods_but_never_health_or_reflection(api):
 
 
 def test_refused_register_stores_nothing(tmp_path):
-    running = create_server(make_settings(tmp_path, rate_limit_peer_per_second=0.01, rate_limit_peer_burst=1))
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        stub = auth_pb2_grpc.AuthServiceStub(channel)
+    with running_api(tmp_path, rate_limit_peer_per_second=0.01, rate_limit_peer_burst=1) as api:
+        stub = api.auth
         login = auth_pb2.LoginRequest(username="nobody", password="wrong password")
         call_error(stub.Login, login)
         register = auth_pb2.RegisterRequest(
@@ -152,9 +149,6 @@ def test_refused_register_stores_nothing(tmp_path):
         assert call_error(stub.Register, register).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         with sqlite3.connect(tmp_path / "lending.db") as db:
             assert db.execute("SELECT count(*) FROM user").fetchone() == (0,)
-    finally:
-        channel.close()
-        running.stop(0)
 
 
 # == connection limits: ping floods get GOAWAY, and the server keeps serving =============
@@ -166,11 +160,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 @pytest.mark.slow
 def test_a_client_pinging_too_often_is_sent_away_and_others_are_served(tmp_path):
     # Transport behaviour: one backend is enough.
-    server = create_server(make_settings(tmp_path))
-    try:
-        _ping_flood(server)
-    finally:
-        server.stop(0)
+    with running_api(tmp_path) as api:
+        _ping_flood(api.server)
 
 
 def _ping_flood(server) -> None:
