@@ -1,70 +1,29 @@
-"""Shared fixtures: a real lending-grpc server on an ephemeral port over a fresh database.
+"""Fixtures: a real lending-grpc server on an ephemeral port over a fresh database, or BillingCore alone.
 
 Every test that asks for ``database_url`` (directly or through ``server``,
-``api`` and ``alice``) runs twice: on a SQLite file and on a PostgreSQL
-database of its own.
+``api``, ``alice``, ``env`` and ``owner``) runs twice: on a SQLite file and on
+a PostgreSQL database of its own. What tests import is in helpers.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from databases import BACKENDS, PostgresDatabases, connect_or_skip, sqlite_url
+from helpers import Api, Env, make_env, running_api
 from hypothesis import settings as hypothesis_settings
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2_grpc
 
-from lending_grpc.config import Settings
-from lending_grpc.server import RunningServer, create_server
+from lending_grpc.core.storage.database import close_database
+from lending_grpc.server import RunningServer
 
 # CI explores the same examples on every run, so a red build always reproduces;
 # local runs keep searching new ones.
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI") == "true":
     hypothesis_settings.load_profile("ci")
-
-TEST_SECRET_KEY = "test-secret-key-of-at-least-32-bytes-000000"
-TEST_DATA_KEY = "dGVzdC1kYXRhLWtleS0zMi1ieXRlcy0wMDAwMDAwMDA="  # base64 of 32 bytes
-
-
-def make_settings(tmp_path: Path, **overrides) -> Settings:
-    """Settings for a test server: port 0, a fresh database file, cheap password hashing."""
-    values = dict(
-        listen="127.0.0.1:0",
-        database_url=sqlite_url(tmp_path),
-        secret_key=TEST_SECRET_KEY,
-        data_key=TEST_DATA_KEY,
-        insecure_fast_password_hash=True,
-        shutdown_grace_seconds=1.0,
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
-@dataclasses.dataclass
-class Api:
-    """Stubs bound to one channel, plus helpers to create users."""
-
-    channel: grpc.Channel
-    auth: auth_pb2_grpc.AuthServiceStub
-    billing: billing_pb2_grpc.BillingServiceStub
-    server: RunningServer
-
-    def register_and_login(
-        self, username: str | None = None, password: str = "correct horse battery"
-    ) -> tuple:
-        """Register a fresh user and return (auth metadata, tokens, user)."""
-        username = username or f"user-{uuid.uuid4().hex[:10]}"
-        user = self.auth.Register(
-            auth_pb2.RegisterRequest(username=username, password=password, email=f"{username}@example.com")
-        )
-        tokens = self.auth.Login(auth_pb2.LoginRequest(username=username, password=password))
-        return (("authorization", f"Bearer {tokens.access_token}"),), tokens, user
 
 
 @pytest.fixture(scope="session")
@@ -88,25 +47,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def server(request, tmp_path: Path, database_url: str) -> Iterator[RunningServer]:
-    """A server with the test defaults; ``@pytest.mark.settings(name=value)`` overrides some."""
+def api(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Api]:
+    """A server with the test defaults, and stubs for it; ``@pytest.mark.settings(name=value)`` overrides."""
     marker = request.node.get_closest_marker("settings")
     overrides = marker.kwargs if marker else {}
-    running = create_server(make_settings(tmp_path, database_url=database_url, **overrides))
-    yield running
-    running.stop(0)
+    with running_api(tmp_path, database_url, **overrides) as running:
+        yield running
 
 
 @pytest.fixture
-def api(server: RunningServer) -> Iterator[Api]:
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield Api(
-        channel,
-        auth_pb2_grpc.AuthServiceStub(channel),
-        billing_pb2_grpc.BillingServiceStub(channel),
-        server,
-    )
-    channel.close()
+def server(api: Api) -> RunningServer:
+    """The server behind ``api`` (same settings marker), for tests that bring their own channel."""
+    return api.server
 
 
 @pytest.fixture
@@ -114,3 +66,17 @@ def alice(api: Api):
     """Auth metadata of a freshly registered user."""
     metadata, _tokens, _user = api.register_and_login()
     return metadata
+
+
+@pytest.fixture
+def env(database_url: str) -> Iterator[Env]:
+    """BillingCore and AuthCore on the test's database, without gRPC."""
+    e = make_env(database_url)
+    yield e
+    close_database(e.db)
+
+
+@pytest.fixture
+def owner(env: Env) -> int:
+    """The internal id of a freshly registered user of ``env``."""
+    return env.new_owner()

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from databases import sqlite_url
+from helpers import PASSWORD
 
 from lending_grpc.config import CLIENT_ENV_NAMES, Settings, load_settings
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_settings
-from serverproc import run_cli
+from helpers import run_cli, running_api
 
 from lending_grpc.config import Settings
-from lending_grpc.server import create_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes" / "base"
@@ -129,8 +127,8 @@ def test_deployment_probes_secrets_and_hardening():
 
 
 def test_health_command_reports_serving_then_failure(tmp_path):
-    running = create_server(make_settings(tmp_path))
-    try:
+    with running_api(tmp_path) as api:
+        running = api.server
         ok = run_cli("health", "--address", f"127.0.0.1:{running.port}", cwd=tmp_path)
         assert (ok.returncode, ok.stdout) == (0, "SERVING\n")
         billing = run_cli(
@@ -145,7 +143,5 @@ def test_health_command_reports_serving_then_failure(tmp_path):
         running.health.enter_graceful_shutdown()
         draining = run_cli("health", "--address", f"127.0.0.1:{running.port}", cwd=tmp_path)
         assert (draining.returncode, draining.stdout) == (1, "NOT_SERVING\n")
-    finally:
-        running.stop(0)
     gone = run_cli("health", "--address", f"127.0.0.1:{running.port}", "--timeout", "2", cwd=tmp_path)
     assert gone.returncode == 1 and "UNAVAILABLE" in gone.stderr

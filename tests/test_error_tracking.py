@@ -16,12 +16,19 @@ from importlib.metadata import version
 
 import grpc
 import pytest
-from conftest import TEST_DATA_KEY, TEST_SECRET_KEY
 from databases import sqlite_url
+from helpers import (
+    PASSWORD,
+    TEST_DATA_KEY,
+    TEST_SECRET_KEY,
+    ServerProcess,
+    bearer,
+    login,
+    register,
+    running_api,
+)
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2
-from security_helpers import PASSWORD, bearer, login, register, running_api
 from sentry_ingest import PUBLIC_KEY, SentryIngest
-from serverproc import ServerProcess
 
 from lending_grpc.config import ConfigError, load_settings, redact_dsn
 from lending_grpc.core.billing import BillingCore

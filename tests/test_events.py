@@ -15,17 +15,14 @@ import uuid
 
 import grpc
 import pytest
-from conftest import make_settings
+from helpers import ServerProcess, running_api, today
 from lending.v1 import auth_pb2, billing_pb2, events_pb2, events_pb2_grpc
-from rpc_helpers import today
-from serverproc import ServerProcess
 
 from lending_grpc.core import daily_close
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.storage.database import sqlite_path
 from lending_grpc.core.views import Actor
-from lending_grpc.server import create_server
 
 PASSWORD = "correct horse battery"
 T = events_pb2.EventType
@@ -393,42 +390,21 @@ def test_watch_sends_the_backlog_then_each_new_event_within_a_second(api, people
 
 
 def test_a_stream_ends_unavailable_on_shutdown_and_resumes_on_the_next_server(tmp_path, database_url):
-    settings = make_settings(tmp_path, database_url=database_url)
-    server = create_server(settings)
-    from conftest import Api
-    from lending.v1 import auth_pb2_grpc, billing_pb2_grpc
-
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    api = Api(
-        channel, auth_pb2_grpc.AuthServiceStub(channel), billing_pb2_grpc.BillingServiceStub(channel), server
-    )
-    _, _, md = _register(api, "ada")
-    create(api, md, "L1", days_ago(0))
-    watcher = Watcher(events_stub(api), md)
-    watcher.wait_for(1)
-    server.stop(2)
-    watcher.thread.join(10)
+    with running_api(tmp_path, database_url) as api:
+        _, _, md = _register(api, "ada")
+        create(api, md, "L1", days_ago(0))
+        watcher = Watcher(events_stub(api), md)
+        watcher.wait_for(1)
+        api.server.stop(2)
+        watcher.thread.join(10)
     assert watcher.error is not None and watcher.error.code() == grpc.StatusCode.UNAVAILABLE
     assert "after_sequence=" in watcher.error.details()
-    channel.close()
-    server = create_server(dataclasses_replace(settings))
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = events_pb2_grpc.EventServiceStub(channel)
-            billing = billing_pb2_grpc.BillingServiceStub(channel)
-            billing.MakePayment(billing_pb2.MakePaymentRequest(loan_id="L1", amount="55.00"), metadata=md)
-            resumed = Watcher(stub, md, after=watcher.events[-1][0].sequence)
-            resumed.wait_for(1)
-            resumed.call.cancel()
-            assert [T.Name(e.type) for e, _ in resumed.events] == ["EVENT_TYPE_PAYMENT_ACCEPTED"]
-    finally:
-        server.stop(0)
-
-
-def dataclasses_replace(settings):
-    import dataclasses
-
-    return dataclasses.replace(settings)
+    with running_api(tmp_path, database_url) as api:
+        pay(api, md, "L1", "55.00")
+        resumed = Watcher(events_stub(api), md, after=watcher.events[-1][0].sequence)
+        resumed.wait_for(1)
+        resumed.call.cancel()
+        assert [T.Name(e.type) for e, _ in resumed.events] == ["EVENT_TYPE_PAYMENT_ACCEPTED"]
 
 
 @pytest.mark.settings(access_token_ttl_seconds=2)

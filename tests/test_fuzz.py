@@ -17,15 +17,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import make_settings
 from databases import BACKENDS, sqlite_url
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import symbol_database
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import PASSWORD, make_settings, today
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
-from rpc_helpers import today
 
 from lending_grpc.core.storage.database import sqlite_path
 from lending_grpc.server import create_server
@@ -37,8 +36,6 @@ SERVICES = [
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-PASSWORD = "correct horse battery"
-
 # Text that must never reach a client unless the client sent it: tracebacks,
 # driver and ORM names, SQL, Python internals.
 LEAK_MARKERS = (

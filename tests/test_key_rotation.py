@@ -22,11 +22,9 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
-from conftest import make_settings
 from databases import sqlite_url
+from helpers import PASSWORD, ServerProcess, login, make_settings, register, running_api
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
-from security_helpers import PASSWORD, login, register, running_api
-from serverproc import ServerProcess
 
 from lending_grpc.config import ConfigError, parse_secret_keys
 from lending_grpc.core.crypto import Sealer, new_key_text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from databases import BACKENDS, sqlite_url
-from serverproc import run_cli
+from helpers import run_cli
 
 from lending_grpc.core.storage.database import close_database, open_database, sqlite_path
 from lending_grpc.core.storage.migrations import LATEST_VERSION, SchemaVersion, migrate

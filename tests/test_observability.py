@@ -1,4 +1,4 @@
-"""Observability against real servers: the Prometheus endpoint, JSON logs and request ids."""
+"""Observability: the Prometheus endpoint, the access log, JSON logs and request ids."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import make_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import ServerProcess, call_error, make_settings, running_api, today
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from rpc_helpers import call_error, today
-from serverproc import ServerProcess
 
 from lending_grpc.api import call as calls
 from lending_grpc.api.metrics import worker_address
@@ -45,17 +43,13 @@ def rpc_labels(method: str, **extra: str) -> frozenset:
 
 
 def test_metrics_endpoint_counts_rpcs_by_code_and_the_portfolio(tmp_path):
-    running = create_server(
-        make_settings(
-            tmp_path / "m",
-            metrics_listen="127.0.0.1:0",
-            rate_limit_user_per_second=0.001,
-            rate_limit_user_burst=8,
-        )
-    )
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        auth, billing = auth_pb2_grpc.AuthServiceStub(channel), billing_pb2_grpc.BillingServiceStub(channel)
+    with running_api(
+        tmp_path / "m",
+        metrics_listen="127.0.0.1:0",
+        rate_limit_user_per_second=0.001,
+        rate_limit_user_burst=8,
+    ) as api:
+        running, auth, billing = api.server, api.auth, api.billing
         auth.Register(
             auth_pb2.RegisterRequest(username="ada", password="correct horse battery", email="a@b.co")
         )
@@ -83,9 +77,6 @@ def test_metrics_endpoint_counts_rpcs_by_code_and_the_portfolio(tmp_path):
             grpc.StatusCode.RESOURCE_EXHAUSTED
         )
         samples = scrape(running.metrics.port)
-    finally:
-        channel.close()
-        running.stop(0)
     started, handled = "grpc_server_started_total", "grpc_server_handled_total"
     assert samples[(started, rpc_labels("CreateLoan"))] == 2
     assert samples[(started, rpc_labels("GetLoan"))] == 6
@@ -233,20 +224,34 @@ def test_json_lines_stay_one_line_and_carry_the_request_id_and_exception():
 
 
 def test_the_audit_trail_records_the_request_id_returned_to_the_caller(tmp_path):
-    running = create_server(make_settings(tmp_path))
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            auth = auth_pb2_grpc.AuthServiceStub(channel)
-            register = auth_pb2.RegisterRequest(username="erin", password="correct horse 1", email="e@x.co")
-            auth.Register(register)
-            wrong = auth_pb2.LoginRequest(username="erin", password="wrong password!")
-            err = call_error(auth.Login, wrong, metadata=(("x-request-id", "trace-audit-1"),))
-            assert ("x-request-id", "trace-audit-1") in err.initial_metadata()
-            err = call_error(auth.Login, wrong)  # no id sent: the generated one is returned
-            generated = dict(err.initial_metadata())["x-request-id"]
-    finally:
-        running.stop(0)
+    with running_api(tmp_path) as api:
+        auth = api.auth
+        register = auth_pb2.RegisterRequest(username="erin", password="correct horse 1", email="e@x.co")
+        auth.Register(register)
+        wrong = auth_pb2.LoginRequest(username="erin", password="wrong password!")
+        err = call_error(auth.Login, wrong, metadata=(("x-request-id", "trace-audit-1"),))
+        assert ("x-request-id", "trace-audit-1") in err.initial_metadata()
+        err = call_error(auth.Login, wrong)  # no id sent: the generated one is returned
+        generated = dict(err.initial_metadata())["x-request-id"]
     with sqlite3.connect(tmp_path / "lending.db") as db:
         query = "SELECT request_id FROM audit_event WHERE event = 'login.failure' ORDER BY id"
         ids = [row[0] for row in db.execute(query)]
     assert ids == ["trace-audit-1", generated]
+
+
+def test_access_log_has_one_line_per_rpc_without_secrets(api, caplog):
+    from lending.v1 import auth_pb2
+
+    caplog.set_level("INFO", logger="lending_grpc.access")
+    api.auth.Register(
+        auth_pb2.RegisterRequest(username="logme", password="s3cret-password", email="l@example.com")
+    )
+    tokens = api.auth.Login(auth_pb2.LoginRequest(username="logme", password="s3cret-password"))
+    with pytest.raises(grpc.RpcError):
+        api.auth.Login(auth_pb2.LoginRequest(username="logme", password="wrong-password"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "lending_grpc.access"]
+    assert len(lines) == 3
+    assert "method=/lending.v1.AuthService/Login code=UNAUTHENTICATED" in lines[2]
+    assert "code=OK" in lines[0] and " ms=" in lines[0]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "s3cret-password" not in text and tokens.access_token not in text

@@ -1,16 +1,22 @@
-"""The `lending-grpc serve` process: health, reflection, graceful shutdown, migrate."""
+"""The `lending-grpc serve` process: start-up, health, reflection, signals, draining, SIGKILL and restart."""
 
 from __future__ import annotations
 
+import sqlite3
 import stat
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from conftest import TEST_DATA_KEY, TEST_SECRET_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serverproc import ServerProcess, run_cli
+from helpers import TEST_DATA_KEY, TEST_SECRET_KEY, ServerProcess, run_cli, user_on
+from lending.v1 import billing_pb2, billing_pb2_grpc
+
+from lending_grpc.core.storage.database import sqlite_path
 
 
 def _list_services(channel) -> set[str]:
@@ -46,24 +52,6 @@ def test_health_turns_not_serving_when_draining(server):
         server.health.enter_graceful_shutdown()
         status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def test_access_log_has_one_line_per_rpc_without_secrets(api, caplog):
-    from lending.v1 import auth_pb2
-
-    caplog.set_level("INFO", logger="lending_grpc.access")
-    api.auth.Register(
-        auth_pb2.RegisterRequest(username="logme", password="s3cret-password", email="l@example.com")
-    )
-    tokens = api.auth.Login(auth_pb2.LoginRequest(username="logme", password="s3cret-password"))
-    with pytest.raises(grpc.RpcError):
-        api.auth.Login(auth_pb2.LoginRequest(username="logme", password="wrong-password"))
-    lines = [r.getMessage() for r in caplog.records if r.name == "lending_grpc.access"]
-    assert len(lines) == 3
-    assert "method=/lending.v1.AuthService/Login code=UNAUTHENTICATED" in lines[2]
-    assert "code=OK" in lines[0] and " ms=" in lines[0]
-    text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "s3cret-password" not in text and tokens.access_token not in text
 
 
 def test_serve_refuses_a_short_secret_key(tmp_path):
@@ -145,3 +133,116 @@ def test_a_second_signal_stops_at_once(tmp_path):
     assert server.proc.wait(20) == 0
     assert time.monotonic() - started < 10
     assert "again: stopping now" in "".join(server.log)
+
+
+def test_one_process_serves_one_database(server, tmp_path):
+    from lending_grpc.core.storage.database import DatabaseError, open_database
+
+    with pytest.raises(DatabaseError, match="already serves a database"):
+        open_database(f"sqlite:///{tmp_path / 'second.db'}")
+
+
+# == SIGKILL during a burst of payments loses no acknowledged write, and retries never pay twice ===
+
+
+LOANS = 4
+WEEKS = 50
+KILL_AFTER_ACKS = 60
+
+
+@pytest.mark.slow
+def test_sigkill_mid_burst_keeps_every_acknowledged_payment(database_url):
+    server = ServerProcess(database_url)
+    metadata = user_on(server.target)
+    with grpc.insecure_channel(server.target) as channel:
+        billing = billing_pb2_grpc.BillingServiceStub(channel)
+        for n in range(LOANS):
+            billing.CreateLoan(
+                billing_pb2.CreateLoanRequest(loan_id=f"loan-{n}", principal_amount="5000000"),
+                metadata=metadata,
+            )
+
+    acknowledged: dict[str, billing_pb2.Payment] = {}
+    sent: dict[str, str] = {}  # request_id -> loan_id, acknowledged or not
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def pay(i: int) -> None:
+        loan_id = f"loan-{i % LOANS}"
+        request_id = str(uuid.uuid4())
+        with lock:
+            if killed.is_set():
+                return
+            sent[request_id] = loan_id
+        with grpc.insecure_channel(server.target) as ch:
+            try:
+                payment = billing_pb2_grpc.BillingServiceStub(ch).MakePayment(
+                    billing_pb2.MakePaymentRequest(
+                        loan_id=loan_id, amount="110000.00", request_id=request_id
+                    ),
+                    metadata=metadata,
+                    timeout=10,
+                )
+            except grpc.RpcError:
+                return  # unacknowledged: may or may not have been stored
+        with lock:
+            acknowledged[request_id] = payment
+            if len(acknowledged) >= KILL_AFTER_ACKS and not killed.is_set():
+                killed.set()
+                server.kill()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(pay, range(LOANS * WEEKS)))
+    assert killed.is_set(), "the burst ended before the kill"
+    assert len(acknowledged) >= KILL_AFTER_ACKS
+
+    restarted = ServerProcess(database_url)
+    try:
+        with grpc.insecure_channel(restarted.target) as channel:
+            billing = billing_pb2_grpc.BillingServiceStub(channel)
+            stored = {}
+            for n in range(LOANS):
+                loan_id = f"loan-{n}"
+                payments = billing.ListPayments(
+                    billing_pb2.ListPaymentsRequest(loan_id=loan_id, page_size=500), metadata=metadata
+                ).payments
+                loan = billing.GetLoan(billing_pb2.GetLoanRequest(loan_id=loan_id), metadata=metadata)
+                paid = sum(int(p.amount.replace(".", "")) for p in payments)
+                assert paid == int(loan.paid_amount.replace(".", ""))
+                assert paid + int(loan.outstanding_balance.replace(".", "")) == 550_000_000
+                assert sum(p.last_week - p.first_week + 1 for p in payments) == loan.installments_paid
+                assert sorted(p.first_week for p in payments) == list(range(1, loan.installments_paid + 1))
+                stored.update({p.request_id: p for p in payments})
+            # Every acknowledged payment survived, exactly as acknowledged.
+            for request_id, payment in acknowledged.items():
+                assert stored[request_id].payment_id == payment.payment_id
+                assert stored[request_id].first_week == payment.first_week
+            # Resending every request id pays nothing twice.
+            before = len(stored)
+            newly_paid = 0
+            for request_id, loan_id in sent.items():
+                again = billing.MakePayment(
+                    billing_pb2.MakePaymentRequest(
+                        loan_id=loan_id, amount="110000.00", request_id=request_id
+                    ),
+                    metadata=metadata,
+                )
+                if request_id in stored:
+                    assert again.payment_id == stored[request_id].payment_id
+                else:
+                    newly_paid += 1
+            total_payments = sum(
+                len(
+                    billing.ListPayments(
+                        billing_pb2.ListPaymentsRequest(loan_id=f"loan-{n}", page_size=500), metadata=metadata
+                    ).payments
+                )
+                for n in range(LOANS)
+            )
+            assert total_payments == before + newly_paid == len(sent)
+    finally:
+        assert restarted.terminate() == 0
+    db_path = sqlite_path(database_url)
+    if db_path is not None:
+        with sqlite3.connect(db_path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_core_billing import ANONYMOUS, FixedClock, actor_of, all_payments, make_env
+from helpers import ANONYMOUS, FixedClock, actor_of, all_payments, make_env
 
 from bench.seed import SEED_PASSWORD, seed, table_bytes
 from lending_grpc.core.schedule import LoanTerms

@@ -14,8 +14,8 @@ import uuid
 
 import grpc
 import pytest
+from helpers import assert_invalid, today
 from lending.v1 import auth_pb2, billing_pb2
-from rpc_helpers import assert_invalid, today
 
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.clock import Clock

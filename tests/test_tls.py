@@ -8,10 +8,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from certs import make_ca, make_client_cert, make_server_cert
-from conftest import make_settings
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serverproc import ServerProcess, run_cli
+from grpc_health.v1 import health_pb2
+from helpers import (
+    ServerProcess,
+    health_status,
+    make_ca,
+    make_client_cert,
+    make_server_cert,
+    make_settings,
+    run_cli,
+)
 
 from lending_grpc.config import ConfigError, is_loopback, load_settings
 from lending_grpc.server import create_server
@@ -32,14 +38,9 @@ def pki(tmp_path_factory) -> dict[str, Path | bytes]:
     return files
 
 
-def _check(channel: grpc.Channel) -> int:
-    """Health status over ``channel``; raises grpc.RpcError when the connection fails."""
-    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
-
-
 def _fails_handshake(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        _check(channel)
+        health_status(channel)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
 
@@ -59,7 +60,7 @@ def test_tls_serves_and_refuses_plaintext_and_untrusted_clients(tmp_path, pki):
     )
     try:
         with _tls_channel(running.port, pki["ca"]) as channel:
-            assert _check(channel) == SERVING
+            assert health_status(channel) == SERVING
         _fails_handshake(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
         # A client that trusts another CA does not accept our server.
         _fails_handshake(_tls_channel(running.port, pki["other_ca"]))
@@ -78,7 +79,7 @@ def test_mtls_requires_a_client_certificate_from_our_ca(tmp_path, pki):
     )
     try:
         with _tls_channel(running.port, pki["ca"], pki["client"]) as channel:
-            assert _check(channel) == SERVING
+            assert health_status(channel) == SERVING
         _fails_handshake(_tls_channel(running.port, pki["ca"]))  # no client certificate
         _fails_handshake(_tls_channel(running.port, pki["ca"], pki["foreign_client"]))  # another CA's
         _fails_handshake(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
@@ -127,7 +128,7 @@ def test_cli_flags_serve_mtls_on_all_interfaces_and_insecure_needs_saying(tmp_pa
     try:
         assert any("(database sqlite, mTLS)" in line for line in proc.log)
         with _tls_channel(proc.port, pki["ca"], pki["client"]) as channel:
-            assert _check(channel) == SERVING
+            assert health_status(channel) == SERVING
         _fails_handshake(_tls_channel(proc.port, pki["ca"]))
     finally:
         assert proc.terminate() == 0
@@ -135,7 +136,7 @@ def test_cli_flags_serve_mtls_on_all_interfaces_and_insecure_needs_saying(tmp_pa
     try:
         assert any("(database sqlite, plaintext)" in line for line in proc.log)
         with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
-            assert _check(channel) == SERVING
+            assert health_status(channel) == SERVING
     finally:
         assert proc.terminate() == 0
 

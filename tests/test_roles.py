@@ -6,19 +6,21 @@ import datetime as dt
 
 import grpc
 import pytest
-from lending.v1 import audit_pb2, billing_pb2
-from rpc_helpers import assert_invalid, call_error, today
-from security_helpers import (
+from helpers import (
     CLI_ACTOR,
+    assert_invalid,
     audit_rows,
     bearer,
+    call_error,
     grant_operator,
     login,
     reason,
     register,
+    run_cli,
     running_api,
+    today,
 )
-from serverproc import run_cli
+from lending.v1 import audit_pb2, billing_pb2
 
 
 def _metadata(api, username: str) -> tuple:

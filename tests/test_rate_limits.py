@@ -1,23 +1,24 @@
-"""Rate limits: token-bucket arithmetic, then the real server's answers per user and per peer."""
+"""Rate and connection limits: token-bucket arithmetic, the real server's answers per user and per peer,
+and GOAWAY for clients that ping too often."""
 
 from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 
 import grpc
 import pytest
-from conftest import make_settings
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2
-from rpc_helpers import call_error
+from helpers import call_error, health_status, running_api
+from lending.v1 import auth_pb2, billing_pb2
 
 from lending_grpc.api.rate_limits import TokenBuckets, peer_key
 from lending_grpc.config import ConfigError, load_settings
-from lending_grpc.server import create_server
+from lending_grpc.server.transport import MAX_PING_STRIKES, MIN_CLIENT_PING_INTERVAL_MS
 
 
 class FakeClock:
@@ -138,10 +139,8 @@ def test_peer_limit_stops_anonymous_floods_but_never_health_or_reflection(api):
 
 
 def test_refused_register_stores_nothing(tmp_path):
-    running = create_server(make_settings(tmp_path, rate_limit_peer_per_second=0.01, rate_limit_peer_burst=1))
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        stub = auth_pb2_grpc.AuthServiceStub(channel)
+    with running_api(tmp_path, rate_limit_peer_per_second=0.01, rate_limit_peer_burst=1) as api:
+        stub = api.auth
         login = auth_pb2.LoginRequest(username="nobody", password="wrong password")
         call_error(stub.Login, login)
         register = auth_pb2.RegisterRequest(
@@ -150,6 +149,46 @@ def test_refused_register_stores_nothing(tmp_path):
         assert call_error(stub.Register, register).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         with sqlite3.connect(tmp_path / "lending.db") as db:
             assert db.execute("SELECT count(*) FROM user").fetchone() == (0,)
+
+
+# == connection limits: ping floods get GOAWAY, and the server keeps serving =============
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.slow
+def test_a_client_pinging_too_often_is_sent_away_and_others_are_served(tmp_path):
+    # Transport behaviour: one backend is enough.
+    with running_api(tmp_path) as api:
+        _ping_flood(api.server)
+
+
+def _ping_flood(server) -> None:
+    assert MIN_CLIENT_PING_INTERVAL_MS == 10_000 and MAX_PING_STRIKES == 2
+    # Pings every 200 ms with no calls: each one after the first is a strike.
+    flooding = grpc.insecure_channel(
+        f"127.0.0.1:{server.port}",
+        options=[
+            ("grpc.keepalive_time_ms", 200),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    was_ready, dropped = threading.Event(), threading.Event()
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        if state is grpc.ChannelConnectivity.READY:
+            was_ready.set()
+        elif was_ready.is_set() and state is not grpc.ChannelConnectivity.READY:
+            dropped.set()  # GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") closed the connection
+
+    flooding.subscribe(watch, try_to_connect=True)
+    try:
+        assert health_status(flooding) == SERVING
+        assert dropped.wait(30), "the server never sent the ping-flooding client away"
     finally:
-        channel.close()
-        running.stop(0)
+        flooding.unsubscribe(watch)
+        flooding.close()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as polite:
+        assert health_status(polite) == SERVING

@@ -1,33 +1,49 @@
-"""MakePayment, GetOutstanding and ListPayments over real gRPC."""
+"""Payments: MakePayment (amounts, refusals and their hints, idempotency), GetOutstanding and ListPayments,
+over real gRPC, then on BillingCore. Races between payments are in test_concurrency.py."""
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 import uuid
 from decimal import Decimal
 
 import grpc
 import pytest
+from helpers import (
+    START,
+    START_DATE,
+    Env,
+    FixedClock,
+    actor_of,
+    all_payments,
+    assert_balanced,
+    assert_invalid,
+    call_error,
+    create,
+    get,
+    make_env,
+    outstanding,
+    pay,
+    payments,
+    snapshot,
+    tamper,
+    today,
+)
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from lending.v1 import billing_pb2
-from rpc_helpers import assert_invalid, call_error, tamper, today
 
-
-def create(api, metadata, loan_id="L1", principal="5000000", start_date="2026-01-05", **kwargs):
-    return api.billing.CreateLoan(
-        billing_pb2.CreateLoanRequest(
-            loan_id=loan_id, principal_amount=principal, start_date=start_date, **kwargs
-        ),
-        metadata=metadata,
-    )
-
-
-def pay(api, metadata, amount, loan_id="L1", request_id="") -> billing_pb2.Payment:
-    return api.billing.MakePayment(
-        billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
-        metadata=metadata,
-    )
+from lending_grpc.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PaymentNotAccepted,
+)
+from lending_grpc.core.money import format_cents
+from lending_grpc.core.storage.database import close_database
+from lending_grpc.core.storage.models import Loan, Payment
 
 
 def pay_error(api, metadata, amount, loan_id="L1", request_id="") -> grpc.RpcError:
@@ -36,36 +52,6 @@ def pay_error(api, metadata, amount, loan_id="L1", request_id="") -> grpc.RpcErr
         billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
         metadata=metadata,
     )
-
-
-def outstanding(api, metadata, loan_id="L1") -> billing_pb2.Outstanding:
-    return api.billing.GetOutstanding(billing_pb2.GetOutstandingRequest(loan_id=loan_id), metadata=metadata)
-
-
-def get(api, metadata, loan_id="L1") -> billing_pb2.Loan:
-    return api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id=loan_id), metadata=metadata)
-
-
-def payments(api, metadata, loan_id="L1", page_size=0, page_token="") -> billing_pb2.ListPaymentsResponse:
-    return api.billing.ListPayments(
-        billing_pb2.ListPaymentsRequest(loan_id=loan_id, page_size=page_size, page_token=page_token),
-        metadata=metadata,
-    )
-
-
-def assert_balanced(api, metadata, loan_id="L1") -> billing_pb2.Outstanding:
-    """Outstanding + paid == total, and both agree with GetLoan and the ledger."""
-    out = outstanding(api, metadata, loan_id)
-    loan = get(api, metadata, loan_id)
-    assert Decimal(out.outstanding_balance) + Decimal(out.paid_amount) == Decimal(out.total_amount)
-    assert out.total_amount == loan.total_amount
-    assert out.outstanding_balance == loan.outstanding_balance
-    assert out.paid_amount == loan.paid_amount
-    assert out.installments_paid == loan.installments_paid
-    assert out.installments_paid + out.installments_remaining == loan.term_weeks
-    ledger = payments(api, metadata, loan_id, page_size=500).payments
-    assert sum((Decimal(p.amount) for p in ledger), Decimal("0.00")) == Decimal(out.paid_amount)
-    return out
 
 
 # -- GetOutstanding ------------------------------------------------------------
@@ -446,48 +432,6 @@ def test_payments_without_request_id_are_not_deduplicated(api, alice):
     assert outstanding(api, alice).installments_paid == 2
 
 
-def run_concurrently(count, action):
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def worker(index):
-        barrier.wait()
-        try:
-            results[index] = action(index)
-        except grpc.RpcError as err:
-            results[index] = err
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return results
-
-
-def test_concurrent_retries_record_one_payment(api, alice):
-    create(api, alice)
-    results = run_concurrently(8, lambda _i: pay(api, alice, "110000.00", request_id="burst"))
-    errors = [r for r in results if isinstance(r, grpc.RpcError)]
-    assert errors == [], [(e.code(), e.details()) for e in errors]
-    assert len({r.payment_id for r in results}) == 1
-    assert all(r == results[0] for r in results)
-    assert len(payments(api, alice).payments) == 1
-    out = assert_balanced(api, alice)
-    assert (out.outstanding_balance, out.installments_paid) == ("5390000.00", 1)
-
-
-def test_concurrent_distinct_payments_all_recorded(api, alice):
-    create(api, alice)
-    results = run_concurrently(10, lambda i: pay(api, alice, "110000.00", request_id=f"pay-{i}"))
-    errors = [r for r in results if isinstance(r, grpc.RpcError)]
-    assert errors == [], [(e.code(), e.details()) for e in errors]
-    weeks = sorted((r.first_week, r.last_week) for r in results)
-    assert weeks == [(k, k) for k in range(1, 11)]
-    out = assert_balanced(api, alice)
-    assert (out.outstanding_balance, out.installments_paid) == ("4400000.00", 10)
-
-
 # -- ListPayments --------------------------------------------------------------
 
 
@@ -609,3 +553,327 @@ def test_final_installment_smaller_than_weekly(api, alice):
     last = pay(api, alice, "36.66")
     assert (last.first_week, last.last_week, last.outstanding_balance) == (3, 3, "0.00")
     assert get(api, alice).state == billing_pb2.LOAN_STATE_PAID_OFF
+
+
+# == MakePayment and ListPayments on BillingCore, without gRPC ===========================
+
+
+def check_invariants(env: Env, owner: int, loan_id: str) -> None:
+    loan = env.billing.get_loan(owner, loan_id)
+    terms = loan.terms
+    payments = all_payments(env, owner, loan_id)
+    row = Loan.get((Loan.owner == owner) & (Loan.loan_id == loan_id))
+    stored = list(Payment.select().where(Payment.loan == row.id).order_by(Payment.id))
+
+    assert [p.payment_id for p in payments] == [p.payment_id for p in stored]
+    assert sum(p.amount_cents for p in stored) == loan.paid_cents
+    assert loan.outstanding_cents + loan.paid_cents == terms.total_cents
+    assert loan.outstanding_cents == terms.outstanding_cents(loan.paid_weeks)
+    assert sum(p.last_week - p.first_week + 1 for p in stored) == loan.paid_weeks
+    assert loan.is_paid_off == (loan.paid_weeks == terms.term_weeks)
+    assert row.second_unpaid_due_date == terms.second_unpaid_due_date(loan.paid_weeks)
+
+    # payments cover consecutive weeks from 1, each for exactly its installments
+    week, running = 1, 0
+    for p in payments:
+        assert p.first_week == week
+        assert p.amount_cents == sum(terms.installment_cents(w) for w in range(p.first_week, p.last_week + 1))
+        running += p.amount_cents
+        assert p.outstanding_after_cents == terms.total_cents - running
+        week = p.last_week + 1
+    assert week == loan.paid_weeks + 1
+
+    schedule = env.billing.get_schedule(owner, loan_id)
+    assert schedule.loan_id == loan_id
+    assert schedule.total_cents == terms.total_cents
+    assert [i.week for i in schedule.installments] == list(range(1, terms.term_weeks + 1))
+    assert sum(i.due_cents for i in schedule.installments) == terms.total_cents
+    by_week = {w: p for p in payments for w in range(p.first_week, p.last_week + 1)}
+    for inst in schedule.installments:
+        assert inst.paid == (inst.week <= loan.paid_weeks)
+        assert inst.due_date == START_DATE + dt.timedelta(days=7 * inst.week)
+        assert inst.due_cents == terms.installment_cents(inst.week)
+        if inst.paid:
+            assert inst.payment_id == by_week[inst.week].payment_id
+            assert inst.payment_time_us == by_week[inst.week].payment_time_us
+        else:
+            assert inst.payment_id is None and inst.payment_time_us is None
+
+
+def test_pay_one_catch_up_ahead_and_payoff(env, owner):
+    env.billing.create_loan(actor_of(owner), "odd", "1000001", start_date=START)
+    p1 = env.billing.make_payment(actor_of(owner), "odd", "22000.02")
+    assert (p1.loan_id, p1.amount_cents, p1.first_week, p1.last_week) == ("odd", 2_200_002, 1, 1)
+    assert p1.outstanding_after_cents == 107_800_108
+    assert p1.request_id is None
+    p2 = env.billing.make_payment(actor_of(owner), "odd", "66000.06")
+    assert (p2.first_week, p2.last_week, p2.outstanding_after_cents) == (2, 4, 101_200_102)
+    with pytest.raises(PaymentNotAccepted):
+        env.billing.make_payment(actor_of(owner), "odd", format_cents(2_200_002 * 46))  # not the payoff
+    p3 = env.billing.make_payment(actor_of(owner), "odd", "1012001.02")
+    assert (p3.first_week, p3.last_week, p3.outstanding_after_cents) == (5, 50, 0)
+    loan = env.billing.get_loan(owner, "odd")
+    assert loan.is_paid_off and loan.outstanding_cents == 0 and loan.paid_cents == 110_000_110
+    with pytest.raises(FailedPrecondition) as info:
+        env.billing.make_payment(actor_of(owner), "odd", "22000.12")
+    assert "paid off" in info.value.message
+    check_invariants(env, owner, "odd")
+
+
+def test_refused_payment_names_accepted_amounts(database_url):
+    e = make_env(database_url, FixedClock(START_DATE + dt.timedelta(days=15)))
+    try:
+        o = e.new_owner()
+        e.billing.create_loan(actor_of(o), "L1", "5000000", start_date=START)
+        with pytest.raises(PaymentNotAccepted) as info:
+            e.billing.make_payment(actor_of(o), "L1", "50000")
+        message = info.value.message
+        assert "one installment is 110000.00" in message
+        assert "all 2 overdue installment(s) are 220000.00" in message
+        assert "the full payoff is 5500000.00" in message
+    finally:
+        close_database(e.db)
+
+
+@pytest.mark.parametrize("amount", ["", "0", "0.00", "-110000", "110000.001", "1e5", " 110000", "x" * 100])
+def test_malformed_amount_is_invalid_argument(env, owner, amount):
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    before = snapshot(env, owner, "L1")
+    with pytest.raises(InvalidArgument) as info:
+        env.billing.make_payment(actor_of(owner), "L1", amount)
+    assert info.value.field == "amount"
+    assert snapshot(env, owner, "L1") == before
+
+
+def test_absurdly_large_amount_is_invalid_argument(env, owner):
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    with pytest.raises(InvalidArgument) as info:
+        env.billing.make_payment(actor_of(owner), "L1", "2000000000000.01")
+    assert info.value.field == "amount"
+    with pytest.raises(PaymentNotAccepted):  # large but well-formed: over the balance
+        env.billing.make_payment(actor_of(owner), "L1", "2000000000000.00")
+
+
+def test_payment_on_missing_loan_is_not_found(env, owner):
+    with pytest.raises(NotFound):
+        env.billing.make_payment(actor_of(owner), "nope", "1.00")
+
+
+def test_request_id_retry_returns_original_payment(env, owner):
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    first = env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id="r-1")
+    assert first.request_id == "r-1"
+    for amount in ("110000.00", "110000", "110000.0"):
+        again = env.billing.make_payment(actor_of(owner), "L1", amount, request_id="r-1")
+        assert again == first
+    assert env.billing.get_loan(owner, "L1").paid_weeks == 1
+    assert len(all_payments(env, owner, "L1")) == 1
+    check_invariants(env, owner, "L1")
+
+
+def test_request_id_reuse_with_other_amount_or_loan_is_already_exists(env, owner):
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L2", "5000000", start_date=START)
+    env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id="r-1")
+    before = (snapshot(env, owner, "L1"), snapshot(env, owner, "L2"))
+    with pytest.raises(AlreadyExists):
+        env.billing.make_payment(actor_of(owner), "L1", "220000.00", request_id="r-1")
+    with pytest.raises(AlreadyExists):
+        env.billing.make_payment(actor_of(owner), "L2", "110000.00", request_id="r-1")
+    assert (snapshot(env, owner, "L1"), snapshot(env, owner, "L2")) == before
+
+
+def test_request_id_retry_after_payoff_returns_original(env, owner):
+    env.billing.create_loan(actor_of(owner), "L1", "100", start_date=START, term_weeks=2)
+    payoff = env.billing.make_payment(actor_of(owner), "L1", "110.00", request_id="payoff")
+    assert payoff.outstanding_after_cents == 0
+    assert env.billing.make_payment(actor_of(owner), "L1", "110.00", request_id="payoff") == payoff
+    with pytest.raises(FailedPrecondition):
+        env.billing.make_payment(actor_of(owner), "L1", "55.00", request_id="after")
+
+
+def test_core_refused_payment_does_not_consume_request_id(env, owner):
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    with pytest.raises(PaymentNotAccepted):
+        env.billing.make_payment(actor_of(owner), "L1", "1.00", request_id="r-9")
+    p = env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id="r-9")
+    assert (p.first_week, p.last_week) == (1, 1)
+
+
+def test_invalid_request_id(env, owner):
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    for bad in ("a b", "x" * 129, "é"):
+        with pytest.raises(InvalidArgument) as info:
+            env.billing.make_payment(actor_of(owner), "L1", "110000.00", request_id=bad)
+        assert info.value.field == "request_id"
+    assert env.billing.get_loan(owner, "L1").paid_weeks == 0
+
+
+def test_list_payments_pages_and_token_is_bound_to_the_loan(env, owner):
+    env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    env.billing.create_loan(actor_of(owner), "L2", "5000000", start_date=START)
+    ids = [env.billing.make_payment(actor_of(owner), "L1", "110000.00").payment_id for _ in range(5)]
+    page = env.billing.list_payments(owner, "L1", page_size=2)
+    assert [p.payment_id for p in page.items] == ids[:2] and page.next_page_token
+    page2 = env.billing.list_payments(owner, "L1", page_size=2, page_token=page.next_page_token)
+    assert [p.payment_id for p in page2.items] == ids[2:4]
+    page3 = env.billing.list_payments(owner, "L1", page_size=2, page_token=page2.next_page_token)
+    assert [p.payment_id for p in page3.items] == ids[4:] and page3.next_page_token == ""
+    with pytest.raises(InvalidArgument):
+        env.billing.list_payments(owner, "L2", page_size=2, page_token=page.next_page_token)
+    with pytest.raises(InvalidArgument):
+        env.billing.list_loans(owner, page_token=page.next_page_token)
+
+
+# == payment sequences over the database, against an independent oracle (hypothesis) =====
+
+
+# "next" (k of the next installments) is drawn most often so that loans live long enough to see
+# refusals, retries and reuse at many different points; "payoff" ends a loan early.
+_KINDS = ["next"] * 5 + [
+    "far_next",
+    "payoff",
+    "over",
+    "off_by",
+    "random",
+    "malformed",
+    "malformed",
+    "retry",
+    "retry",
+    "reuse_other_amount",
+]
+_MALFORMED = ["0", "-1", "1.001", "abc", "", "1e3", "9" * 40, " 1", "0.00"]
+ops = st.tuples(st.sampled_from(_KINDS), st.integers(0, 10**9))
+
+
+def _decode(kind: str, raw: int):
+    if kind == "next":
+        return "next", 1 + raw % 3
+    if kind == "far_next":
+        return "next", 1 + raw % 80
+    if kind == "over":
+        return "over", 1 + raw % 1000
+    if kind == "off_by":
+        return "off_by", [-1, 1, 7][raw % 3]
+    if kind == "random":
+        return "random", max(1, raw)
+    if kind == "malformed":
+        return "malformed", _MALFORMED[raw % len(_MALFORMED)]
+    return kind, raw
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    # One database for every example (each gets a new owner): the fixture is shared on purpose.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(
+    principal=st.one_of(st.integers(1, 10**9), st.integers(10**5, 10**9)),
+    rate=st.integers(0, 10_000),
+    term=st.one_of(st.integers(1, 60), st.integers(20, 60)),
+    steps=st.lists(ops, min_size=5, max_size=30),
+    as_of_days=st.lists(st.integers(-5, 7 * 60 + 10), min_size=1, max_size=3),
+)
+def test_payment_sequences_over_the_database(env, principal, rate, term, steps, as_of_days):
+    installments = _oracle(principal, rate, term)
+    e = env  # one database; every example gets an owner (and so a loan "L") of its own
+    o = e.new_owner()
+    rate_text = f"{rate // 10_000}.{rate % 10_000:04d}"
+    if installments is None:
+        with pytest.raises(InvalidArgument):
+            e.billing.create_loan(actor_of(o), "L", format_cents(principal), START, term, rate_text)
+        return
+    loan = e.billing.create_loan(actor_of(o), "L", format_cents(principal), START, term, rate_text)
+    assert [loan.terms.installment_cents(w) for w in range(1, term + 1)] == installments
+    paid_weeks = paid_cents = 0
+    accepted: list[tuple[str, object]] = []  # (request_id, payment view)
+    for index, (raw_kind, raw) in enumerate(steps):
+        kind, value = _decode(raw_kind, raw)
+        remaining = term - paid_weeks
+        prefix, running = {}, 0
+        for k in range(1, remaining + 1):
+            running += installments[paid_weeks + k - 1]
+            prefix.setdefault(running, k)
+        outstanding = sum(installments[paid_weeks:])
+        before = snapshot(e, o, "L")
+        request_id = f"req-{index}"
+        if kind in ("retry", "reuse_other_amount"):
+            if not accepted:
+                continue
+            key, original = accepted[value % len(accepted)]
+            if kind == "retry":
+                again = e.billing.make_payment(actor_of(o), "L", format_cents(original.amount_cents), key)
+                assert again == original
+            else:
+                with pytest.raises(AlreadyExists):
+                    e.billing.make_payment(actor_of(o), "L", format_cents(original.amount_cents + 1), key)
+            assert snapshot(e, o, "L") == before
+            continue
+        if kind == "malformed":
+            with pytest.raises(InvalidArgument):
+                e.billing.make_payment(actor_of(o), "L", value, request_id)
+            assert snapshot(e, o, "L") == before
+            continue
+        if kind == "next":
+            amount = sum(installments[paid_weeks : paid_weeks + value]) or installments[-1]
+        elif kind == "payoff":
+            amount = outstanding or installments[-1]
+        elif kind == "over":
+            amount = outstanding + value
+        elif kind == "off_by":
+            amount = max(1, installments[min(paid_weeks, term - 1)] + value)
+        else:
+            amount = value
+        if remaining and amount in prefix:
+            payment = e.billing.make_payment(actor_of(o), "L", format_cents(amount), request_id)
+            k = prefix[amount]
+            assert (payment.first_week, payment.last_week) == (paid_weeks + 1, paid_weeks + k)
+            assert payment.amount_cents == amount
+            paid_weeks += k
+            paid_cents += amount
+            assert payment.outstanding_after_cents == sum(installments) - paid_cents
+            accepted.append((request_id, payment))
+        else:
+            with pytest.raises(FailedPrecondition):
+                e.billing.make_payment(actor_of(o), "L", format_cents(amount), request_id)
+            assert snapshot(e, o, "L") == before
+        view = e.billing.get_loan(o, "L")
+        assert (view.paid_weeks, view.paid_cents) == (paid_weeks, paid_cents)
+        check_invariants(e, o, "L")
+
+    event(f"accepted payments: {min(len(accepted), 5)}{'+' if len(accepted) >= 5 else ''}")
+    view = e.billing.get_loan(o, "L")
+    event("paid off" if view.is_paid_off else "active")
+    assert view.outstanding_cents + view.paid_cents == sum(installments)
+    assert view.is_paid_off == (paid_weeks == term)
+    check_invariants(e, o, "L")
+    for day in as_of_days:
+        as_of = START_DATE + dt.timedelta(days=day)
+        standing = e.delinquency.get_delinquency(o, "L", as_of=as_of.isoformat()).standing
+        missed = [w for w in range(paid_weeks + 1, term + 1) if START_DATE + dt.timedelta(days=7 * w) < as_of]
+        assert standing.missed_payments == len(missed)
+        assert standing.overdue_cents == sum(installments[w - 1] for w in missed)
+        assert standing.is_delinquent == (len(missed) >= 2)
+        listed = [v.loan_id for v in e.delinquency.list_delinquent(o, as_of=as_of.isoformat()).items]
+        assert listed == (["L"] if len(missed) >= 2 else [])
+
+
+def _oracle(principal: int, rate: int, term: int) -> list[int] | None:
+    """Installments per DESIGN.md in integer arithmetic written independently of the core."""
+    # total = principal * (1 + rate/10000), half-up to cents
+    num = principal * (10_000 + rate)
+    total, rem = divmod(num, 10_000)
+    if 2 * rem >= 10_000:
+        total += 1
+    weekly, rem = divmod(total, term)
+    if 2 * rem >= term:
+        weekly += 1
+    final = total - weekly * (term - 1)
+    if weekly < 1 or final < 1:
+        return None
+    return [weekly] * (term - 1) + [final]

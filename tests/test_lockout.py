@@ -7,19 +7,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from lending.v1 import auth_pb2
-from rpc_helpers import call_error
-from security_helpers import (
+from helpers import (
+    ANONYMOUS,
     PASSWORD,
+    ServerProcess,
     audit_rows,
+    call_error,
     login,
     reason,
     register,
     retry_seconds,
     running_api,
 )
-from serverproc import ServerProcess
-from test_core_billing import ANONYMOUS
+from lending.v1 import auth_pb2
 
 from lending_grpc.core.auth import AuthCore
 from lending_grpc.core.clock import Clock

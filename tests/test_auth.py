@@ -1,4 +1,5 @@
-"""AuthService over real gRPC, and the bearer-token check in front of BillingService."""
+"""Accounts and sessions: Register, Login, RefreshToken and Logout over real gRPC, the bearer-token check in
+front of BillingService, and TokenSigner's rules. Lockouts are in test_lockout.py, roles in test_roles.py."""
 
 from __future__ import annotations
 
@@ -6,33 +7,32 @@ import base64
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import jwt
 import pytest
-from conftest import TEST_SECRET_KEY
+from helpers import (
+    PASSWORD,
+    TEST_SECRET_KEY,
+    assert_invalid,
+    audit_rows,
+    bearer,
+    call_error,
+    jwt_payload,
+    list_loans,
+    login,
+    register,
+    running_api,
+)
 from lending.v1 import auth_pb2, billing_pb2
-from rpc_helpers import assert_invalid, call_error
+
+from lending_grpc.core.errors import Unauthenticated
+from lending_grpc.core.storage.models import TokenFamily
+from lending_grpc.core.tokens import ACCESS, AUDIENCE, ISSUER, REFRESH, Claims, TokenSigner, WeakSecretKey
 
 OTHER_KEY = "another-secret-key-of-at-least-32-bytes-111111"
-PASSWORD = "correct horse battery"
 BAD_CREDENTIALS = "invalid username or password"
-
-
-def register(api, username: str, password: str = PASSWORD, email: str | None = None):
-    return api.auth.Register(
-        auth_pb2.RegisterRequest(
-            username=username, password=password, email=email or f"{uuid.uuid4().hex[:8]}@example.com"
-        )
-    )
-
-
-def bearer(token: str) -> tuple:
-    return (("authorization", f"Bearer {token}"),)
-
-
-def list_loans(api, metadata):
-    return api.billing.ListLoans(billing_pb2.ListLoansRequest(), metadata=metadata)
 
 
 def claims_for(user_id: str, **overrides) -> dict:
@@ -50,11 +50,6 @@ def claims_for(user_id: str, **overrides) -> dict:
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
-
-
-def jwt_payload(token: str) -> dict:
-    part = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
 def family(tokens) -> str:
@@ -534,3 +529,357 @@ def test_unauthenticated_create_loan_records_nothing(api):
 def test_bearer_scheme_is_case_insensitive(api):
     _md, tokens, _user = api.register_and_login()
     assert list(list_loans(api, (("authorization", f"bearer {tokens.access_token}"),)).loans) == []
+
+
+# == sessions: rotating refresh tokens, reuse detection, logout, persisted revocation ====
+
+
+def _refresh(api, token: str):
+    return api.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=token))
+
+
+def _refresh_error(api, token: str) -> grpc.RpcError:
+    return call_error(api.auth.RefreshToken, auth_pb2.RefreshTokenRequest(refresh_token=token))
+
+
+def _works(api, access_token: str) -> bool:
+    try:
+        api.billing.ListLoans(billing_pb2.ListLoansRequest(), metadata=bearer(access_token))
+        return True
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+        return False
+
+
+def test_tokens_carry_issuer_audience_and_one_family(api):
+    register(api, "ann")
+    tokens = login(api, "ann")
+    access, refresh = jwt_payload(tokens.access_token), jwt_payload(tokens.refresh_token)
+    assert (access["iss"], access["aud"], refresh["iss"], refresh["aud"]) == ("lending-grpc",) * 4
+    assert access["fam"] == refresh["fam"] and len(access["fam"]) == 32
+    assert TokenFamily.get(TokenFamily.family_id == access["fam"]).current_jti == refresh["jti"]
+
+
+def test_refresh_rotates_and_reuse_revokes_the_whole_family(api):
+    register(api, "ben")
+    first = login(api, "ben")
+    other_session = login(api, "ben")
+    second = _refresh(api, first.refresh_token)
+    third = _refresh(api, second.refresh_token)
+    assert jwt_payload(third.refresh_token)["fam"] == jwt_payload(first.refresh_token)["fam"]
+    assert len({jwt_payload(t.refresh_token)["jti"] for t in (first, second, third)}) == 3
+    assert _works(api, third.access_token)
+    # Replaying an already rotated token: refused, and the family dies.
+    err = _refresh_error(api, first.refresh_token)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert err.details() == "this refresh token was already used: its session is now revoked; sign in again"
+    newest = _refresh_error(api, third.refresh_token)  # the newest token of the family too
+    assert newest.details() == "the refresh token's session was revoked (logout, reuse or erasure)"
+    assert not _works(api, third.access_token) and not _works(api, first.access_token)
+    # The user's other session is untouched.
+    assert _works(api, other_session.access_token)
+    assert _refresh(api, other_session.refresh_token).access_token
+    family = TokenFamily.get(TokenFamily.family_id == jwt_payload(first.refresh_token)["fam"])
+    assert family.revoked_reason == "reuse" and family.revoked_time_us is not None
+    events = [(r["event"], r["outcome"]) for r in audit_rows() if r["event"].startswith("token.")]
+    assert events == [
+        ("token.refresh", "ok"),
+        ("token.refresh", "ok"),
+        ("token.reuse_detected", "refused"),
+        ("token.refresh", "refused"),
+        ("token.refresh", "ok"),
+    ]
+
+
+def test_a_concurrent_double_refresh_is_reuse(api):
+    """Eight refreshes with one token at once: exactly one wins, and its new token dies with the family."""
+    register(api, "cora")
+    tokens = login(api, "cora")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _try_refresh(api, tokens.refresh_token), range(8)))
+    winners = [r for r in results if not isinstance(r, grpc.StatusCode)]
+    assert len(winners) == 1 and results.count(grpc.StatusCode.UNAUTHENTICATED) == 7
+    assert _refresh_error(api, winners[0].refresh_token).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert len(audit_rows(event="token.reuse_detected")) == 1
+
+
+def _try_refresh(api, token: str):
+    try:
+        return _refresh(api, token)
+    except grpc.RpcError as err:
+        return err.code()
+
+
+def test_logout_revokes_the_callers_session_only(api):
+    register(api, "dan")
+    phone, laptop = login(api, "dan"), login(api, "dan")
+    assert (
+        api.auth.Logout(auth_pb2.LogoutRequest(), metadata=bearer(phone.access_token))
+        == auth_pb2.LogoutResponse()
+    )
+    assert not _works(api, phone.access_token)
+    assert _refresh_error(api, phone.refresh_token).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _works(api, laptop.access_token)
+    assert _refresh(api, laptop.refresh_token).access_token
+    # Persisted: the family row says so.
+    family = TokenFamily.get(TokenFamily.family_id == jwt_payload(phone.access_token)["fam"])
+    assert family.revoked_reason == "logout"
+    again = call_error(api.auth.Logout, auth_pb2.LogoutRequest(), metadata=bearer(phone.access_token))
+    assert again.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert [r["event"] for r in audit_rows(event="token.logout")] == ["token.logout"]
+
+
+def test_logout_needs_an_access_token(api):
+    register(api, "eve")
+    tokens = login(api, "eve")
+    assert call_error(api.auth.Logout, auth_pb2.LogoutRequest()).code() == grpc.StatusCode.UNAUTHENTICATED
+    refresh_as_bearer = call_error(
+        api.auth.Logout, auth_pb2.LogoutRequest(), metadata=bearer(tokens.refresh_token)
+    )
+    assert refresh_as_bearer.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _works(api, tokens.access_token)
+
+
+def test_revocation_survives_a_restart(tmp_path, database_url):
+    with running_api(tmp_path, database_url) as api:
+        register(api, "fay")
+        tokens = login(api, "fay")
+        api.auth.Logout(auth_pb2.LogoutRequest(), metadata=bearer(tokens.access_token))
+    with running_api(tmp_path, database_url) as api:  # a fresh process state: nothing cached
+        assert not _works(api, tokens.access_token)
+        assert _refresh_error(api, tokens.refresh_token).code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# == TokenSigner, without gRPC: HS256 only, every claim required, access and refresh kept apart ===
+
+
+KEY = b"k" * 32
+OTHER_SIGNER_KEY = b"o" * 32
+
+
+@pytest.fixture
+def signer() -> TokenSigner:
+    return TokenSigner(KEY, access_ttl_s=900, refresh_ttl_s=7 * 86400)
+
+
+def claims(**overrides) -> dict:
+    now = int(time.time())
+    values = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "user-1",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
+        "typ": ACCESS,
+        "fam": uuid.uuid4().hex,
+    }
+    values.update(overrides)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def forge(payload: dict, key: bytes = KEY, algorithm: str = "HS256") -> str:
+    return jwt.encode(payload, key, algorithm=algorithm)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# -- keys --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [b"", b"short", b"x" * 31])
+def test_refuses_short_keys(key):
+    with pytest.raises(WeakSecretKey):
+        TokenSigner(key)
+    assert issubclass(WeakSecretKey, ValueError)
+
+
+def test_accepts_32_byte_key():
+    TokenSigner(b"x" * 32)
+    TokenSigner(b"x" * 64)
+
+
+# -- round trip and types ---------------------------------------------------------------
+
+
+def test_issue_and_verify_access(signer):
+    before = int(time.time())
+    token = signer.issue("user-1", ACCESS)
+    got = signer.verify(token, ACCESS)
+    assert isinstance(got, Claims)
+    assert got.user_id == "user-1" and len(got.token_id) == 32
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "HS256"
+    raw = jwt.decode(token, KEY, algorithms=["HS256"], audience=AUDIENCE)
+    assert raw["iss"] == ISSUER and raw["typ"] == ACCESS and raw["sub"] == "user-1"
+    assert raw["exp"] - raw["iat"] == 900
+    assert before + 900 <= raw["exp"] <= int(time.time()) + 900
+    assert raw["jti"] == got.token_id
+
+
+def test_issue_and_verify_refresh(signer):
+    token = signer.issue("user-1", REFRESH)
+    got = signer.verify(token, REFRESH)
+    assert got.user_id == "user-1"
+    raw = jwt.decode(token, KEY, algorithms=["HS256"], audience=AUDIENCE)
+    assert raw["exp"] - raw["iat"] == 7 * 86400
+
+
+def test_token_ids_are_unique(signer):
+    a = signer.verify(signer.issue("u", ACCESS), ACCESS)
+    b = signer.verify(signer.issue("u", ACCESS), ACCESS)
+    assert a.token_id != b.token_id
+
+
+def test_refresh_token_is_not_an_access_token(signer):
+    with pytest.raises(Unauthenticated) as info:
+        signer.verify(signer.issue("user-1", REFRESH), ACCESS)
+    assert "access token is required" in info.value.message
+
+
+def test_access_token_is_not_a_refresh_token(signer):
+    with pytest.raises(Unauthenticated) as info:
+        signer.verify(signer.issue("user-1", ACCESS), REFRESH)
+    assert "refresh token is required" in info.value.message
+
+
+@pytest.mark.parametrize("typ", ["", "Access", "id", "refresh "])
+def test_unknown_type_is_refused(signer, typ):
+    with pytest.raises(Unauthenticated):
+        signer.verify(forge(claims(typ=typ)), ACCESS)
+
+
+def test_forged_with_right_key_and_all_claims_is_accepted(signer):
+    # the baseline the refusals below differ from by one thing only
+    assert signer.verify(forge(claims()), ACCESS).user_id == "user-1"
+
+
+# -- expiry and time -------------------------------------------------------------------
+
+
+def test_expired_token_is_refused(signer):
+    now = int(time.time())
+    token = forge(claims(iat=now - 1000, nbf=now - 1000, exp=now - 10))
+    with pytest.raises(Unauthenticated) as info:
+        signer.verify(token, ACCESS)
+    assert "expired" in info.value.message
+
+
+def test_expired_by_signer_ttl():
+    signer = TokenSigner(KEY, access_ttl_s=-5)
+    with pytest.raises(Unauthenticated) as info:
+        signer.verify(signer.issue("u", ACCESS), ACCESS)
+    assert "expired" in info.value.message
+
+
+def test_a_remembered_token_still_expires(signer, monkeypatch):
+    now = int(time.time())
+    token = forge(claims(iat=now, nbf=now, exp=now + 60))
+    assert signer.verify(token, ACCESS).user_id == "user-1"
+    assert signer.verify(token, ACCESS).user_id == "user-1"  # answered from the verified tokens
+    monkeypatch.setattr(time, "time", lambda: now + 60.0)
+    with pytest.raises(Unauthenticated) as info:
+        signer.verify(token, ACCESS)
+    assert "expired" in info.value.message
+
+
+def test_a_remembered_token_keeps_its_type(signer):
+    token = signer.issue("user-1", ACCESS)
+    signer.verify(token, ACCESS)
+    with pytest.raises(Unauthenticated) as info:
+        signer.verify(token, REFRESH)
+    assert "refresh token is required" in info.value.message
+
+
+def test_not_yet_valid_is_refused(signer):
+    now = int(time.time())
+    with pytest.raises(Unauthenticated):
+        signer.verify(forge(claims(nbf=now + 3600)), ACCESS)
+
+
+# -- keys and algorithms -----------------------------------------------------------------
+
+
+def test_wrong_key_is_refused(signer):
+    with pytest.raises(Unauthenticated):
+        signer.verify(forge(claims(), key=OTHER_SIGNER_KEY), ACCESS)
+    other = TokenSigner(OTHER_SIGNER_KEY)
+    with pytest.raises(Unauthenticated):
+        signer.verify(other.issue("user-1", ACCESS), ACCESS)
+
+
+def test_alg_none_is_refused(signer):
+    header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    payload = b64(json.dumps(claims()).encode())
+    for token in (f"{header}.{payload}.", f"{header}.{payload}"):
+        with pytest.raises(Unauthenticated):
+            signer.verify(token, ACCESS)
+
+
+def test_alg_none_via_pyjwt_is_refused(signer):
+    token = jwt.encode(claims(), None, algorithm="none")
+    with pytest.raises(Unauthenticated):
+        signer.verify(token, ACCESS)
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+@pytest.mark.parametrize("algorithm", ["HS512", "HS384"])
+def test_other_hmac_algorithms_are_refused(signer, algorithm):
+    with pytest.raises(Unauthenticated):
+        signer.verify(forge(claims(), key=b"k" * 64, algorithm=algorithm), ACCESS)
+    with pytest.raises(Unauthenticated):
+        signer.verify(forge(claims(), key=KEY, algorithm=algorithm), ACCESS)
+
+
+def test_header_alg_swapped_keeps_signature_invalid(signer):
+    good = signer.issue("user-1", ACCESS)
+    _, payload, signature = good.split(".")
+    header = b64(json.dumps({"alg": "HS512", "typ": "JWT"}).encode())
+    with pytest.raises(Unauthenticated):
+        signer.verify(f"{header}.{payload}.{signature}", ACCESS)
+
+
+def test_tampered_payload_is_refused(signer):
+    good = signer.issue("user-1", ACCESS)
+    header, _, signature = good.split(".")
+    payload = b64(json.dumps(claims(sub="user-2")).encode())
+    with pytest.raises(Unauthenticated):
+        signer.verify(f"{header}.{payload}.{signature}", ACCESS)
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "a.b", "....", "Bearer x.y.z", "\x00" * 10])
+def test_garbage_is_refused(signer, token):
+    with pytest.raises(Unauthenticated):
+        signer.verify(token, ACCESS)
+
+
+# -- claims ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "iss", "aud", "jti", "typ", "fam"])
+def test_missing_claim_is_refused(signer, missing):
+    payload = claims()
+    del payload[missing]
+    with pytest.raises(Unauthenticated):
+        signer.verify(forge(payload), ACCESS)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(iss="someone-else"),
+        dict(aud="someone-else"),
+        dict(aud=["someone-else"]),
+        dict(sub=123),
+        dict(jti=123),
+        dict(fam=123),
+        dict(exp="tomorrow"),
+        dict(iat="now"),
+    ],
+)
+def test_wrong_claims_are_refused(signer, overrides):
+    with pytest.raises(Unauthenticated):
+        signer.verify(forge(claims(**overrides)), ACCESS)

@@ -9,10 +9,19 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from helpers import (
+    assert_invalid,
+    audit_rows,
+    bearer,
+    call_error,
+    grant_operator,
+    login,
+    register,
+    run_cli,
+    running_api,
+    tamper,
+)
 from lending.v1 import audit_pb2, auth_pb2, billing_pb2
-from rpc_helpers import assert_invalid, call_error, tamper
-from security_helpers import audit_rows, bearer, grant_operator, login, register, running_api
-from serverproc import run_cli
 
 from lending_grpc.core.storage.models import AuditEvent
 

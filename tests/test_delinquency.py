@@ -1,4 +1,4 @@
-"""GetDelinquencyStatus and ListDelinquentLoans over real gRPC."""
+"""Delinquency: GetDelinquencyStatus and ListDelinquentLoans over real gRPC, then on BillingCore."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import datetime as dt
 
 import grpc
 import pytest
+from helpers import actor_of, assert_invalid, call_error, tamper, today
 from lending.v1 import billing_pb2
-from rpc_helpers import assert_invalid, call_error, tamper, today
+
+from lending_grpc.core.errors import InvalidArgument
+from lending_grpc.core.money import format_cents
 
 START = dt.date(2026, 1, 5)  # installment k due START + 7k: 01-12, 01-19, 01-26, 02-02, ...
 
@@ -427,3 +430,64 @@ def test_list_delinquent_default_page_size(api, alice):
     rest = delinquent(api, alice, "", page_token=page.next_page_token)
     assert [s.loan_id for s in rest.loans] == ["D50"]
     assert rest.next_page_token == ""
+
+
+# == delinquency on BillingCore, without gRPC ============================================
+
+
+def test_delinquency_and_portfolio_query(env, owner):
+    # as of 2026-01-27 (day 22): installments 1-3 are due before it
+    for loan_id, weeks_paid in (("A", 0), ("B", 1), ("C", 2), ("D", 3), ("E", 50)):
+        env.billing.create_loan(actor_of(owner), loan_id, "5000000", start_date=START.isoformat())
+        if weeks_paid:
+            env.billing.make_payment(actor_of(owner), loan_id, format_cents(11_000_000 * weeks_paid))
+    # F started a week later: installments 1-2 due before 2026-01-27 (day 15)
+    env.billing.create_loan(actor_of(owner), "F", "5000000", start_date="2026-01-12")
+
+    a = env.delinquency.get_delinquency(owner, "A", as_of="2026-01-27").standing
+    assert (a.missed_payments, a.overdue_cents, a.days_past_due, a.is_delinquent) == (3, 33_000_000, 15, True)
+    assert a.next_due_date == dt.date(2026, 1, 12)
+    b = env.delinquency.get_delinquency(owner, "B", as_of="2026-01-27").standing
+    assert (b.missed_payments, b.overdue_cents, b.days_past_due, b.is_delinquent) == (2, 22_000_000, 8, True)
+    c = env.delinquency.get_delinquency(owner, "C", as_of="2026-01-27").standing
+    assert (c.missed_payments, c.days_past_due, c.is_delinquent) == (1, 1, False)
+    d = env.delinquency.get_delinquency(owner, "D", as_of="2026-01-27").standing
+    assert (d.missed_payments, d.is_delinquent, d.next_due_date) == (0, False, dt.date(2026, 2, 2))
+    e = env.delinquency.get_delinquency(owner, "E", as_of="2026-01-27").standing
+    assert (e.missed_payments, e.is_delinquent, e.next_due_date) == (0, False, None)
+    f = env.delinquency.get_delinquency(owner, "F", as_of="2026-01-27").standing
+    assert (f.missed_payments, f.days_past_due, f.is_delinquent) == (2, 8, True)
+    # installment due ON as_of is not missed
+    f = env.delinquency.get_delinquency(owner, "F", as_of="2026-01-26").standing
+    assert (f.missed_payments, f.is_delinquent) == (1, False)
+
+    listed, token = [], ""
+    while True:
+        page = env.delinquency.list_delinquent(owner, as_of="2026-01-27", page_size=1, page_token=token)
+        listed.extend(page.items)
+        token = page.next_page_token
+        if not token:
+            break
+    assert [v.loan_id for v in listed] == ["A", "B", "F"]  # most overdue first
+    assert [v.standing.missed_payments for v in listed] == [3, 2, 2]
+
+    # B catches up both missed installments and becomes current
+    env.billing.make_payment(actor_of(owner), "B", "220000.00")
+    b = env.delinquency.get_delinquency(owner, "B", as_of="2026-01-27").standing
+    assert (b.missed_payments, b.is_delinquent) == (0, False)
+    assert [v.loan_id for v in env.delinquency.list_delinquent(owner, as_of="2026-01-27").items] == ["A", "F"]
+
+
+def test_list_delinquent_token_is_bound_to_its_as_of(env, owner):
+    for loan_id in ("A", "B"):
+        env.billing.create_loan(actor_of(owner), loan_id, "5000000", start_date=START.isoformat())
+    page = env.delinquency.list_delinquent(owner, as_of="2026-03-01", page_size=1)
+    assert [v.loan_id for v in page.items] == ["A"] and page.next_page_token
+    with pytest.raises(InvalidArgument) as info:
+        env.delinquency.list_delinquent(
+            owner, as_of="2026-03-02", page_size=1, page_token=page.next_page_token
+        )
+    assert info.value.field == "as_of"
+    rest = env.delinquency.list_delinquent(owner, page_size=1, page_token=page.next_page_token)
+    assert [v.loan_id for v in rest.items] == ["B"]
+    assert rest.items[0].standing.as_of == dt.date(2026, 3, 1)

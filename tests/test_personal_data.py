@@ -8,11 +8,21 @@ import time
 
 import grpc
 import pytest
-from conftest import TEST_DATA_KEY, make_settings
+from helpers import (
+    PASSWORD,
+    TEST_DATA_KEY,
+    ServerProcess,
+    audit_rows,
+    bearer,
+    call_error,
+    grant_operator,
+    login,
+    make_settings,
+    register,
+    run_cli,
+    running_api,
+)
 from lending.v1 import auth_pb2, billing_pb2
-from rpc_helpers import call_error
-from security_helpers import PASSWORD, audit_rows, bearer, grant_operator, login, register, running_api
-from serverproc import ServerProcess, run_cli
 
 from lending_grpc.config import ConfigError, resolve_data_key
 from lending_grpc.core.crypto import DataKeyError, Sealer, UnsealError, new_key_text

@@ -1,4 +1,4 @@
-"""CreateLoan, GetLoan, ListLoans and GetSchedule over real gRPC."""
+"""Loans: CreateLoan, GetLoan, ListLoans and GetSchedule over real gRPC, then on BillingCore; page tokens."""
 
 from __future__ import annotations
 
@@ -10,10 +10,26 @@ from decimal import Decimal
 import grpc
 import pytest
 from grpc_status import rpc_status
+from helpers import (
+    START,
+    START_DATE,
+    FixedClock,
+    actor_of,
+    assert_invalid,
+    call_error,
+    get,
+    list_loans,
+    make_env,
+    pay,
+    today,
+    violated_fields,
+)
 from lending.v1 import billing_pb2
-from rpc_helpers import assert_invalid, call_error, today, violated_fields
 
 from lending_grpc.core import pagination
+from lending_grpc.core.errors import AlreadyExists, InvalidArgument
+from lending_grpc.core.pagination import PageTokens
+from lending_grpc.core.storage.database import close_database
 
 
 def create(api, metadata, loan_id="L1", principal="5000000", **kwargs) -> billing_pb2.Loan:
@@ -27,17 +43,6 @@ def create_error(api, metadata, loan_id="L1", principal="5000000", **kwargs) -> 
     return call_error(
         api.billing.CreateLoan,
         billing_pb2.CreateLoanRequest(loan_id=loan_id, principal_amount=principal, **kwargs),
-        metadata=metadata,
-    )
-
-
-def get(api, metadata, loan_id="L1") -> billing_pb2.Loan:
-    return api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id=loan_id), metadata=metadata)
-
-
-def pay(api, metadata, amount, loan_id="L1", request_id="") -> billing_pb2.Payment:
-    return api.billing.MakePayment(
-        billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount, request_id=request_id),
         metadata=metadata,
     )
 
@@ -343,12 +348,6 @@ def test_get_loan_after_payments(api, alice):
 # -- ListLoans -----------------------------------------------------------------
 
 
-def list_loans(api, metadata, page_size=0, page_token="") -> billing_pb2.ListLoansResponse:
-    return api.billing.ListLoans(
-        billing_pb2.ListLoansRequest(page_size=page_size, page_token=page_token), metadata=metadata
-    )
-
-
 def test_list_loans_empty(api, alice):
     page = list_loans(api, alice)
     assert list(page.loans) == []
@@ -416,14 +415,6 @@ def test_list_loans_default_and_maximum_page_size(api, alice):
     assert rest.next_page_token == ""
     exact = list_loans(api, alice, page_size=501)
     assert len(exact.loans) == 500
-
-
-def test_page_size_rule_at_core_level():
-    assert pagination.page_size(0) == 50
-    assert pagination.page_size(1) == 1
-    assert pagination.page_size(500) == 500
-    assert pagination.page_size(501) == 500
-    assert pagination.page_size(2**31 - 1) == 500
 
 
 def _flip(text: str, index: int) -> str:
@@ -578,25 +569,160 @@ def test_create_retry_omitting_term_is_not_validated_against_the_default(api, al
     assert again == first
 
 
-def test_concurrent_identical_creates_make_one_loan(api, alice):
-    import threading
+# == CreateLoan, GetLoan and ListLoans on BillingCore, without gRPC ======================
 
-    barrier = threading.Barrier(8)
-    results: list = [None] * 8
 
-    def worker(index):
-        barrier.wait()
-        try:
-            results[index] = create(api, alice, loan_id="same", principal="1000", start_date="2026-01-05")
-        except grpc.RpcError as err:
-            results[index] = err
+def test_create_loan_worked_example(env, owner):
+    loan = env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START)
+    t = loan.terms
+    assert (t.principal_cents, t.rate_e4, t.term_weeks, t.start_date) == (500_000_000, 1000, 50, START_DATE)
+    assert (t.total_cents, t.weekly_cents, t.final_cents) == (550_000_000, 11_000_000, 11_000_000)
+    assert (loan.loan_id, loan.paid_weeks, loan.paid_cents, loan.outstanding_cents) == (
+        "L1",
+        0,
+        0,
+        550_000_000,
+    )
+    assert not loan.is_paid_off
+    assert env.billing.get_loan(owner, "L1") == loan
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    errors = [r for r in results if isinstance(r, grpc.RpcError)]
-    assert errors == [], [(e.code(), e.details()) for e in errors]
-    assert all(r == results[0] for r in results)
-    assert [loan.loan_id for loan in list_loans(api, alice).loans] == ["same"]
+
+def test_create_loan_odd_example(env, owner):
+    t = env.billing.create_loan(
+        actor_of(owner), "odd", "1000001.00", start_date=START, term_weeks=50, interest_rate="0.10"
+    ).terms
+    assert (t.total_cents, t.weekly_cents, t.final_cents) == (110_000_110, 2_200_002, 2_200_012)
+    t = env.billing.create_loan(actor_of(owner), "two", "2000000.00", start_date=START).terms
+    assert (t.total_cents, t.weekly_cents) == (220_000_000, 4_400_000)
+
+
+def test_create_loan_defaults_start_today(database_url):
+    e = make_env(database_url, FixedClock(dt.date(2027, 3, 4)))
+    try:
+        o = e.new_owner()
+        t = e.billing.create_loan(actor_of(o), "L", "100").terms
+        assert (t.start_date, t.term_weeks, t.rate_e4) == (dt.date(2027, 3, 4), 50, 1000)
+    finally:
+        close_database(e.db)
+
+
+def test_create_loan_is_idempotent_on_loan_id(env, owner):
+    first = env.billing.create_loan(actor_of(owner), "L1", "5000000.00", start_date=START)
+    assert env.billing.create_loan(actor_of(owner), "L1", "5000000", start_date=START) == first
+    assert env.billing.create_loan(actor_of(owner), "L1", "5000000.00") == first  # start_date left out
+    assert (
+        env.billing.create_loan(actor_of(owner), "L1", "5000000.00", term_weeks=50, interest_rate="0.1")
+        == first
+    )
+    for kwargs in (
+        dict(principal_amount="5000000.01"),
+        dict(principal_amount="5000000", term_weeks=49),
+        dict(principal_amount="5000000", interest_rate="0.11"),
+        dict(principal_amount="5000000", start_date="2026-01-06"),
+    ):
+        with pytest.raises(AlreadyExists):
+            env.billing.create_loan(actor_of(owner), "L1", **kwargs)
+    assert len(env.billing.list_loans(owner).items) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(loan_id="", principal_amount="1"), "loan_id"),
+        (dict(loan_id="a/b", principal_amount="1"), "loan_id"),
+        (dict(loan_id="x" * 65, principal_amount="1"), "loan_id"),
+        (dict(loan_id="L", principal_amount="0"), "principal_amount"),
+        (dict(loan_id="L", principal_amount="1e6"), "principal_amount"),
+        (dict(loan_id="L", principal_amount="1000000000000.01"), "principal_amount"),
+        (dict(loan_id="L", principal_amount="0.01", term_weeks=2), "principal_amount"),
+        (dict(loan_id="L", principal_amount="100", term_weeks=521), "term_weeks"),
+        (dict(loan_id="L", principal_amount="100", term_weeks=-1), "term_weeks"),
+        (dict(loan_id="L", principal_amount="100", interest_rate="1.01"), "interest_rate"),
+        (dict(loan_id="L", principal_amount="100", interest_rate="0.12345"), "interest_rate"),
+        (dict(loan_id="L", principal_amount="100", start_date="2026-02-30"), "start_date"),
+        (dict(loan_id="L", principal_amount="100", start_date="26-01-05"), "start_date"),
+    ],
+)
+def test_create_loan_validation(env, owner, kwargs, field):
+    with pytest.raises(InvalidArgument) as info:
+        env.billing.create_loan(actor_of(owner), **kwargs)
+    assert info.value.field == field
+    assert env.billing.list_loans(owner).items == []
+
+
+def test_loan_id_max_length_and_charset(env, owner):
+    loan_id = "aZ09._-" + "x" * 57
+    assert len(loan_id) == 64
+    assert env.billing.create_loan(actor_of(owner), loan_id, "100", start_date=START).loan_id == loan_id
+
+
+def test_list_loans_pages_through_everything(env, owner):
+    ids = [f"L{i:02d}" for i in range(11)]
+    for loan_id in ids:
+        env.billing.create_loan(actor_of(owner), loan_id, "100", start_date=START)
+    seen, token, pages = [], "", 0
+    while True:
+        page = env.billing.list_loans(owner, page_size=4, page_token=token)
+        seen.extend(v.loan_id for v in page.items)
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids and pages == 3
+    with pytest.raises(InvalidArgument) as info:
+        env.billing.list_loans(owner, page_size=-1)
+    assert info.value.field == "page_size"
+
+
+# == page sizes and page tokens, shared by every List RPC (BillingCore) ==================
+
+
+def test_page_token_of_another_owner_is_refused(env, owner):
+    bob = env.new_owner()
+    for i in range(3):
+        env.billing.create_loan(actor_of(owner), f"L{i}", "100", start_date=START)
+    page = env.billing.list_loans(owner, page_size=1)
+    assert [v.loan_id for v in page.items] == ["L0"] and page.next_page_token
+    with pytest.raises(InvalidArgument) as info:
+        env.billing.list_loans(bob, page_size=1, page_token=page.next_page_token)
+    assert info.value.field == "page_token"
+    with pytest.raises(InvalidArgument):
+        env.billing.list_loans(owner, page_token=page.next_page_token[:-2] + "AA")
+
+
+@pytest.mark.parametrize(
+    ("requested", "size"),
+    [(0, 50), (1, 1), (50, 50), (499, 499), (500, 500), (501, 500), (10**9, 500), (2**31 - 1, 500)],
+)
+def test_page_size(requested, size):
+    assert pagination.page_size(requested) == size
+
+
+def test_page_size_negative_is_invalid():
+    with pytest.raises(InvalidArgument) as info:
+        pagination.page_size(-1)
+    assert info.value.field == "page_size"
+
+
+def test_page_tokens_round_trip_and_binding():
+    tokens = PageTokens(b"k" * 32)
+    token = tokens.encode("loans|1", {"id": 7})
+    assert tokens.decode(token, "loans|1") == {"id": 7}
+    with pytest.raises(InvalidArgument):
+        tokens.decode(token, "loans|2")
+    with pytest.raises(InvalidArgument):
+        PageTokens(b"z" * 32).decode(token, "loans|1")
+
+
+@pytest.mark.parametrize(
+    "token", ["x", "a.b", "a.b.c", ".", "!!!.!!!", "\u00e9.\u00e9", "x" * 600 + ".y", "eyJpZCI6MX0.AAAA"]
+)
+def test_garbage_page_tokens_are_invalid_argument(env, owner, token):
+    env.billing.create_loan(actor_of(owner), "L1", "100", start_date=START)
+    with pytest.raises(InvalidArgument) as info:
+        env.billing.list_loans(owner, page_token=token)
+    assert info.value.field == "page_token"
+    with pytest.raises(InvalidArgument):
+        env.billing.list_payments(owner, "L1", page_token=token)
+    with pytest.raises(InvalidArgument):
+        env.delinquency.list_delinquent(owner, page_token=token)
