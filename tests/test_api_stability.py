@@ -54,8 +54,8 @@ def edit(workspace: Path, old: str, new: str) -> None:
 def test_additions_pass(workspace: Path) -> None:
     edit(
         workspace,
-        "  string request_id = 8;\n}",
-        "  string request_id = 8;\n  // A note for the borrower.\n  string note = 9;\n}",
+        "  string reversal_reason = 12;\n}",
+        "  string reversal_reason = 12;\n  // A note for the borrower.\n  string note = 13;\n}",
     )
     result = buf_breaking(workspace)
     assert result.returncode == 0, result.stdout + result.stderr

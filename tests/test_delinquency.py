@@ -1,4 +1,11 @@
-"""Delinquency: GetDelinquencyStatus and ListDelinquentLoans over real gRPC, then on BillingCore."""
+"""Delinquency: GetDelinquencyStatus and ListDelinquentLoans over real gRPC, then on BillingCore.
+
+The standing as of a date counts payments by their value date (DESIGN.md
+section 5): these tests judge loans as of dates in 2026, so their payments
+are collections an operator records, valued on the loan's start date (as if
+the borrower had paid ahead on day one). Value dates themselves, reversals
+and history have their own tests in test_servicing.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import datetime as dt
 
 import grpc
 import pytest
-from helpers import actor_of, assert_invalid, call_error, tamper, today
+from helpers import actor_of, assert_invalid, call_error, grant_operator, jwt_payload, tamper, today
 from lending.v1 import billing_pb2
 
 from lending_grpc.core.errors import InvalidArgument
@@ -26,9 +33,24 @@ def create(api, metadata, loan_id="L1", principal="5000000", start_date=START, *
     )
 
 
+def _operator(api) -> tuple:
+    """An operator's metadata, made once per server."""
+    if not hasattr(api, "operator_metadata"):
+        metadata, _tokens, user = api.register_and_login()
+        grant_operator(api, user.username)
+        api.operator_metadata = metadata
+    return api.operator_metadata
+
+
 def pay(api, metadata, amount, loan_id="L1"):
+    """The borrower's payment, collected by an operator and valued on the loan's start date."""
+    owner = jwt_payload(metadata[0][1].removeprefix("Bearer "))["sub"]
+    start = api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id=loan_id), metadata=metadata).start_date
     return api.billing.MakePayment(
-        billing_pb2.MakePaymentRequest(loan_id=loan_id, amount=amount), metadata=metadata
+        billing_pb2.MakePaymentRequest(
+            loan_id=loan_id, amount=amount, owner=owner, value_date=min(start, today().isoformat())
+        ),
+        metadata=_operator(api),
     )
 
 
@@ -110,16 +132,20 @@ def test_status_after_payment(api, alice):
 
 def test_status_paying_ahead_moves_next_due_date(api, alice):
     create(api, alice)
-    pay(api, alice, "550000.00")  # weeks 1-5
-    assert summary(status(api, alice, "2026-01-01")) == (False, 0, "0.00", 0, "2026-02-16", "2026-01-01")
+    pay(api, alice, "550000.00")  # weeks 1-5, valued on the start date
+    # Before the start date nothing was paid yet, and nothing due.
+    assert summary(status(api, alice, "2026-01-01")) == (False, 0, "0.00", 0, "2026-01-12", "2026-01-01")
+    assert summary(status(api, alice, "2026-01-05")) == (False, 0, "0.00", 0, "2026-02-16", "2026-01-05")
     assert summary(status(api, alice, "2026-02-24")) == (True, 2, "220000.00", 8, "2026-02-16", "2026-02-24")
 
 
 def test_status_paid_off(api, alice):
     create(api, alice)
     pay(api, alice, "5500000.00")
-    for as_of in ("2026-01-01", "2026-06-01", "2030-01-01"):
+    for as_of in ("2026-01-05", "2026-06-01", "2030-01-01"):
         assert summary(status(api, alice, as_of)) == (False, 0, "0.00", 0, "", as_of)
+    # The day before the start date (and its value date) it was not paid, and nothing was due.
+    assert summary(status(api, alice, "2026-01-01")) == (False, 0, "0.00", 0, "2026-01-12", "2026-01-01")
 
 
 def test_status_last_installment_only(api, alice):
@@ -439,8 +465,10 @@ def test_delinquency_and_portfolio_query(env, owner):
     # as of 2026-01-27 (day 22): installments 1-3 are due before it
     for loan_id, weeks_paid in (("A", 0), ("B", 1), ("C", 2), ("D", 3), ("E", 50)):
         env.billing.create_loan(actor_of(owner), loan_id, "5000000", start_date=START.isoformat())
-        if weeks_paid:
-            env.billing.make_payment(actor_of(owner), loan_id, format_cents(11_000_000 * weeks_paid))
+        if weeks_paid:  # valued on the start date: it counts as of every date after it
+            env.billing.make_payment(
+                actor_of(owner), loan_id, format_cents(11_000_000 * weeks_paid), value_date=START.isoformat()
+            )
     # F started a week later: installments 1-2 due before 2026-01-27 (day 15)
     env.billing.create_loan(actor_of(owner), "F", "5000000", start_date="2026-01-12")
 
@@ -472,7 +500,7 @@ def test_delinquency_and_portfolio_query(env, owner):
     assert [v.standing.missed_payments for v in listed] == [3, 2, 2]
 
     # B catches up both missed installments and becomes current
-    env.billing.make_payment(actor_of(owner), "B", "220000.00")
+    env.billing.make_payment(actor_of(owner), "B", "220000.00", value_date="2026-01-27")
     b = env.delinquency.get_delinquency(owner, "B", as_of="2026-01-27").standing
     assert (b.missed_payments, b.is_delinquent) == (0, False)
     assert [v.loan_id for v in env.delinquency.list_delinquent(owner, as_of="2026-01-27").items] == ["A", "F"]

@@ -37,6 +37,7 @@ def test_serve_reports_serving_lists_services_and_drains_on_sigterm(tmp_path):
             "lending.v1.AuthService",
             "lending.v1.BillingService",
             "lending.v1.AuditService",
+            "lending.v1.EventService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         }
