@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -211,3 +213,75 @@ def test_postgresql_requires_an_explicit_secret_key(tmp_path):
     )
     assert result.returncode == 2
     assert "with PostgreSQL, set LENDING_SECRET_KEY or LENDING_SECRET_KEY_FILE" in result.stderr
+
+
+def _version_2_book(url: str) -> None:
+    """A database of the previous release (schema version 2) with a loan paid over several days."""
+    from lending_grpc.core.storage.migrations import MIGRATIONS, SchemaVersion
+
+    db = open_database(url)
+    try:
+        with db.bind_ctx([SchemaVersion]):
+            db.create_tables([SchemaVersion])
+            for version, step in MIGRATIONS[:2]:
+                step(db, "Asia/Jakarta")
+                SchemaVersion.create(version=version, applied_time_us=0)
+    finally:
+        close_database(db)
+    # The loan starts 2026-01-05 (installments of 110,000.00 due 01-12, 01-19, 01-26, 02-02, ...).
+    # Payments were recorded at 20:00 UTC, which is 03:00 the next day in Jakarta.
+    day = 86_400_000_000
+    jan_11_20h = 1_768_161_600_000_000  # 2026-01-11T20:00:00Z
+    rows = [
+        'INSERT INTO "user" (id, user_id, username, username_key, email, password_hash, create_time_us)'
+        " VALUES (1, '11111111-1111-4111-8111-111111111111', 'ada', 'ada', 'ada@example.com', 'x', 0)",
+        "INSERT INTO loan (id, owner_id, loan_id, principal_cents, rate_e4, term_weeks, start_date,"
+        " total_cents, weekly_cents, final_cents, paid_weeks, paid_cents, second_unpaid_due_date, create_time_us)"
+        " VALUES (1, 1, 'L1', 500000000, 1000, 50, '2026-01-05', 550000000, 11000000, 11000000, 3, 33000000,"
+        " '2026-02-09', 0)",
+        # Week 1 on 01-12 (Jakarta), then weeks 2-3 only on 02-03: delinquent from 01-27 to 02-03.
+        "INSERT INTO payment (id, payment_id, loan_id, owner_id, request_id, amount_cents, first_week,"
+        f" last_week, outstanding_after_cents, payment_time_us) VALUES (1, '{uuid.UUID(int=1)}', 1, 1, 'r1', 11000000,"
+        f" 1, 1, 539000000, {jan_11_20h})",
+        "INSERT INTO payment (id, payment_id, loan_id, owner_id, request_id, amount_cents, first_week,"
+        f" last_week, outstanding_after_cents, payment_time_us) VALUES (2, '{uuid.UUID(int=2)}', 1, 1, NULL, 22000000,"
+        f" 2, 3, 517000000, {jan_11_20h + 22 * day})",
+    ]
+    for sql in rows:
+        _execute(url, sql)
+
+
+def test_a_version_2_database_keeps_its_history_with_value_dates(new_blank, tmp_path):
+    url = new_blank()
+    _version_2_book(url)
+    assert _migrate(url, tmp_path).returncode == 0
+    db = open_database(url)
+    try:
+        from lending_grpc.core.storage.models import DelinquencySpan, Loan, Payment
+
+        payments = [
+            (p.value_date, p.running_paid_cents, p.recorded_by_id, p.reverse_time_us)
+            for p in Payment.select().order_by(Payment.id)
+        ]
+        assert payments == [
+            (dt.date(2026, 1, 12), 11_000_000, 1, None),
+            (dt.date(2026, 2, 3), 33_000_000, 1, None),
+        ]
+        loan = Loan.get()
+        assert (loan.last_value_date, loan.paid_weeks, loan.paid_cents) == (
+            dt.date(2026, 2, 3),
+            3,
+            33_000_000,
+        )
+        # Delinquent from 01-27 (two unpaid installments due before it) until the catch-up on 02-03.
+        spans = [
+            (s.month, s.start_date, s.end_date) for s in DelinquencySpan.select().order_by(DelinquencySpan.id)
+        ]
+        assert spans == [
+            (dt.date(2026, 1, 1), dt.date(2026, 1, 27), dt.date(2026, 2, 3)),
+            (dt.date(2026, 2, 1), dt.date(2026, 1, 27), dt.date(2026, 2, 3)),
+        ]
+        # Still delinquent today (installments due since February are unpaid): announced, no event flood.
+        assert loan.announced_delinquent_since is not None
+    finally:
+        close_database(db)
