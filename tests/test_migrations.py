@@ -232,19 +232,23 @@ def _version_2_book(url: str) -> None:
     # Payments were recorded at 20:00 UTC, which is 03:00 the next day in Jakarta.
     day = 86_400_000_000
     jan_11_20h = 1_768_161_600_000_000  # 2026-01-11T20:00:00Z
+    loan_columns = (
+        "id, owner_id, loan_id, principal_cents, rate_e4, term_weeks, start_date, total_cents, weekly_cents,"
+        " final_cents, paid_weeks, paid_cents, second_unpaid_due_date, create_time_us"
+    )
+    payment_columns = (
+        "id, payment_id, loan_id, owner_id, request_id, amount_cents, first_week, last_week,"
+        " outstanding_after_cents, payment_time_us"
+    )
     rows = [
         'INSERT INTO "user" (id, user_id, username, username_key, email, password_hash, create_time_us)'
         " VALUES (1, '11111111-1111-4111-8111-111111111111', 'ada', 'ada', 'ada@example.com', 'x', 0)",
-        "INSERT INTO loan (id, owner_id, loan_id, principal_cents, rate_e4, term_weeks, start_date,"
-        " total_cents, weekly_cents, final_cents, paid_weeks, paid_cents, second_unpaid_due_date, create_time_us)"
-        " VALUES (1, 1, 'L1', 500000000, 1000, 50, '2026-01-05', 550000000, 11000000, 11000000, 3, 33000000,"
-        " '2026-02-09', 0)",
+        f"INSERT INTO loan ({loan_columns}) VALUES (1, 1, 'L1', 500000000, 1000, 50, '2026-01-05',"
+        " 550000000, 11000000, 11000000, 3, 33000000, '2026-02-09', 0)",
         # Week 1 on 01-12 (Jakarta), then weeks 2-3 only on 02-03: delinquent from 01-27 to 02-03.
-        "INSERT INTO payment (id, payment_id, loan_id, owner_id, request_id, amount_cents, first_week,"
-        f" last_week, outstanding_after_cents, payment_time_us) VALUES (1, '{uuid.UUID(int=1)}', 1, 1, 'r1', 11000000,"
+        f"INSERT INTO payment ({payment_columns}) VALUES (1, '{uuid.UUID(int=1)}', 1, 1, 'r1', 11000000,"
         f" 1, 1, 539000000, {jan_11_20h})",
-        "INSERT INTO payment (id, payment_id, loan_id, owner_id, request_id, amount_cents, first_week,"
-        f" last_week, outstanding_after_cents, payment_time_us) VALUES (2, '{uuid.UUID(int=2)}', 1, 1, NULL, 22000000,"
+        f"INSERT INTO payment ({payment_columns}) VALUES (2, '{uuid.UUID(int=2)}', 1, 1, NULL, 22000000,"
         f" 2, 3, 517000000, {jan_11_20h + 22 * day})",
     ]
     for sql in rows:
