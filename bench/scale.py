@@ -1,22 +1,28 @@
-"""`make bench-scale`: does a call cost the same with 1,000 and with 1,000,000 loans?
+"""`make bench-scale`: does a call cost the same on a 1,000-loan and a 1,000,000-loan book?
 
-Seeds one SQLite database per size with `python -m bench.seed` (10 users, histories
-judged as of 2026-06-01; reused from var/bench/ when already seeded, set
-BENCH_SCALE_RESEED=1 to rebuild), records the seeding time and the bytes
-per loan, then measures in-process, below gRPC (so the database's share is
-not diluted by the RPC's fixed cost), interleaving the sizes block by block:
+Seeds one database per size and backend with `python -m bench.seed` (10
+users; start dates over the past two years, payments spread over them,
+about one payment in ten recorded days after its value date, one in forty a
+bounced attempt that was reversed), reused from var/bench/ (SQLite) or the
+lending_bench_scale_* databases (PostgreSQL) when already seeded; set
+BENCH_SCALE_RESEED=1 to rebuild. Then measures in-process, below gRPC (so
+the database's share is not diluted by the RPC's fixed cost), interleaving
+the sizes block by block:
 
-- GetLoan, GetOutstanding and GetDelinquencyStatus: the servicer's core
-  call and protobuf conversion for random loans of one user, spread over
-  the whole table;
-- MakePayment: one installment on random loans (a write with fsync);
-- ListDelinquentLoans: the first 100-row page, and the page after it, as of
-  dates from two years before to two years after the seeding date.
+- GetLoan, GetOutstanding, GetDelinquencyStatus (today and 90 days ago):
+  the core call and protobuf conversion for random loans of one user;
+- MakePayment (one installment) and ReversePayment (a random payment of a
+  random loan): writes with fsync, whose cost must not grow with the book;
+- ListDelinquentLoans: a 100-row page as of today and as of 90 days ago,
+  for one owner and for the whole book (operators' all_owners);
+- GetPortfolioReport for the whole book as of today and 90 days ago
+  (largest size only: the report scans the book by design).
 
-It prints and writes bench/results/scale.md, with EXPLAIN QUERY PLAN of the
-portfolio query, on SQLite and (BENCH_SCALE_PG_URL, seeded with
-BENCH_SCALE_PG_LOANS loans) PostgreSQL. Knobs: BENCH_SCALE_SIZES ("1000,1000000"), BENCH_SCALE_CALLS
-(calls per block, 400), BENCH_SCALE_BLOCKS (blocks per size, 5).
+Writes bench/results/scale.md (and a chart, bench/results/scale.png, when
+matplotlib is installed). Knobs: BENCH_SCALE_SIZES ("1000,1000000"),
+BENCH_SCALE_CALLS (calls per block, 300), BENCH_SCALE_BLOCKS (4),
+BENCH_SCALE_BACKENDS ("sqlite,postgresql"), BENCH_SCALE_PG_URL (the server,
+postgresql://postgres@127.0.0.1:5432).
 """
 
 from __future__ import annotations
@@ -29,239 +35,372 @@ import statistics
 import subprocess
 import sys
 import time
+import zoneinfo
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "generated"))
 
-AS_OF = dt.date(2026, 6, 1)
+TODAY = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Jakarta")).date()
+PAST = TODAY - dt.timedelta(days=90)
 USERS = 10
 SIZES = [int(s) for s in os.environ.get("BENCH_SCALE_SIZES", "1000,1000000").split(",")]
-CALLS = int(os.environ.get("BENCH_SCALE_CALLS", "400"))
-BLOCKS = int(os.environ.get("BENCH_SCALE_BLOCKS", "5"))
+CALLS = int(os.environ.get("BENCH_SCALE_CALLS", "300"))
+BLOCKS = int(os.environ.get("BENCH_SCALE_BLOCKS", "4"))
+BACKENDS = [b for b in os.environ.get("BENCH_SCALE_BACKENDS", "sqlite,postgresql").split(",") if b]
+PG_SERVER = os.environ.get("BENCH_SCALE_PG_URL", "postgresql://postgres@127.0.0.1:5432")
 VAR = ROOT / "var" / "bench"
 OUT = Path(os.environ.get("BENCH_SCALE_OUT", ROOT / "bench/results/scale.md"))
-# PostgreSQL's plan is shown too when a server is reachable (set BENCH_SCALE_PG_URL= to skip).
-PG_URL = os.environ.get("BENCH_SCALE_PG_URL", "postgresql://postgres@127.0.0.1:5432/lending_bench_scale")
-PG_LOANS = int(os.environ.get("BENCH_SCALE_PG_LOANS", "200000"))
-OPS = ("GetLoan", "GetOutstanding", "GetDelinquencyStatus", "MakePayment", "ListDelinquentLoans page")
+PER_CALL = (
+    "GetLoan",
+    "GetOutstanding",
+    "GetDelinquencyStatus (today)",
+    "GetDelinquencyStatus (90 days ago)",
+    "MakePayment",
+    "ReversePayment",
+)
+PAGES = (
+    "ListDelinquentLoans page, one owner, today",
+    "ListDelinquentLoans page, one owner, 90 days ago",
+    "ListDelinquentLoans page, all owners, today",
+    "ListDelinquentLoans page, all owners, 90 days ago",
+)
+REPORTS = ("GetPortfolioReport, whole book, today", "GetPortfolioReport, whole book, 90 days ago")
 
 
-def seed_database(loans: int) -> dict:
-    """Seed (or reuse) the database of ``loans`` loans; return its path and figures."""
-    path = VAR / f"scale-{loans}.db"
-    info_path = path.with_suffix(".json")
-    if path.exists() and info_path.exists() and not os.environ.get("BENCH_SCALE_RESEED"):
-        return json.loads(info_path.read_text())
+def database_url(backend: str, loans: int) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{VAR / f'scale-{loans}.db'}"
+    return f"{PG_SERVER}/lending_bench_scale_{loans}"
+
+
+def _marker(backend: str, loans: int) -> Path:
+    return VAR / f"scale-{backend}-{loans}.json"
+
+
+def seed_database(backend: str, loans: int) -> dict:
+    """Seed (or reuse) the database of ``loans`` loans on ``backend``; return its URL and figures."""
+    marker = _marker(backend, loans)
+    url = database_url(backend, loans)
+    if marker.exists() and not os.environ.get("BENCH_SCALE_RESEED"):
+        return json.loads(marker.read_text())
     VAR.mkdir(parents=True, exist_ok=True)
-    for stale in VAR.glob(f"scale-{loans}.db*"):
-        stale.unlink()
+    if backend == "sqlite":
+        for stale in VAR.glob(f"scale-{loans}.db*"):
+            stale.unlink()
+    else:
+        name = url.rsplit("/", 1)[1]
+        for sql in (f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'):
+            subprocess.run(["psql", f"{PG_SERVER}/postgres", "-qc", sql], check=True, capture_output=True)
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "bench.seed", "--loans", str(loans), "--users", str(USERS),
-         "--as-of", AS_OF.isoformat(), "--database-url", f"sqlite:///{path}"],
+         "--as-of", TODAY.isoformat(), "--database-url", url, "--no-progress"],
         cwd=ROOT, capture_output=True, text=True, check=True,
-        env={**os.environ, "LENDING_SECRET_KEY": "x" * 40},
     )  # fmt: skip
+    if backend == "postgresql":
+        subprocess.run(["psql", url, "-qc", "VACUUM ANALYZE"], check=True, capture_output=True)
     info = {
-        "path": str(path),
+        "url": url,
         "loans": loans,
         "seconds": time.perf_counter() - started,
         "report": out.stdout.strip(),
     }
-    info_path.write_text(json.dumps(info))
+    marker.write_text(json.dumps(info))
     return info
 
 
 # -- one measurement block, in a child process (a process serves one database) ----
 
 
-def measure_block(path: str, loans: int, calls: int, block: int) -> dict:
+def measure_block(url: str, loans: int, calls: int, block: int) -> dict:
     from lending.v1 import billing_pb2
 
     from lending_grpc.api import messages
     from lending_grpc.core import pagination
     from lending_grpc.core.billing import BillingCore
     from lending_grpc.core.clock import Clock
+    from lending_grpc.core.delinquency import DelinquencyCore
     from lending_grpc.core.money import format_cents
     from lending_grpc.core.storage.database import close_database, open_database
-    from lending_grpc.core.storage.models import User
+    from lending_grpc.core.storage.models import Loan, Payment, User
     from lending_grpc.core.views import Actor, Principal
 
-    db = open_database(f"sqlite:///{path}")
-    billing = BillingCore(db, Clock(), pagination.PageTokens(b"k" * 32))
-    owner = User.get(User.username == "seed-0").id
-    actor = Actor(principal=Principal(owner, "seed-0"), name="bench")
+    db = open_database(url)
+    clock, tokens = Clock(), pagination.PageTokens(b"k" * 32)
+    billing = BillingCore(db, clock, tokens)
+    delinquency = DelinquencyCore(db, clock, tokens, billing)
+    seed0 = User.get(User.username == "seed-0")
+    owner = seed0.id
+    actor = Actor(principal=Principal(owner, seed0.user_id), name="bench")
+    operator = Actor(principal=Principal(owner, seed0.user_id, "operator"), name="bench-operator")
     rng = random.Random(block * 7919 + loans)
     # seed-0 owns the loans whose row id is a multiple of USERS (round-robin seeding)
     ids = [f"S-{rng.randrange(USERS, loans + 1, USERS):08d}" for _ in range(calls)]
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn) -> None:
-        for loan_id in ids[:20]:  # warm the statement cache and the pages
-            fn(loan_id)
+    def timed(name: str, fn, items) -> None:
+        items = list(items)
+        for item in items[:10]:  # warm the statement cache and the pages
+            fn(item)
         started = time.perf_counter()
+        for item in items[10:]:
+            fn(item)
+        timings[name] = (time.perf_counter() - started) / max(len(items) - 10, 1) * 1e6
+
+    with db.unit_of_work():
+        timed("GetLoan", lambda loan_id: messages.loan(billing.get_loan(owner, loan_id)), ids)
+        timed("GetOutstanding", lambda loan_id: messages.outstanding(billing.get_loan(owner, loan_id)), ids)
+        for label, day in (("today", TODAY), ("90 days ago", PAST)):
+            timed(
+                f"GetDelinquencyStatus ({label})",
+                lambda loan_id, day=day: messages.delinquency(
+                    delinquency.get_delinquency(owner, loan_id, day.isoformat())
+                ),
+                ids,
+            )
+        # MakePayment: one installment of loans with two or more left, found before the clock starts.
+        payable, left = [], {}
         for loan_id in ids:
-            fn(loan_id)
-        timings[name] = (time.perf_counter() - started) / len(ids) * 1e6
-
-    timed("GetLoan", lambda loan_id: messages.loan(billing.get_loan(owner, loan_id)))
-    timed("GetOutstanding", lambda loan_id: messages.outstanding(billing.get_loan(owner, loan_id)))
-    timed(
-        "GetDelinquencyStatus",
-        lambda loan_id: messages.delinquency(billing.get_delinquency(owner, loan_id, AS_OF.isoformat())),
-    )
-    # MakePayment: one installment of loans with two or more left, found before the clock starts.
-    payable, left = [], {}
-    for loan_id in ids:
-        view = billing.get_loan(owner, loan_id)
-        left.setdefault(loan_id, view.terms.term_weeks - view.paid_weeks)
-        if left[loan_id] >= 2:
-            left[loan_id] -= 1
-            payable.append((loan_id, format_cents(view.terms.weekly_cents)))
-    started = time.perf_counter()
-    for i, (loan_id, amount) in enumerate(payable):
-        messages.payment(billing.make_payment(actor, loan_id, amount, f"scale-{block}-{i}-{time.time_ns()}"))
-    timings["MakePayment"] = (time.perf_counter() - started) / max(len(payable), 1) * 1e6
-
-    # Portfolio pages: the first 100 and the next 100, as of dates around the seeding date.
-    page_ms = []
-    for days in range(-730, 731, 73):
-        as_of = (AS_OF + dt.timedelta(days=days)).isoformat()
-        started = time.perf_counter()
-        page = billing.list_delinquent(owner, as_of, 100)
-        billing_pb2.ListDelinquentLoansResponse(
-            loans=[messages.delinquency(v) for v in page.items], next_page_token=page.next_page_token
+            view = billing.get_loan(owner, loan_id)
+            left.setdefault(loan_id, view.terms.term_weeks - view.paid_weeks)
+            if left[loan_id] >= 2:
+                left[loan_id] -= 1
+                payable.append((loan_id, format_cents(view.terms.weekly_cents)))
+        timed(
+            "MakePayment",
+            lambda item: messages.payment(
+                billing.make_payment(actor, item[0], item[1], f"scale-{block}-{item[0]}-{time.time_ns()}")
+            ),
+            payable,
         )
-        page_ms.append((time.perf_counter() - started) * 1000)
-        if page.next_page_token:
-            started = time.perf_counter()
-            billing.list_delinquent(owner, "", 100, page.next_page_token)
-            page_ms.append((time.perf_counter() - started) * 1000)
-    timings["ListDelinquentLoans page"] = statistics.median(page_ms) * 1000
-    timings["page_max_ms"] = max(page_ms)
-    timings["page_ms"] = page_ms
+        # ReversePayment: a random counting payment of each loan that has one.
+        reversible = []
+        for loan_id in dict.fromkeys(ids):
+            choices = list(
+                Payment.select(Payment.payment_id)
+                .join(Loan)
+                .where((Loan.owner == owner) & (Loan.loan_id == loan_id) & Payment.reverse_time_us.is_null())
+            )
+            if choices:
+                reversible.append(rng.choice(choices).payment_id)
+        timed(
+            "ReversePayment",
+            lambda payment_id: messages.payment(billing.reverse_payment(operator, payment_id, "bench")),
+            reversible,
+        )
+
+        def page(scope, day: dt.date) -> None:
+            first = delinquency.list_delinquent(scope, day.isoformat(), 100)
+            billing_pb2.ListDelinquentLoansResponse(loans=[messages.delinquency(v) for v in first.items])
+            if first.next_page_token:
+                delinquency.list_delinquent(scope, "", 100, first.next_page_token)
+
+        for name, scope, day in (
+            (PAGES[0], owner, TODAY),
+            (PAGES[1], owner, PAST),
+            (PAGES[2], None, TODAY),
+            (PAGES[3], None, PAST),
+        ):
+            runs = []
+            for _ in range(6):
+                started = time.perf_counter()
+                page(scope, day)
+                runs.append((time.perf_counter() - started) / 2 * 1e6)  # two pages each
+            timings[name] = statistics.median(runs[1:])
     close_database(db)
     return timings
 
 
-def explain(url: str) -> str:
-    from peewee import Tuple
-
+def measure_reports(url: str) -> dict:
+    from lending_grpc.api import messages
+    from lending_grpc.core.reporting import portfolio_report
     from lending_grpc.core.storage.database import close_database, open_database
-    from lending_grpc.core.storage.models import Loan, User
+
+    db = open_database(url)
+    timings = {}
+    try:
+        with db.unit_of_work():
+            for name, day in zip(REPORTS, (TODAY, PAST), strict=True):
+                runs = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    messages.portfolio_report(portfolio_report(db, day, None))
+                    runs.append(time.perf_counter() - started)
+                timings[name] = {"median_s": statistics.median(runs), "max_s": max(runs)}
+    finally:
+        close_database(db)
+    return timings
+
+
+def explain(url: str) -> str:
+    """The plans of the past-date delinquency list's two index ranges."""
+    from lending_grpc.core.storage.database import close_database, open_database
+    from lending_grpc.core.storage.models import DelinquencySpan, Loan
 
     db = open_database(url)
     postgres = url.startswith("postgresql")
     try:
-        owner = User.get(User.username == "seed-0").id
-        day, last_due = AS_OF, AS_OF - dt.timedelta(days=30)
-        first = (
+        current = (
             Loan.select()
-            .where(Loan.owner == owner)
-            .where(Loan.second_unpaid_due_date < day)
+            .where(
+                (Loan.second_unpaid_due_date < PAST)
+                & (Loan.last_value_date.is_null() | (Loan.last_value_date <= PAST))
+            )
             .order_by(Loan.second_unpaid_due_date, Loan.id)
             .limit(101)
         )
-        after = (
-            Loan.select()
-            .where(Loan.owner == owner)
-            .where(Tuple(Loan.second_unpaid_due_date, Loan.id) > Tuple(last_due, 12345))
-            .where(Loan.second_unpaid_due_date < day)
-            .order_by(Loan.second_unpaid_due_date, Loan.id)
+        spans = (
+            DelinquencySpan.select()
+            .where(
+                (DelinquencySpan.month == PAST.replace(day=1))
+                & (DelinquencySpan.start_date <= PAST)
+                & (DelinquencySpan.end_date > PAST)
+            )
+            .order_by(DelinquencySpan.second_unpaid_due_date, DelinquencySpan.loan)
             .limit(101)
         )
         lines = []
-        for label, query in (("first page", first), ("next page (after a page token)", after)):
+        for label, query in (("loans whose row holds their standing", current), ("finished spans", spans)):
             sql, params = query.sql()
             prefix = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " if postgres else "EXPLAIN QUERY PLAN "
             plan = db.execute_sql(prefix + sql, params).fetchall()
-            lines += [f"-- {label}", sql, *[f"  {row[-1]}" for row in plan], ""]
+            lines += [f"-- {label}", *[f"  {row[-1]}" for row in plan], ""]
         return "\n".join(lines)
     finally:
         close_database(db)
 
 
-def explain_postgres() -> str:
-    """Seed a fresh PostgreSQL database with PG_LOANS loans and explain the portfolio query there."""
-    base, name = PG_URL.rsplit("/", 1)
-    for sql in (f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'):
-        subprocess.run(["psql", f"{base}/postgres", "-qc", sql], check=True, capture_output=True)
-    subprocess.run(
-        [sys.executable, "-m", "bench.seed", "--loans", str(PG_LOANS),
-         "--users", str(USERS), "--as-of", AS_OF.isoformat(), "--no-progress", "--database-url", PG_URL],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    subprocess.run(["psql", PG_URL, "-qc", "ANALYZE"], check=True, capture_output=True)
+def _child(*args: str) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--explain", PG_URL], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True, cwd=ROOT
     )
-    return out.stdout.strip()
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _chart(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    ops = [*PER_CALL, *PAGES]
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 6), squeeze=False)
+    for ax, (backend, by_size) in zip(axes[0], results.items(), strict=True):
+        small, large = SIZES[0], SIZES[-1]
+        ratios = [by_size["median"][large][op] / by_size["median"][small][op] for op in ops]
+        ax.barh(ops, ratios, color=["#4c72b0" if r <= 1.5 else "#c44e52" for r in ratios])
+        ax.axvline(1.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(f"cost at {large:,} loans / cost at {small:,} loans")
+        ax.set_title(f"{backend}: per-call cost against book size")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--explain":
-        print(explain(sys.argv[2]))
-        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--block":
-        path, loans, block = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-        print(json.dumps(measure_block(path, loans, CALLS, block)))
+        print(json.dumps(measure_block(sys.argv[2], int(sys.argv[3]), CALLS, int(sys.argv[4]))))
         return 0
-    seeded = {}
-    for loans in SIZES:
-        print(f"seeding {loans} loans (or reusing var/bench)...", file=sys.stderr)
-        seeded[loans] = seed_database(loans)
-    results: dict[int, list[dict]] = {loans: [] for loans in SIZES}
-    for block in range(BLOCKS):
-        for loans in SIZES:  # interleaved: both sizes see the same disk and the same neighbours
-            out = subprocess.run(
-                [sys.executable, __file__, "--block", seeded[loans]["path"], str(loans), str(block)],
-                capture_output=True, text=True, check=True, cwd=ROOT,
-            )  # fmt: skip
-            results[loans].append(json.loads(out.stdout))
-            print(f"block {block} {loans:>9} loans: {results[loans][-1]}", file=sys.stderr)
+    if len(sys.argv) > 1 and sys.argv[1] == "--reports":
+        print(json.dumps(measure_reports(sys.argv[2])))
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--explain":
+        print(json.dumps({"plan": explain(sys.argv[2])}))
+        return 0
     small, large = SIZES[0], SIZES[-1]
-    med = {n: {op: statistics.median(r[op] for r in results[n]) for op in OPS} for n in SIZES}
+    seeded = {b: {n: seed_database(b, n) for n in SIZES} for b in BACKENDS}
+    results: dict[str, dict] = {}
+    for backend in BACKENDS:
+        blocks: dict[int, list[dict]] = {n: [] for n in SIZES}
+        for block in range(BLOCKS):
+            for loans in SIZES:  # interleaved: both sizes see the same disk and the same neighbours
+                blocks[loans].append(_child("--block", seeded[backend][loans]["url"], str(loans), str(block)))
+                print(f"{backend} block {block} {loans:>9} loans: {blocks[loans][-1]}", file=sys.stderr)
+        ops = (*PER_CALL, *PAGES)
+        results[backend] = {
+            "median": {n: {op: statistics.median(b[op] for b in blocks[n]) for op in ops} for n in SIZES},
+            "spread": {
+                n: {op: (min(b[op] for b in blocks[n]), max(b[op] for b in blocks[n])) for op in ops}
+                for n in SIZES
+            },
+            "reports": _child("--reports", seeded[backend][large]["url"]),
+            "plan": _child("--explain", seeded[backend][large]["url"])["plan"],
+        }
     lines = [
-        "# 1,000 vs 1,000,000 loans",
+        f"# {small:,} vs {large:,} loans",
         "",
         f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores, load average"
-        f" {os.getloadavg()[0]:.1f} at the end (other work shares the machine); SQLite (WAL,"
-        " synchronous=FULL); in-process core call + protobuf conversion, below gRPC.",
-        f"- {BLOCKS} blocks of {CALLS} calls per size, sizes interleaved; median of the blocks' means"
-        " (in brackets: the lowest and highest block)."
-        " Reads and payments hit random loans of one user spread over the whole table.",
-        "",
-        "| operation | " + " | ".join(f"{n:,} loans" for n in SIZES) + f" | {large:,} / {small:,} |",
-        "| --- | " + " | ".join("---:" for _ in SIZES) + " | ---: |",
-    ]
-    for op in OPS:
-        unit = "us/call" if op != "ListDelinquentLoans page" else "us/page (median)"
-        spread = {n: (min(r[op] for r in results[n]), max(r[op] for r in results[n])) for n in SIZES}
-        cells = " | ".join(f"{med[n][op]:.0f} {unit} ({spread[n][0]:.0f}-{spread[n][1]:.0f})" for n in SIZES)
-        lines.append(f"| {op} | {cells} | {med[large][op] / med[small][op]:.2f} |")
-    pages = sorted(ms for r in results[large] for ms in r["page_ms"])
-    p99 = pages[max(0, round(0.99 * len(pages)) - 1)]
-    lines += [
-        "",
-        f"- 100-row ListDelinquentLoans pages at {large:,} loans ({len(pages)} pages: first and next pages"
-        f" as of 21 dates, {BLOCKS} blocks): median {statistics.median(pages):.1f} ms,"
-        f" p99 {p99:.1f} ms, slowest {pages[-1]:.1f} ms (target < 50 ms).",
-        "",
-        "Seeding (`python -m bench.seed --users 10`):",
+        f" {os.getloadavg()[0]:.1f} at the end (other work shares the machine); in-process core call +"
+        f' protobuf conversion, below gRPC. Today is {TODAY}; "90 days ago" is {PAST}.',
+        f"- {BLOCKS} blocks of {CALLS} calls per size, sizes interleaved; median of the blocks' means (in"
+        " brackets: the lowest and highest block). Calls hit random loans of one user (100,000 loans at the"
+        " largest size) spread over the whole table; pages are the mean of a first and a next page.",
         "",
     ]
-    for n in SIZES:
-        lines += [f"- {n:,} loans: {seeded[n]['report'].replace(chr(10), '; ')}"]
-    lines += ["", "EXPLAIN QUERY PLAN of the portfolio query (SQLite, at the largest size):", "", "```"]
-    lines += [explain(f"sqlite:///{seeded[large]['path']}"), "```"]
-    if PG_URL:
-        lines += ["", f"PostgreSQL, {PG_LOANS:,} loans over {USERS} users (EXPLAIN ANALYZE):", "", "```"]
-        lines += [explain_postgres(), "```"]
+    targets = []
+    for backend in BACKENDS:
+        med, spread = results[backend]["median"], results[backend]["spread"]
+        lines += [
+            f"## {backend}",
+            "",
+            f"| operation | {small:,} loans | {large:,} loans | {large:,} / {small:,} |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for op in (*PER_CALL, *PAGES):
+            cells = " | ".join(
+                f"{med[n][op]:,.0f} us ({spread[n][op][0]:,.0f}-{spread[n][op][1]:,.0f})" for n in SIZES
+            )
+            lines.append(f"| {op} | {cells} | {med[large][op] / med[small][op]:.2f} |")
+        lines += ["", f"Whole-book reports at {large:,} loans (3 runs):", ""]
+        for name, figures in results[backend]["reports"].items():
+            lines.append(f"- {name}: median {figures['median_s']:.2f} s, slowest {figures['max_s']:.2f} s")
+            targets.append(
+                (f"{backend}: {name} <= 3 s", figures["max_s"] <= 3.0, f"{figures['max_s']:.2f} s")
+            )
+        past_page = max(med[large][PAGES[1]], med[large][PAGES[3]]) / 1000
+        targets.append(
+            (
+                f"{backend}: a 100-row ListDelinquentLoans page as of 90 days ago <= 100 ms",
+                past_page <= 100,
+                f"{past_page:.1f} ms",
+            )
+        )
+        for op in ("MakePayment", "ReversePayment"):
+            ratio = med[large][op] / med[small][op]
+            targets.append(
+                (
+                    f"{backend}: {op} at {large:,} loans within 1.5x of {small:,}",
+                    ratio <= 1.5,
+                    f"{ratio:.2f}x",
+                )
+            )
+        lines += [
+            "",
+            f"Plans of the past-date delinquency list at {large:,} loans:",
+            "",
+            "```",
+            results[backend]["plan"],
+            "```",
+            "",
+        ]
+    lines += ["## Targets", ""] + [
+        f"- {'MET' if ok else 'MISSED'}: {name} ({figure})" for name, ok, figure in targets
+    ]
+    lines += ["", "## Seeding (`python -m bench.seed --users 10`)", ""]
+    for backend in BACKENDS:
+        for n in SIZES:
+            info = seeded[backend][n]
+            lines.append(
+                f"- {backend}, {n:,} loans ({info['seconds']:.0f} s): {info['report'].replace(chr(10), '; ')}"
+            )
     report = "\n".join(lines) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(report)
+    _chart(results, OUT.with_suffix(".png"))
     print(report)
     return 0
 
