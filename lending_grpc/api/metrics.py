@@ -55,9 +55,21 @@ class RpcMetrics:
             registry=registry,
         )
 
+        self._storage_errors = Counter(
+            "lending_storage_errors",
+            "Calls the database refused for want of room (kind disk_full, out_of_memory, "
+            "out_of_connections, resources) or that found it unreachable (kind unreachable).",
+            ("kind",),
+            registry=registry,
+        )
+
     def lockout(self) -> None:
         """Count a lockout that failed sign-ins just started."""
         self._lockouts.inc()
+
+    def storage_error(self, kind: str) -> None:
+        """Count a call that met a database failure of ``kind`` (the database's failure listener)."""
+        self._storage_errors.labels(kind).inc()
 
     def for_method(self, service: str, method: str, streaming: bool = False) -> MethodMetrics:
         """The series of one method, resolved once (a label lookup per call costs more than the count).

@@ -135,6 +135,7 @@ def _start(
     )
     registry = CollectorRegistry(auto_describe=True)
     metrics = RpcMetrics(registry)
+    db.add_failure_listener(metrics.storage_error)
     auth = AuthCore(
         db,
         clock,

@@ -11,6 +11,8 @@ touches the database:
 - ``unit_of_work()``: the scope of one request or command: database failures
   become the core's retryable errors (in this one place), and a pooled
   connection goes back to the pool afterwards;
+- ``add_failure_listener(listener)``: told the kind of every infrastructure
+  failure (a full disk, an unreachable server), for metrics and health;
 - ``lock_rows(query)``: SELECT ... FOR UPDATE where the backend has row locks;
 - ``run``/``first``/``all``: prepared statements (``prepared.py``) whose SQL
   is built once per database.
@@ -44,7 +46,13 @@ from peewee import (
 )
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
-from lending_grpc.core.errors import Aborted, DatabaseUnreachable, LendingError, Unavailable
+from lending_grpc.core.errors import (
+    Aborted,
+    DatabaseUnreachable,
+    LendingError,
+    StorageFull,
+    Unavailable,
+)
 from lending_grpc.core.storage.models import ALL_MODELS
 from lending_grpc.core.storage.prepared import Built, Select, Statement
 
@@ -61,6 +69,15 @@ T = TypeVar("T")
 _RETRYABLE_STATES = {"40001", "40P01"}
 _BUSY_STATES = {"55P03", "57014"}
 _INSUFFICIENT_RESOURCES = "53"  # class 53: disk full, out of memory, too many connections
+_STORAGE_KINDS = {"53100": "disk_full", "53200": "out_of_memory", "53300": "out_of_connections"}
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full" (also PRAGMA max_page_count reached)
+# A refused connection carries no SQLSTATE (libpq reports it as text): PostgreSQL's
+# FATAL messages for 53300 (too_many_connections), as its English locale words them.
+_NO_CONNECTION_SLOT = ("too many connections", "too many clients", "connection slots are reserved")
+# A failure of one kind is logged at most once per this many seconds: a full
+# disk fails every write, and a line (let alone a traceback) per call would
+# bury the one line that matters.
+FAILURE_REPORT_INTERVAL_S = 10.0
 
 
 class DatabaseError(RuntimeError):
@@ -151,6 +168,30 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def _sqlite_code(exc: BaseException) -> int | None:
+    # Python 3.11+ gives sqlite3 errors their (extended) result code; the low byte is the primary one.
+    for candidate in (exc, getattr(exc, "orig", None)):
+        code = getattr(candidate, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF
+    return None
+
+
+def _storage_kind(exc: BaseException) -> str | None:
+    """``disk_full``, ``out_of_memory``, ... when the database refused for want of room, else None."""
+    state = _sqlstate(exc)
+    if state is not None:
+        if state.startswith(_INSUFFICIENT_RESOURCES):
+            return _STORAGE_KINDS.get(state, "resources")
+        return None
+    text = str(exc).lower()
+    if _sqlite_code(exc) == _SQLITE_FULL or "database or disk is full" in text:
+        return "disk_full"
+    if any(words in text for words in _NO_CONNECTION_SLOT):
+        return "out_of_connections"
+    return None
+
+
 def _is_unique_violation(exc: BaseException) -> bool:
     if _sqlstate(exc) == "23505":
         return True
@@ -169,7 +210,7 @@ def _is_connection_failure(exc: BaseException) -> bool:
     state = _sqlstate(exc) or ""
     return (
         isinstance(exc, InterfaceError)
-        or state.startswith(("08", _INSUFFICIENT_RESOURCES))
+        or state.startswith("08")
         or state in {"57P01", "57P02", "57P03"}  # the server is shutting down or starting
         or (isinstance(exc, OperationalError) and not state and "connect" in str(exc).lower())
     )
@@ -178,13 +219,18 @@ def _is_connection_failure(exc: BaseException) -> bool:
 def translate(exc: BaseException) -> LendingError | None:
     """The core error a database failure stands for, or None when ``exc`` is not one we expect.
 
-    The one translation of database failures: a busy lock or an exhausted
-    pool is Unavailable, a lost conflict Aborted, an unreachable server
-    DatabaseUnreachable. Anything else (a constraint the code should never
-    break, a syntax error) is a bug, not weather, and stays as it is.
+    The one translation of database failures: a full disk (or PostgreSQL
+    out of memory or connection slots, SQLSTATE class 53) is StorageFull, a
+    busy lock or an exhausted pool is Unavailable, a lost conflict Aborted,
+    an unreachable server DatabaseUnreachable. Anything else (a constraint
+    the code should never break, a syntax error) is a bug, not weather, and
+    stays as it is.
     """
     if not is_database_failure(exc):
         return None
+    kind = _storage_kind(exc)
+    if kind is not None:
+        return StorageFull(kind)
     if _is_busy(exc) or isinstance(exc, MaxConnectionsExceeded):
         # MaxConnectionsExceeded: every pooled connection stayed busy for the busy timeout.
         return Unavailable("the database is busy; retry the request")
@@ -205,6 +251,41 @@ def _first_line(exc: BaseException) -> str:
 # -- the mixin -------------------------------------------------------------------
 
 
+UNREACHABLE = "unreachable"  # the failure kind of DatabaseUnreachable; StorageFull has its own kinds
+
+
+class _FailureReports:
+    """The listeners told of infrastructure failures, and the rate-limited WARNING line about them."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[str], None]] = []
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (time of its last line, not logged since)
+
+    def report(self, kind: str, exc: BaseException) -> None:
+        """Tell the listeners; log one line for ``kind`` unless one was logged in the last interval."""
+        for listener in self.listeners:
+            listener(kind)
+        now = time.monotonic()
+        with self._lock:
+            last, unlogged = self._last.get(kind, (-FAILURE_REPORT_INTERVAL_S, 0))
+            if now - last < FAILURE_REPORT_INTERVAL_S:
+                self._last[kind] = (last, unlogged + 1)
+                return
+            self._last[kind] = (now, 0)
+        since = f" ({unlogged} more since the last report)" if unlogged else ""
+        if kind == UNREACHABLE:
+            log.warning("database unreachable: %s%s", _first_line(exc), since)
+        else:
+            log.warning(
+                "database refused work for want of room (%s): %s; writes fail with UNAVAILABLE "
+                "until it has room again%s",
+                kind,
+                _first_line(exc),
+                since,
+            )
+
+
 class _UnitOfWork:
     """``with db.unit_of_work():`` translate database failures, then give the connection back."""
 
@@ -221,8 +302,10 @@ class _UnitOfWork:
             if exc is not None:
                 translated = translate(exc)
                 if translated is not None:
-                    if isinstance(translated, DatabaseUnreachable):
-                        log.warning("database unreachable: %s", _first_line(exc))
+                    if isinstance(translated, StorageFull):
+                        self._db._failures.report(translated.kind, exc)
+                    elif isinstance(translated, DatabaseUnreachable):
+                        self._db._failures.report(UNREACHABLE, exc)
                         self._db.drop_idle_connections()
                     raise translated from exc
         finally:
@@ -237,6 +320,7 @@ class LendingDatabase:
     def _init_lending(self) -> None:
         self._built: dict[Statement, Built] = {}
         self._build_lock = threading.Lock()
+        self._failures = _FailureReports()
         self._unit_of_work = _UnitOfWork(self)
 
     # -- requests and transactions
@@ -244,6 +328,15 @@ class LendingDatabase:
     def unit_of_work(self) -> _UnitOfWork:
         """The scope of one request: database failures become core errors, pooled connections return."""
         return self._unit_of_work
+
+    def add_failure_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(kind)`` on every infrastructure failure a unit of work meets.
+
+        ``kind`` is ``unreachable`` or a StorageFull kind (``disk_full``,
+        ``out_of_memory``, ``out_of_connections``, ``resources``). Listeners
+        run on the failing call's thread: they must be quick.
+        """
+        self._failures.listeners.append(listener)
 
     def release_connection(self) -> None:
         """Give this thread's pooled connection back (SQLite keeps one per thread)."""
@@ -348,6 +441,18 @@ class LendingSqliteDatabase(LendingDatabase, SqliteDatabase):
             yield
         finally:
             self._writers.release()
+
+    def rollback(self) -> None:
+        """Roll back the open transaction; nothing to do when SQLite already rolled it back itself.
+
+        On some errors (SQLITE_FULL above all: a full disk) SQLite ends the
+        transaction on its own. Peewee's atomic() then sent ROLLBACK anyway,
+        and SQLite's "cannot rollback - no transaction is active" replaced
+        the real error: a full disk was answered INTERNAL with two tracebacks.
+        """
+        if not self.is_closed() and not self.connection().in_transaction:
+            return
+        super().rollback()
 
 
 class LendingPostgresqlDatabase(LendingDatabase, PooledPostgresqlDatabase):
