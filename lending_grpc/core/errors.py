@@ -23,6 +23,7 @@ answered INTERNAL.
     |   +-- DatabaseUnreachable       the database cannot be reached; retry
     |   +-- StorageFull(kind)         the database has no room (disk, memory, connections); retry later
     +-- Aborted                       lost a conflict with a concurrent write; retry
+    +-- DeadlineExceeded              the caller's deadline ran out while waiting for the database
 """
 
 from __future__ import annotations
@@ -127,6 +128,12 @@ class StorageFull(Unavailable):
         super().__init__(f"{what}: the request was not carried out and nothing was written; retry later")
         self.kind = kind
         self.metadata = {"kind": kind}
+
+
+class DeadlineExceeded(LendingError):
+    """The caller's deadline ran out while the call waited for the database; nothing was written."""
+
+    reason = "DEADLINE_EXCEEDED"
 
 
 class Aborted(LendingError):

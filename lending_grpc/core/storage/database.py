@@ -8,8 +8,9 @@ touches the database:
 
 - ``write_transaction(work)``: one serialized write transaction, retried
   on a lost race;
-- ``unit_of_work()``: the scope of one request or command: database failures
-  become the core's retryable errors (in this one place), and a pooled
+- ``unit_of_work(deadline)``: the scope of one request or command: database
+  failures become the core's retryable errors (in this one place), waits for
+  locks and connections end at the caller's deadline, and a pooled
   connection goes back to the pool afterwards;
 - ``add_failure_listener(listener)``: told the kind of every infrastructure
   failure (a full disk, an unreachable server), for metrics and health;
@@ -40,15 +41,17 @@ from peewee import (
     InterfaceError,
     OperationalError,
     SqliteDatabase,
+    __exception_wrapper__,
 )
 from peewee import (
     DatabaseError as PeeweeDatabaseError,
 )
-from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+from playhouse.pool import MaxConnectionsExceeded, PooledDatabase, PooledPostgresqlDatabase
 
 from lending_grpc.core.errors import (
     Aborted,
     DatabaseUnreachable,
+    DeadlineExceeded,
     LendingError,
     StorageFull,
     Unavailable,
@@ -78,6 +81,8 @@ _NO_CONNECTION_SLOT = ("too many connections", "too many clients", "connection s
 # disk fails every write, and a line (let alone a traceback) per call would
 # bury the one line that matters.
 FAILURE_REPORT_INTERVAL_S = 10.0
+# A wait that fails this close to the caller's deadline failed because of it.
+_DEADLINE_SLACK_S = 0.05
 
 
 class DatabaseError(RuntimeError):
@@ -287,15 +292,19 @@ class _FailureReports:
 
 
 class _UnitOfWork:
-    """``with db.unit_of_work():`` translate database failures, then give the connection back."""
+    """``with db.unit_of_work(deadline):`` translate database failures, then give the connection back."""
 
-    __slots__ = ("_db",)
+    __slots__ = ("_db", "_deadline", "_outer")
 
-    def __init__(self, db: LendingDatabase) -> None:
+    def __init__(self, db: LendingDatabase, deadline: float | None) -> None:
         self._db = db
+        self._deadline = deadline
+        self._outer: float | None = None
 
     def __enter__(self) -> None:
-        return None
+        call = self._db._call
+        self._outer = getattr(call, "deadline", None)
+        call.deadline = self._deadline
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
@@ -307,9 +316,19 @@ class _UnitOfWork:
                     elif isinstance(translated, DatabaseUnreachable):
                         self._db._failures.report(UNREACHABLE, exc)
                         self._db.drop_idle_connections()
+                    elif type(translated) is Unavailable and self._deadline_ran_out():
+                        # The wait for a lock or a connection was cut short by the caller's deadline.
+                        translated = DeadlineExceeded(_DEADLINE_MESSAGE)
                     raise translated from exc
         finally:
+            self._db._call.deadline = self._outer
             self._db.release_connection()
+
+    def _deadline_ran_out(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline - _DEADLINE_SLACK_S
+
+
+_DEADLINE_MESSAGE = "the call's deadline passed while it waited for the database; nothing was written"
 
 
 class LendingDatabase:
@@ -321,13 +340,20 @@ class LendingDatabase:
         self._built: dict[Statement, Built] = {}
         self._build_lock = threading.Lock()
         self._failures = _FailureReports()
-        self._unit_of_work = _UnitOfWork(self)
+        self._call = threading.local()  # .deadline: this thread's current call's, time.monotonic()
 
     # -- requests and transactions
 
-    def unit_of_work(self) -> _UnitOfWork:
-        """The scope of one request: database failures become core errors, pooled connections return."""
-        return self._unit_of_work
+    def unit_of_work(self, deadline: float | None = None) -> _UnitOfWork:
+        """The scope of one request: database failures become core errors, pooled connections return.
+
+        ``deadline`` (a ``time.monotonic()`` instant, None for none) bounds
+        every wait of the work inside: for the SQLite write lock, for a
+        PostgreSQL row lock or statement, for a pooled connection. A wait cut
+        short by it is DeadlineExceeded, so a caller that gave up leaves no
+        work queued behind a lock.
+        """
+        return _UnitOfWork(self, deadline)
 
     def add_failure_listener(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(kind)`` on every infrastructure failure a unit of work meets.
@@ -337,6 +363,26 @@ class LendingDatabase:
         run on the failing call's thread: they must be quick.
         """
         self._failures.listeners.append(listener)
+
+    def _deadline_wait(self) -> float | None:
+        """Seconds left before this call's deadline when that is sooner than the busy timeout, else None.
+
+        None also when the call has no deadline: the configured waits apply.
+        """
+        deadline = getattr(self._call, "deadline", None)
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        return max(left, 0.0) if left < self._busy_timeout_s() else None
+
+    def _busy_timeout_s(self) -> float:
+        """How long a wait for a lock or a connection may last when no deadline is sooner."""
+        return float("inf")
+
+    def _check_deadline(self) -> None:
+        deadline = getattr(self._call, "deadline", None)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded(_DEADLINE_MESSAGE)
 
     def release_connection(self) -> None:
         """Give this thread's pooled connection back (SQLite keeps one per thread)."""
@@ -369,6 +415,7 @@ class LendingDatabase:
         unit of work makes it Aborted).
         """
         for attempt in range(1, attempts + 1):
+            self._check_deadline()  # a retry, or a call that waited for a thread, may be too late
             try:
                 with self._writer_turn(), self.write_lock():
                     return work()
@@ -427,20 +474,39 @@ class LendingSqliteDatabase(LendingDatabase, SqliteDatabase):
         # processes (--workers) still meet at SQLite's lock.
         self._writers = threading.Lock()
 
+        self._busy_ms = threading.local()  # .value: the busy timeout set on this thread's connection
+
+    def _busy_timeout_s(self) -> float:
+        return self.timeout
+
     def write_lock(self):
         return self.atomic("IMMEDIATE")
 
     @contextlib.contextmanager
     def _writer_turn(self) -> Iterator[None]:
-        # Waiting longer than the busy timeout fails as SQLite itself would: busy, retry later.
-        if not self._writers.acquire(timeout=self.timeout):
-            raise OperationalError(
-                "database is locked (writers of this process queued past the busy timeout)"
-            )
+        # Waiting longer than the busy timeout (or the call's deadline, when
+        # sooner) fails as SQLite itself would: busy, retry later; the unit of
+        # work tells the two apart.
+        wait = self._deadline_wait()
+        if not self._writers.acquire(timeout=self.timeout if wait is None else wait):
+            raise OperationalError("database is locked (writers of this process queued past the timeout)")
         try:
+            # Other processes' writers (--workers) are waited for by SQLite's busy handler.
+            self._set_busy_timeout(self._deadline_wait())
             yield
         finally:
             self._writers.release()
+
+    def _set_busy_timeout(self, wait: float | None) -> None:
+        milliseconds = round(self.timeout * 1000) if wait is None else max(1, int(wait * 1000))
+        if getattr(self._busy_ms, "value", None) != milliseconds:
+            # On the driver's connection: a pragma through Peewee costs ten times as much.
+            self.connection().execute(f"PRAGMA busy_timeout = {milliseconds:d}")
+            self._busy_ms.value = milliseconds
+
+    def _close(self, conn) -> None:
+        super()._close(conn)
+        self._busy_ms.value = None  # the next connection starts with the configured timeout
 
     def rollback(self) -> None:
         """Roll back the open transaction; nothing to do when SQLite already rolled it back itself.
@@ -466,6 +532,45 @@ class LendingPostgresqlDatabase(LendingDatabase, PooledPostgresqlDatabase):
 
     def lock_rows(self, query):
         return query.for_update()
+
+    def _busy_timeout_s(self) -> float:
+        # The pool's wait for a free connection; lock_timeout is the same setting.
+        return self._wait_timeout
+
+    def begin(self, isolation_level=None) -> None:
+        """BEGIN; with the call's deadline as the transaction's lock and statement timeout when sooner.
+
+        Sent with the BEGIN in one round trip (psycopg sends a statement
+        without parameters as a simple query, which may hold several), so a
+        deadline costs no extra trip to the server.
+        """
+        wait = self._deadline_wait()
+        if wait is None or isolation_level is not None:
+            super().begin(isolation_level)
+            return
+        milliseconds = max(1, int(wait * 1000))
+        with __exception_wrapper__:
+            self.cursor().execute(
+                f"BEGIN; SET LOCAL lock_timeout = {milliseconds:d}; "
+                f"SET LOCAL statement_timeout = {milliseconds:d}"
+            )
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """A pooled connection, waiting for a free one no longer than the call's deadline."""
+        wait = self._deadline_wait()
+        if wait is None:
+            return super().connect(reuse_if_open)
+        # PooledDatabase.connect's loop, with the deadline for its wait timeout.
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return super(PooledDatabase, self).connect(reuse_if_open)
+            except MaxConnectionsExceeded:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise MaxConnectionsExceeded("no pooled connection came free by the deadline") from None
+                with self._pool_available:
+                    self._pool_available.wait(timeout=min(left, 1.0))
 
     def release_connection(self) -> None:
         if not self.is_closed():
