@@ -38,6 +38,7 @@ from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
 from lending_grpc.server.transport import server_credentials, server_options
+from lending_grpc.server.watchdog import DatabaseWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ SERVICE_NAMES = (
     billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
+# A health name for liveness probes: SERVING while the process serves, whatever the database
+# does (restarting every process because the database is away would only delay the recovery).
+LIVENESS = "liveness"
 
 
 @dataclasses.dataclass
@@ -58,6 +62,7 @@ class RunningServer:
     database: LendingDatabase
     executor: futures.ThreadPoolExecutor
     metrics: MetricsServer | None = None
+    watchdog: DatabaseWatchdog | None = None
 
     def stop(
         self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
@@ -69,6 +74,8 @@ class RunningServer:
         before the database closes, so no handler outlives its database.
         """
         hurry = hurry or threading.Event()
+        if self.watchdog is not None:
+            self.watchdog.stop()  # it must not report SERVING again during the drain
         self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             hurry.wait(drain_delay)
@@ -186,10 +193,27 @@ def _start(
         except OSError as exc:
             raise ListenError(f"cannot serve metrics on {address}: {exc.strerror}") from None
     server.start()
-    # The database is open and migrated: ready.
+    # The database is open and migrated: ready. From now on health follows the database.
+    health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    _set_serving(health_servicer, True)
+    watchdog = DatabaseWatchdog(
+        db, lambda reachable: _database_reachable(health_servicer, metrics, reachable)
+    )
+    db.add_failure_listener(watchdog.notice)
+    watchdog.start()
+    return RunningServer(server, port, health_servicer, db, executor, metrics_server, watchdog)
+
+
+def _set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, executor, metrics_server)
+        health_servicer.set(name, status)
+
+
+def _database_reachable(health_servicer: health.HealthServicer, metrics: RpcMetrics, reachable: bool) -> None:
+    """The watchdog's verdict: balancers stop (or resume) sending calls, the gauge follows."""
+    _set_serving(health_servicer, reachable)
+    metrics.database_reachable(reachable)
 
 
 def _pipeline(settings: Settings, db: LendingDatabase, auth: AuthCore, metrics: RpcMetrics) -> Pipeline:

@@ -384,6 +384,31 @@ class LendingDatabase:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded(_DEADLINE_MESSAGE)
 
+    def check_reachable(self, timeout_s: float) -> bool:
+        """Whether the database answers ``SELECT 1``; False only when it cannot be reached.
+
+        A full disk or a busy pool still answers: only DatabaseUnreachable
+        counts. A failure on a pooled connection is tried once more on a new
+        one, since the server may be back and only the old connection dead.
+        Not a unit of work: a probe is not a call, and reports no failures.
+        """
+        for _ in range(2):
+            self._call.deadline = time.monotonic() + timeout_s  # bounds the wait for a pooled connection
+            try:
+                self.execute_sql("SELECT 1")
+                return True
+            except Exception as exc:
+                translated = translate(exc)
+                if translated is None:
+                    raise
+                if not isinstance(translated, DatabaseUnreachable):
+                    return True
+                self.drop_idle_connections()
+            finally:
+                self._call.deadline = None
+                self.release_connection()
+        return False
+
     def release_connection(self) -> None:
         """Give this thread's pooled connection back (SQLite keeps one per thread)."""
 
@@ -598,6 +623,17 @@ def _create_private_file(path: Path) -> None:
         pass
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why the service cannot use the SQLite file (SQLite only says "unable to open"), if the OS says."""
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        return f"{exc.strerror}: this user must be able to read and write the file"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return "its directory is not writable: SQLite creates the -wal and -shm files beside the file"
+    return None
+
+
 def open_database(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 8) -> LendingDatabase:
     """Open the database named by ``url`` and bind the models to it.
 
@@ -626,7 +662,10 @@ def open_database(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 8
         try:
             db.connect()
         except (PeeweeDatabaseError, MaxConnectionsExceeded) as exc:
-            raise DatabaseError(f"cannot open the database {where}: {_first_line(exc)}") from None
+            reason = _first_line(exc)
+            if not is_postgresql_url(url):
+                reason = _file_problem(path) or reason
+            raise DatabaseError(f"cannot open the database {where}: {reason}") from None
         db.bind(ALL_MODELS, bind_refs=False, bind_backrefs=False)
         _bound = db
     return db
