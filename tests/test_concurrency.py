@@ -324,8 +324,7 @@ def test_an_exhausted_pool_or_a_lost_server_is_unavailable_not_internal():
     for failure in (
         OperationalError(_DriverError("08006")),  # connection failure
         OperationalError(_DriverError("57P01")),  # admin shutdown
-        OperationalError(_DriverError("53100")),  # disk full
-    ):
+    ):  # class 53 (disk full, no connection slot) is StorageFull: test_faults_storage.py
         with pytest.raises(DatabaseUnreachable, match="request_id"), _NoTransactionDb().unit_of_work():
             raise failure
     # Every pooled connection busy for the busy timeout: local saturation, not an outage.

@@ -98,7 +98,7 @@ def test_deployment_probes_secrets_and_hardening():
     pod = docs["Deployment/lending-grpc"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": "lending.v1.BillingService"}
-    assert container["livenessProbe"]["grpc"] == {"port": 50051}
+    assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False

@@ -15,9 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from lending_grpc.core.storage.database import is_database_failure
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,31 @@ class RpcMetrics:
             registry=registry,
         )
 
+        self._storage_errors = Counter(
+            "lending_storage_errors",
+            "Calls the database refused for want of room (kind disk_full, out_of_memory, "
+            "out_of_connections, resources) or that found it unreachable (kind unreachable).",
+            ("kind",),
+            registry=registry,
+        )
+        self._reachable = Gauge(
+            "lending_database_reachable",
+            "1 while this process reaches its database, 0 while health says NOT_SERVING because it cannot.",
+            registry=registry,
+        )
+        self._reachable.set(1)
+
     def lockout(self) -> None:
         """Count a lockout that failed sign-ins just started."""
         self._lockouts.inc()
+
+    def storage_error(self, kind: str) -> None:
+        """Count a call that met a database failure of ``kind`` (the database's failure listener)."""
+        self._storage_errors.labels(kind).inc()
+
+    def database_reachable(self, reachable: bool) -> None:
+        """Record the database watchdog's verdict."""
+        self._reachable.set(1 if reachable else 0)
 
     def for_method(self, service: str, method: str, streaming: bool = False) -> MethodMetrics:
         """The series of one method, resolved once (a label lookup per call costs more than the count).
@@ -136,9 +160,14 @@ class PortfolioCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             figures = {**self._cheap(), **self._costly_figures()}
-        except Exception:
+        except Exception as exc:
             # A scrape must not fail because the database is briefly unavailable; the gap shows.
-            log.warning("metrics: could not read the portfolio figures", exc_info=True)
+            # That is weather, worth one line; anything else is a bug, worth its traceback.
+            if is_database_failure(exc):
+                reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                log.warning("metrics: could not read the portfolio figures: %s", reason)
+            else:
+                log.warning("metrics: could not read the portfolio figures", exc_info=True)
             return
         for name, (help_text, value) in figures.items():
             yield GaugeMetricFamily(name, help_text, value=value)

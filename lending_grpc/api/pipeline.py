@@ -8,8 +8,9 @@ and `Pipeline._unary`; unary and server-streaming methods share it):
    metadata), peer, method, start time.
 2. The per-peer rate limit, before any work, so anonymous floods (password
    guessing, garbage bytes) are limited too.
-3. In the unit of work (database failures become retryable statuses, a
-   pooled connection goes back to the pool afterwards):
+3. In the unit of work (database failures become retryable statuses, every
+   wait for a lock or a connection ends at the call's deadline, a pooled
+   connection goes back to the pool afterwards):
    a. authentication of ``authorization: Bearer <access token>`` on the
       protected methods (BillingService, AuditService, EventService, Logout);
    b. the per-user rate limit, keyed on the authenticated user;
@@ -49,7 +50,13 @@ from lending_grpc.api.metrics import MethodMetrics, RpcMetrics
 from lending_grpc.api.rate_limits import TokenBuckets, peer_key
 from lending_grpc.api.status import status_of
 from lending_grpc.core.auth import AuthCore
-from lending_grpc.core.errors import InvalidArgument, LendingError, RateLimited, Unauthenticated
+from lending_grpc.core.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    LendingError,
+    RateLimited,
+    Unauthenticated,
+)
 from lending_grpc.core.storage.database import LendingDatabase
 
 log = logging.getLogger("lending_grpc.access")
@@ -69,6 +76,8 @@ _BEARER = "bearer "
 # else (spaces, newlines, quotes, huge values) would let a caller forge or
 # bloat log lines, so such an id is replaced by a generated one.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:=+/-]{1,128}")
+# grpcio reports a call without a deadline as one in the far future.
+_NO_DEADLINE_S = 365 * 86400.0
 
 
 # -- request ids ------------------------------------------------------------------
@@ -100,6 +109,20 @@ def split_method(full_method: str) -> tuple[str, str]:
     """``/lending.v1.BillingService/GetLoan`` -> (``lending.v1.BillingService``, ``GetLoan``)."""
     service, _, method = full_method.lstrip("/").rpartition("/")
     return service, method
+
+
+def call_deadline(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline as a ``time.monotonic()`` instant, None when it set none.
+
+    Raises DeadlineExceeded when it already passed (the call waited for a
+    thread that long): the caller has given up, so no work is started.
+    """
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_S:
+        return None
+    if remaining <= 0:
+        raise DeadlineExceeded("the call's deadline passed before the server could start it")
+    return time.monotonic() + remaining
 
 
 def bearer_token(values: list[Any]) -> str:
@@ -309,7 +332,7 @@ class Pipeline(grpc.ServerInterceptor):
         try:
             try:
                 self._limit_peer(route, call)
-                with self._db.unit_of_work():
+                with self._db.unit_of_work(call_deadline(context)):
                     self._admit(route, call, request, authorization)
                     return behaviour(request, context)
             except Exception as exc:
@@ -335,13 +358,14 @@ class Pipeline(grpc.ServerInterceptor):
         try:
             try:
                 self._limit_peer(route, call)
-                with self._db.unit_of_work():
+                deadline = call_deadline(context)
+                with self._db.unit_of_work(deadline):
                     self._admit(route, call, request, authorization)
                     items = iter(behaviour(request, context))
                 while True:
                     if call.token_expires_at and self._clock() >= call.token_expires_at:
                         raise Unauthenticated("the access token expired during the stream; log in again")
-                    with self._db.unit_of_work():
+                    with self._db.unit_of_work(deadline):
                         item = next(items, _END)
                     if item is _END:
                         if not context.is_active():  # the servicer saw the client leave

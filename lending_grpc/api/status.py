@@ -33,6 +33,7 @@ _CODES: tuple[tuple[type[errors.LendingError], int], ...] = (
     (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
     (errors.Aborted, code_pb2.ABORTED),
+    (errors.DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
 )
 _BY_CLASS: dict[type, int] = {}
 

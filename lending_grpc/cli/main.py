@@ -1,7 +1,8 @@
 """The `lending-grpc` entry point: parses the command line and hands each command to its module.
 
 Server-side commands (`serve`, `migrate`) are here; the operator commands
-(`users`, `audit`) live in `admin_commands.py`, `health` in `health_command.py`
+(`users`, `audit`) live in `admin_commands.py`, `backup` and `restore` in
+`backup_command.py`, `health` in `health_command.py`
 and the client commands (register, login, loan ..., pay) in `client_commands/`.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import dataclasses
 import sys
 
-from lending_grpc.cli import admin_commands, health_command
+from lending_grpc.cli import admin_commands, backup_command, health_command
 from lending_grpc.cli.client_commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.crypto import DataKeyError
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="check a running server's health service (exit 0 = SERVING)")
     health_command.add_arguments(health)
     admin_commands.add_commands(commands, _add_setting_flags)
+    backup_command.add_commands(commands, _add_setting_flags)
     add_client_commands(commands)  # register, login, loan ..., pay, delinquent: client_commands/
     return parser
 
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return _migrate(settings)
         if args.command in admin_commands.COMMANDS:
             return admin_commands.run(args, settings)
+        if args.command in backup_command.COMMANDS:
+            return backup_command.run(args, settings)
         from lending_grpc.server import serve  # grpc and the servicers load only to serve
 
         serve(settings)

@@ -21,7 +21,9 @@ answered INTERNAL.
     |   +-- RateLimited               too many calls (scope: peer or user)
     +-- Unavailable                   the database is busy; retry
     |   +-- DatabaseUnreachable       the database cannot be reached; retry
+    |   +-- StorageFull(kind)         the database has no room (disk, memory, connections); retry later
     +-- Aborted                       lost a conflict with a concurrent write; retry
+    +-- DeadlineExceeded              the caller's deadline ran out while waiting for the database
 """
 
 from __future__ import annotations
@@ -98,6 +100,40 @@ class DatabaseUnreachable(Unavailable):
     """The database server cannot be reached or has no free connection; the client may retry."""
 
     reason = "DATABASE_UNREACHABLE"
+
+
+# What each kind of StorageFull tells the client, and when retrying can help.
+_STORAGE_FULL = {
+    "disk_full": ("the database storage is full", 5.0),
+    "out_of_memory": ("the database server is out of memory", 1.0),
+    "out_of_connections": ("the database server has no free connection slot", 1.0),
+    "resources": ("the database server is out of resources", 1.0),
+}
+
+
+class StorageFull(Unavailable):
+    """The database refused the work for want of room: a full disk, no memory, no connection slot.
+
+    Nothing was written (the database rolled the transaction back), so a
+    retry is safe; it succeeds once an operator frees space (a full disk)
+    or the server has capacity again. ``kind`` (``disk_full``,
+    ``out_of_memory``, ``out_of_connections``, ``resources``) is told to
+    clients in the ErrorInfo metadata and counted by the metrics.
+    """
+
+    reason = "STORAGE_FULL"
+
+    def __init__(self, kind: str) -> None:
+        what, self.retry_after_s = _STORAGE_FULL.get(kind, _STORAGE_FULL["resources"])
+        super().__init__(f"{what}: the request was not carried out and nothing was written; retry later")
+        self.kind = kind
+        self.metadata = {"kind": kind}
+
+
+class DeadlineExceeded(LendingError):
+    """The caller's deadline ran out while the call waited for the database; nothing was written."""
+
+    reason = "DEADLINE_EXCEEDED"
 
 
 class Aborted(LendingError):

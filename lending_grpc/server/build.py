@@ -53,6 +53,7 @@ from lending_grpc.core.tokens import TokenSigner
 from lending_grpc.server.daily_close_scheduler import DailyCloseScheduler
 from lending_grpc.server.keys import KeyReloader, describe_data_keys, describe_jwt_keys
 from lending_grpc.server.transport import server_credentials, server_options
+from lending_grpc.server.watchdog import DatabaseWatchdog
 
 if TYPE_CHECKING:  # imported at run time only when a DSN is set: it loads sentry_sdk
     from lending_grpc.server.error_tracking import ErrorTracker
@@ -65,6 +66,9 @@ SERVICE_NAMES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 )
+# A health name for liveness probes: SERVING while the process serves, whatever the database
+# does (restarting every process because the database is away would only delay the recovery).
+LIVENESS = "liveness"
 
 
 @dataclasses.dataclass
@@ -81,6 +85,7 @@ class RunningServer:
     daily_close: DailyCloseScheduler | None = None
     keys: KeyReloader | None = None  # `keys.request()` re-reads the key files (SIGHUP)
     error_tracker: ErrorTracker | None = None  # when LENDING_SENTRY_DSN is set
+    watchdog: DatabaseWatchdog | None = None
 
     def stop(
         self, grace: float | None = None, drain_delay: float = 0.0, hurry: threading.Event | None = None
@@ -92,6 +97,8 @@ class RunningServer:
         before the database closes, so no handler outlives its database.
         """
         hurry = hurry or threading.Event()
+        if self.watchdog is not None:
+            self.watchdog.stop()  # it must not report SERVING again during the drain
         self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             hurry.wait(drain_delay)
@@ -176,6 +183,7 @@ def _start(
     )
     registry = CollectorRegistry(auto_describe=True)
     metrics = RpcMetrics(registry)
+    db.add_failure_listener(metrics.storage_error)
     auth = AuthCore(
         db,
         clock,
@@ -248,9 +256,14 @@ def _start(
         scheduler.start()
     server.start()
     reloader.start()
-    # The database is open and migrated: ready.
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # The database is open and migrated: ready. From now on health follows the database.
+    health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    _set_serving(health_servicer, True)
+    watchdog = DatabaseWatchdog(
+        db, lambda reachable: _database_reachable(health_servicer, metrics, reachable)
+    )
+    db.add_failure_listener(watchdog.notice)
+    watchdog.start()
     return RunningServer(
         server,
         port,
@@ -262,7 +275,20 @@ def _start(
         daily_close=scheduler,
         keys=reloader,
         error_tracker=tracker,
+        watchdog=watchdog,
     )
+
+
+def _set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, status)
+
+
+def _database_reachable(health_servicer: health.HealthServicer, metrics: RpcMetrics, reachable: bool) -> None:
+    """The watchdog's verdict: balancers stop (or resume) sending calls, the gauge follows."""
+    _set_serving(health_servicer, reachable)
+    metrics.database_reachable(reachable)
 
 
 def _pipeline(

@@ -154,6 +154,17 @@ def _fork_worker(settings: Settings, index: int, inherited: socket.socket, regis
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
+def _how_it_ended(status: int) -> str:
+    """``exited with 3`` or ``was killed by SIGKILL``, from a waitpid status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exited with {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
 def _await_ready(worker: _Worker, timeout: float) -> bool:
     readable, _, _ = select.select([worker.ready_fd], [], [], timeout)
     ok = bool(readable) and os.read(worker.ready_fd, 1) == b"R"
@@ -207,13 +218,19 @@ class _Supervisor:
                 self._signal_workers(signal.SIGTERM)
                 raise WorkerError(f"worker {index} did not start (see its log above)")
 
-    def _restart(self, index: int) -> bool:
+    def _restart(self, index: int, died_at: float) -> bool:
         """Restart worker ``index``, backing off while it cannot start; False once it is hopeless."""
         for attempt in range(CRASH_LOOP_LIMIT):
             if self.stopping:
                 return True
             if self._start_worker(index):
-                log.info("worker %d restarted", index)
+                pid = next(w.pid for w in self.workers.values() if w.index == index)
+                log.info(
+                    "worker %d restarted (pid %d), serving %.2f s after the old one died",
+                    index,
+                    pid,
+                    time.monotonic() - died_at,
+                )
                 return True
             delay = min(2.0**attempt, 10.0)
             log.error("worker %d did not start; retrying in %.0f s", index, delay)
@@ -231,18 +248,31 @@ class _Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            died_at = time.monotonic()
             exit_code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 code = code or max(exit_code, 0)
                 continue
-            log.error("worker %d (pid %d) exited with %d; restarting it", worker.index, pid, exit_code)
-            quick = time.monotonic() - worker.started < CRASH_LOOP_WINDOW_S
+            ended = _how_it_ended(status)
+            quick = died_at - worker.started < CRASH_LOOP_WINDOW_S
             self.quick_deaths = self.quick_deaths + 1 if quick else 0
-            if self.quick_deaths >= CRASH_LOOP_LIMIT or not self._restart(worker.index):
-                log.error("workers keep dying; stopping")
-                self.stopping = True
-                self._signal_workers(signal.SIGTERM)
-                code = 1
+            hopeless = self.quick_deaths >= CRASH_LOOP_LIMIT
+            log.error(
+                "worker %d (pid %d) %s%s", worker.index, pid, ended, "" if hopeless else "; restarting it"
+            )
+            if hopeless:
+                reason = (
+                    f"{self.quick_deaths} workers in a row died within {CRASH_LOOP_WINDOW_S:.0f} s "
+                    f"of starting (the last one {ended})"
+                )
+            elif not self._restart(worker.index, died_at):
+                reason = f"worker {worker.index} could not be started again after {CRASH_LOOP_LIMIT} attempts"
+            else:
+                continue
+            log.error("workers keep dying: %s; stopping every worker, exit code 1", reason)
+            self.stopping = True
+            self._signal_workers(signal.SIGTERM)
+            code = 1
         return code
 
 

@@ -8,9 +8,12 @@ touches the database:
 
 - ``write_transaction(work)``: one serialized write transaction, retried
   on a lost race;
-- ``unit_of_work()``: the scope of one request or command: database failures
-  become the core's retryable errors (in this one place), and a pooled
+- ``unit_of_work(deadline)``: the scope of one request or command: database
+  failures become the core's retryable errors (in this one place), waits for
+  locks and connections end at the caller's deadline, and a pooled
   connection goes back to the pool afterwards;
+- ``add_failure_listener(listener)``: told the kind of every infrastructure
+  failure (a full disk, an unreachable server), for metrics and health;
 - ``lock_rows(query)``: SELECT ... FOR UPDATE where the backend has row locks;
 - ``run``/``first``/``all``: prepared statements (``prepared.py``) whose SQL
   is built once per database.
@@ -38,13 +41,21 @@ from peewee import (
     InterfaceError,
     OperationalError,
     SqliteDatabase,
+    __exception_wrapper__,
 )
 from peewee import (
     DatabaseError as PeeweeDatabaseError,
 )
-from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+from playhouse.pool import MaxConnectionsExceeded, PooledDatabase, PooledPostgresqlDatabase
 
-from lending_grpc.core.errors import Aborted, DatabaseUnreachable, LendingError, Unavailable
+from lending_grpc.core.errors import (
+    Aborted,
+    DatabaseUnreachable,
+    DeadlineExceeded,
+    LendingError,
+    StorageFull,
+    Unavailable,
+)
 from lending_grpc.core.storage.models import ALL_MODELS
 from lending_grpc.core.storage.prepared import Built, Select, Statement
 
@@ -61,6 +72,17 @@ T = TypeVar("T")
 _RETRYABLE_STATES = {"40001", "40P01"}
 _BUSY_STATES = {"55P03", "57014"}
 _INSUFFICIENT_RESOURCES = "53"  # class 53: disk full, out of memory, too many connections
+_STORAGE_KINDS = {"53100": "disk_full", "53200": "out_of_memory", "53300": "out_of_connections"}
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full" (also PRAGMA max_page_count reached)
+# A refused connection carries no SQLSTATE (libpq reports it as text): PostgreSQL's
+# FATAL messages for 53300 (too_many_connections), as its English locale words them.
+_NO_CONNECTION_SLOT = ("too many connections", "too many clients", "connection slots are reserved")
+# A failure of one kind is logged at most once per this many seconds: a full
+# disk fails every write, and a line (let alone a traceback) per call would
+# bury the one line that matters.
+FAILURE_REPORT_INTERVAL_S = 10.0
+# A wait that fails this close to the caller's deadline failed because of it.
+_DEADLINE_SLACK_S = 0.05
 
 
 class DatabaseError(RuntimeError):
@@ -151,6 +173,30 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def _sqlite_code(exc: BaseException) -> int | None:
+    # Python 3.11+ gives sqlite3 errors their (extended) result code; the low byte is the primary one.
+    for candidate in (exc, getattr(exc, "orig", None)):
+        code = getattr(candidate, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF
+    return None
+
+
+def _storage_kind(exc: BaseException) -> str | None:
+    """``disk_full``, ``out_of_memory``, ... when the database refused for want of room, else None."""
+    state = _sqlstate(exc)
+    if state is not None:
+        if state.startswith(_INSUFFICIENT_RESOURCES):
+            return _STORAGE_KINDS.get(state, "resources")
+        return None
+    text = str(exc).lower()
+    if _sqlite_code(exc) == _SQLITE_FULL or "database or disk is full" in text:
+        return "disk_full"
+    if any(words in text for words in _NO_CONNECTION_SLOT):
+        return "out_of_connections"
+    return None
+
+
 def _is_unique_violation(exc: BaseException) -> bool:
     if _sqlstate(exc) == "23505":
         return True
@@ -169,7 +215,7 @@ def _is_connection_failure(exc: BaseException) -> bool:
     state = _sqlstate(exc) or ""
     return (
         isinstance(exc, InterfaceError)
-        or state.startswith(("08", _INSUFFICIENT_RESOURCES))
+        or state.startswith("08")
         or state in {"57P01", "57P02", "57P03"}  # the server is shutting down or starting
         or (isinstance(exc, OperationalError) and not state and "connect" in str(exc).lower())
     )
@@ -178,13 +224,18 @@ def _is_connection_failure(exc: BaseException) -> bool:
 def translate(exc: BaseException) -> LendingError | None:
     """The core error a database failure stands for, or None when ``exc`` is not one we expect.
 
-    The one translation of database failures: a busy lock or an exhausted
-    pool is Unavailable, a lost conflict Aborted, an unreachable server
-    DatabaseUnreachable. Anything else (a constraint the code should never
-    break, a syntax error) is a bug, not weather, and stays as it is.
+    The one translation of database failures: a full disk (or PostgreSQL
+    out of memory or connection slots, SQLSTATE class 53) is StorageFull, a
+    busy lock or an exhausted pool is Unavailable, a lost conflict Aborted,
+    an unreachable server DatabaseUnreachable. Anything else (a constraint
+    the code should never break, a syntax error) is a bug, not weather, and
+    stays as it is.
     """
     if not is_database_failure(exc):
         return None
+    kind = _storage_kind(exc)
+    if kind is not None:
+        return StorageFull(kind)
     if _is_busy(exc) or isinstance(exc, MaxConnectionsExceeded):
         # MaxConnectionsExceeded: every pooled connection stayed busy for the busy timeout.
         return Unavailable("the database is busy; retry the request")
@@ -205,28 +256,79 @@ def _first_line(exc: BaseException) -> str:
 # -- the mixin -------------------------------------------------------------------
 
 
+UNREACHABLE = "unreachable"  # the failure kind of DatabaseUnreachable; StorageFull has its own kinds
+
+
+class _FailureReports:
+    """The listeners told of infrastructure failures, and the rate-limited WARNING line about them."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[str], None]] = []
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (time of its last line, not logged since)
+
+    def report(self, kind: str, exc: BaseException) -> None:
+        """Tell the listeners; log one line for ``kind`` unless one was logged in the last interval."""
+        for listener in self.listeners:
+            listener(kind)
+        now = time.monotonic()
+        with self._lock:
+            last, unlogged = self._last.get(kind, (-FAILURE_REPORT_INTERVAL_S, 0))
+            if now - last < FAILURE_REPORT_INTERVAL_S:
+                self._last[kind] = (last, unlogged + 1)
+                return
+            self._last[kind] = (now, 0)
+        since = f" ({unlogged} more since the last report)" if unlogged else ""
+        if kind == UNREACHABLE:
+            log.warning("database unreachable: %s%s", _first_line(exc), since)
+        else:
+            log.warning(
+                "database refused work for want of room (%s): %s; writes fail with UNAVAILABLE "
+                "until it has room again%s",
+                kind,
+                _first_line(exc),
+                since,
+            )
+
+
 class _UnitOfWork:
-    """``with db.unit_of_work():`` translate database failures, then give the connection back."""
+    """``with db.unit_of_work(deadline):`` translate database failures, then give the connection back."""
 
-    __slots__ = ("_db",)
+    __slots__ = ("_db", "_deadline", "_outer")
 
-    def __init__(self, db: LendingDatabase) -> None:
+    def __init__(self, db: LendingDatabase, deadline: float | None) -> None:
         self._db = db
+        self._deadline = deadline
+        self._outer: float | None = None
 
     def __enter__(self) -> None:
-        return None
+        call = self._db._call
+        self._outer = getattr(call, "deadline", None)
+        call.deadline = self._deadline
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
             if exc is not None:
                 translated = translate(exc)
                 if translated is not None:
-                    if isinstance(translated, DatabaseUnreachable):
-                        log.warning("database unreachable: %s", _first_line(exc))
+                    if isinstance(translated, StorageFull):
+                        self._db._failures.report(translated.kind, exc)
+                    elif isinstance(translated, DatabaseUnreachable):
+                        self._db._failures.report(UNREACHABLE, exc)
                         self._db.drop_idle_connections()
+                    elif type(translated) is Unavailable and self._deadline_ran_out():
+                        # The wait for a lock or a connection was cut short by the caller's deadline.
+                        translated = DeadlineExceeded(_DEADLINE_MESSAGE)
                     raise translated from exc
         finally:
+            self._db._call.deadline = self._outer
             self._db.release_connection()
+
+    def _deadline_ran_out(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline - _DEADLINE_SLACK_S
+
+
+_DEADLINE_MESSAGE = "the call's deadline passed while it waited for the database; nothing was written"
 
 
 class LendingDatabase:
@@ -237,13 +339,75 @@ class LendingDatabase:
     def _init_lending(self) -> None:
         self._built: dict[Statement, Built] = {}
         self._build_lock = threading.Lock()
-        self._unit_of_work = _UnitOfWork(self)
+        self._failures = _FailureReports()
+        self._call = threading.local()  # .deadline: this thread's current call's, time.monotonic()
 
     # -- requests and transactions
 
-    def unit_of_work(self) -> _UnitOfWork:
-        """The scope of one request: database failures become core errors, pooled connections return."""
-        return self._unit_of_work
+    def unit_of_work(self, deadline: float | None = None) -> _UnitOfWork:
+        """The scope of one request: database failures become core errors, pooled connections return.
+
+        ``deadline`` (a ``time.monotonic()`` instant, None for none) bounds
+        every wait of the work inside: for the SQLite write lock, for a
+        PostgreSQL row lock or statement, for a pooled connection. A wait cut
+        short by it is DeadlineExceeded, so a caller that gave up leaves no
+        work queued behind a lock.
+        """
+        return _UnitOfWork(self, deadline)
+
+    def add_failure_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(kind)`` on every infrastructure failure a unit of work meets.
+
+        ``kind`` is ``unreachable`` or a StorageFull kind (``disk_full``,
+        ``out_of_memory``, ``out_of_connections``, ``resources``). Listeners
+        run on the failing call's thread: they must be quick.
+        """
+        self._failures.listeners.append(listener)
+
+    def _deadline_wait(self) -> float | None:
+        """Seconds left before this call's deadline when that is sooner than the busy timeout, else None.
+
+        None also when the call has no deadline: the configured waits apply.
+        """
+        deadline = getattr(self._call, "deadline", None)
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        return max(left, 0.0) if left < self._busy_timeout_s() else None
+
+    def _busy_timeout_s(self) -> float:
+        """How long a wait for a lock or a connection may last when no deadline is sooner."""
+        return float("inf")
+
+    def _check_deadline(self) -> None:
+        deadline = getattr(self._call, "deadline", None)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded(_DEADLINE_MESSAGE)
+
+    def check_reachable(self, timeout_s: float) -> bool:
+        """Whether the database answers ``SELECT 1``; False only when it cannot be reached.
+
+        A full disk or a busy pool still answers: only DatabaseUnreachable
+        counts. A failure on a pooled connection is tried once more on a new
+        one, since the server may be back and only the old connection dead.
+        Not a unit of work: a probe is not a call, and reports no failures.
+        """
+        for _ in range(2):
+            self._call.deadline = time.monotonic() + timeout_s  # bounds the wait for a pooled connection
+            try:
+                self.execute_sql("SELECT 1")
+                return True
+            except Exception as exc:
+                translated = translate(exc)
+                if translated is None:
+                    raise
+                if not isinstance(translated, DatabaseUnreachable):
+                    return True
+                self.drop_idle_connections()
+            finally:
+                self._call.deadline = None
+                self.release_connection()
+        return False
 
     def release_connection(self) -> None:
         """Give this thread's pooled connection back (SQLite keeps one per thread)."""
@@ -276,6 +440,7 @@ class LendingDatabase:
         unit of work makes it Aborted).
         """
         for attempt in range(1, attempts + 1):
+            self._check_deadline()  # a retry, or a call that waited for a thread, may be too late
             try:
                 with self._writer_turn(), self.write_lock():
                     return work()
@@ -334,20 +499,51 @@ class LendingSqliteDatabase(LendingDatabase, SqliteDatabase):
         # processes (--workers) still meet at SQLite's lock.
         self._writers = threading.Lock()
 
+        self._busy_ms = threading.local()  # .value: the busy timeout set on this thread's connection
+
+    def _busy_timeout_s(self) -> float:
+        return self.timeout
+
     def write_lock(self):
         return self.atomic("IMMEDIATE")
 
     @contextlib.contextmanager
     def _writer_turn(self) -> Iterator[None]:
-        # Waiting longer than the busy timeout fails as SQLite itself would: busy, retry later.
-        if not self._writers.acquire(timeout=self.timeout):
-            raise OperationalError(
-                "database is locked (writers of this process queued past the busy timeout)"
-            )
+        # Waiting longer than the busy timeout (or the call's deadline, when
+        # sooner) fails as SQLite itself would: busy, retry later; the unit of
+        # work tells the two apart.
+        wait = self._deadline_wait()
+        if not self._writers.acquire(timeout=self.timeout if wait is None else wait):
+            raise OperationalError("database is locked (writers of this process queued past the timeout)")
         try:
+            # Other processes' writers (--workers) are waited for by SQLite's busy handler.
+            self._set_busy_timeout(self._deadline_wait())
             yield
         finally:
             self._writers.release()
+
+    def _set_busy_timeout(self, wait: float | None) -> None:
+        milliseconds = round(self.timeout * 1000) if wait is None else max(1, int(wait * 1000))
+        if getattr(self._busy_ms, "value", None) != milliseconds:
+            # On the driver's connection: a pragma through Peewee costs ten times as much.
+            self.connection().execute(f"PRAGMA busy_timeout = {milliseconds:d}")
+            self._busy_ms.value = milliseconds
+
+    def _close(self, conn) -> None:
+        super()._close(conn)
+        self._busy_ms.value = None  # the next connection starts with the configured timeout
+
+    def rollback(self) -> None:
+        """Roll back the open transaction; nothing to do when SQLite already rolled it back itself.
+
+        On some errors (SQLITE_FULL above all: a full disk) SQLite ends the
+        transaction on its own. Peewee's atomic() then sent ROLLBACK anyway,
+        and SQLite's "cannot rollback - no transaction is active" replaced
+        the real error: a full disk was answered INTERNAL with two tracebacks.
+        """
+        if not self.is_closed() and not self.connection().in_transaction:
+            return
+        super().rollback()
 
 
 class LendingPostgresqlDatabase(LendingDatabase, PooledPostgresqlDatabase):
@@ -361,6 +557,45 @@ class LendingPostgresqlDatabase(LendingDatabase, PooledPostgresqlDatabase):
 
     def lock_rows(self, query):
         return query.for_update()
+
+    def _busy_timeout_s(self) -> float:
+        # The pool's wait for a free connection; lock_timeout is the same setting.
+        return self._wait_timeout
+
+    def begin(self, isolation_level=None) -> None:
+        """BEGIN; with the call's deadline as the transaction's lock and statement timeout when sooner.
+
+        Sent with the BEGIN in one round trip (psycopg sends a statement
+        without parameters as a simple query, which may hold several), so a
+        deadline costs no extra trip to the server.
+        """
+        wait = self._deadline_wait()
+        if wait is None or isolation_level is not None:
+            super().begin(isolation_level)
+            return
+        milliseconds = max(1, int(wait * 1000))
+        with __exception_wrapper__:
+            self.cursor().execute(
+                f"BEGIN; SET LOCAL lock_timeout = {milliseconds:d}; "
+                f"SET LOCAL statement_timeout = {milliseconds:d}"
+            )
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """A pooled connection, waiting for a free one no longer than the call's deadline."""
+        wait = self._deadline_wait()
+        if wait is None:
+            return super().connect(reuse_if_open)
+        # PooledDatabase.connect's loop, with the deadline for its wait timeout.
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return super(PooledDatabase, self).connect(reuse_if_open)
+            except MaxConnectionsExceeded:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise MaxConnectionsExceeded("no pooled connection came free by the deadline") from None
+                with self._pool_available:
+                    self._pool_available.wait(timeout=min(left, 1.0))
 
     def release_connection(self) -> None:
         if not self.is_closed():
@@ -386,6 +621,17 @@ def _create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     except FileExistsError:
         pass
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why the service cannot use the SQLite file (SQLite only says "unable to open"), if the OS says."""
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        return f"{exc.strerror}: this user must be able to read and write the file"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return "its directory is not writable: SQLite creates the -wal and -shm files beside the file"
+    return None
 
 
 def open_database(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 8) -> LendingDatabase:
@@ -416,7 +662,10 @@ def open_database(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 8
         try:
             db.connect()
         except (PeeweeDatabaseError, MaxConnectionsExceeded) as exc:
-            raise DatabaseError(f"cannot open the database {where}: {_first_line(exc)}") from None
+            reason = _first_line(exc)
+            if not is_postgresql_url(url):
+                reason = _file_problem(path) or reason
+            raise DatabaseError(f"cannot open the database {where}: {reason}") from None
         db.bind(ALL_MODELS, bind_refs=False, bind_backrefs=False)
         _bound = db
     return db
