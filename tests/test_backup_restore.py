@@ -16,9 +16,8 @@ import uuid
 
 import grpc
 import pytest
-from fault_helpers import wait_until
+from helpers import ServerProcess, run_cli, wait_until
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
-from serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from fault_helpers import metric_value, scrape, wait_until
+from helpers import metric_value, running_api, scrape, wait_until
 from lending.v1 import billing_pb2
-from security_helpers import running_api
 
 from lending_grpc.core.errors import DeadlineExceeded
 from lending_grpc.core.storage.database import LendingDatabase, sqlite_path

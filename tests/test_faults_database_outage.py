@@ -18,10 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import pytest
-from fault_helpers import CuttableProxy, metric_value, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import CuttableProxy, ServerProcess, child_env, metric_value, wait_until
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
-from serverproc import ServerProcess, child_env
 
 pytestmark = pytest.mark.slow
 
@@ -291,7 +290,7 @@ def test_an_unreadable_sqlite_file_stops_the_start_with_one_line(tmp_path, worke
 
 def test_health_ignores_one_dropped_connection_and_stays_down_while_draining(postgres, tmp_path, caplog):
     import psycopg
-    from conftest import make_settings
+    from helpers import make_settings
 
     from lending_grpc.server import create_server
 

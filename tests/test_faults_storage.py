@@ -12,10 +12,18 @@ import sqlite3
 
 import grpc
 import pytest
-from conftest import Api, make_settings
-from fault_helpers import error_detail, metric_value, on_every_rpc_thread, reason_of, scrape, wait_until
 from google.rpc import error_details_pb2
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from helpers import (
+    Api,
+    error_detail,
+    make_settings,
+    metric_value,
+    on_every_rpc_thread,
+    reason_of,
+    scrape,
+    wait_until,
+)
+from lending.v1 import audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 from peewee import OperationalError
 from playhouse.pool import MaxConnectionsExceeded
 
@@ -98,6 +106,7 @@ def test_a_full_sqlite_database_refuses_writes_as_unavailable_and_recovers_witho
             auth_pb2_grpc.AuthServiceStub(channel),
             billing_pb2_grpc.BillingServiceStub(channel),
             running,
+            audit_pb2_grpc.AuditServiceStub(channel),
         )
         api.auth.Register(auth_pb2.RegisterRequest(username="filler", password=PASSWORD, email="f@e.com"))
         writer = _Writer(api)
@@ -274,6 +283,7 @@ def test_postgresql_out_of_connection_slots_is_storage_full_then_recovers(postgr
             auth_pb2_grpc.AuthServiceStub(channel),
             billing_pb2_grpc.BillingServiceStub(channel),
             running,
+            audit_pb2_grpc.AuditServiceStub(channel),
         )
         api.auth.Register(auth_pb2.RegisterRequest(username="slots", password=PASSWORD, email="s@e.com"))
         me = _bearer(api.auth.Login(auth_pb2.LoginRequest(username="slots", password=PASSWORD)))

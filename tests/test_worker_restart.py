@@ -10,9 +10,8 @@ import time
 
 import grpc
 import pytest
-from fault_helpers import wait_until
+from helpers import ServerProcess, wait_until
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
-from serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
 
