@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import select
 import threading
 import time
@@ -49,6 +50,11 @@ class EventHub:
         self._floor = 0
         self._changed = threading.Condition()
         self._wake = threading.Event()
+        # Written to by `committed` and `stop`, so that the thread's select() on the LISTEN
+        # connection returns at once instead of at its next timeout.
+        self._wake_r = self._wake_w = -1  # the pipe, made by start()
+        self._pipe_lock = threading.Lock()  # no write after the pipe is closed (fds get reused)
+        self._pipe_open = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener = None
@@ -59,6 +65,10 @@ class EventHub:
         """Read the newest sequence and start following the log."""
         with self._db.unit_of_work():
             self._latest = self._floor = event_log.latest_sequence(self._db)
+        with self._pipe_lock:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_w, False)
+            self._pipe_open = True
         self._listener = self._listen()
         self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
         self._thread.start()
@@ -67,6 +77,7 @@ class EventHub:
         """Stop following the log and release every watcher (they end their streams: UNAVAILABLE)."""
         self._stopping.set()
         self._wake.set()
+        self._nudge()
         with self._changed:
             self._changed.notify_all()
         if self._thread is not None:
@@ -74,6 +85,11 @@ class EventHub:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 self._listener.close()
+        with self._pipe_lock:
+            if self._pipe_open:  # stop may be called twice
+                self._pipe_open = False
+                for fd in (self._wake_r, self._wake_w):
+                    os.close(fd)
 
     @property
     def stopping(self) -> bool:
@@ -85,6 +101,13 @@ class EventHub:
     def committed(self) -> None:
         """A transaction of this process that wrote events committed: number them, wake the watchers."""
         self._wake.set()
+        self._nudge()
+
+    def _nudge(self) -> None:
+        with self._pipe_lock:
+            if self._pipe_open:
+                with contextlib.suppress(BlockingIOError):  # a full pipe is woken already
+                    os.write(self._wake_w, b"!")
 
     @property
     def latest(self) -> int:
@@ -133,12 +156,17 @@ class EventHub:
             self._wake.wait(self._poll_s)
             return
         deadline = time.monotonic() + self._poll_s
+        listener = self._listener.fileno()
         while not self._wake.is_set() and not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             try:
-                ready, _, _ = select.select([self._listener.fileno()], [], [], min(remaining, 0.05))
+                ready, _, _ = select.select([listener, self._wake_r], [], [], remaining)
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    return
                 if ready:
                     self._listener.execute("SELECT 1")  # let psycopg read the notifications
                     if list(self._listener.notifies(timeout=0)):
