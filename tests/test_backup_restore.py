@@ -19,6 +19,8 @@ import pytest
 from helpers import ServerProcess, run_cli, wait_until
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 
+from lending_grpc.core.storage.migrations import LATEST_VERSION
+
 pytestmark = pytest.mark.slow
 
 THREADS = 6
@@ -162,7 +164,7 @@ def test_sqlite_backup_under_load_restores_into_a_fresh_directory(tmp_path):
     assert made.returncode == 0, made.stderr
     lines = made.stdout.splitlines()
     assert lines[0].startswith(f"backed up {source_db} to {backup_file} in ")
-    assert "schema version 2, integrity ok; 1 users, 6 loans, " in lines[0]
+    assert f"schema version {LATEST_VERSION}, integrity ok; 1 users, 6 loans, " in lines[0]
     assert lines[1:] == [
         f"JWT signing key: generated, {source_db}.jwt-key; copied to {backup_file}.jwt-key",
         f"data encryption key: generated, {source_db}.data-key; copied to {backup_file}.data-key",

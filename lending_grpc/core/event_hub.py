@@ -28,14 +28,22 @@ import threading
 import time
 
 from lending_grpc.core import event_log
+from lending_grpc.core.errors import LendingError
 from lending_grpc.core.event_log import EventView
-from lending_grpc.core.storage.database import LendingDatabase
+from lending_grpc.core.storage.database import LendingDatabase, is_database_failure
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "lending_events"
 RECENT_EVENTS = 4096  # kept in memory for watchers at the head of the log
 _FETCH = 1000
+_COMPLAINT_EVERY_S = 10.0
+_LISTEN_RETRY_S = 5.0
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for a log line without a traceback."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class EventHub:
@@ -58,6 +66,8 @@ class EventHub:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener = None
+        self._last_complaint = float("-inf")
+        self._listen_again_at = float("inf")  # after a lost LISTEN: when to try again
 
     # -- lifecycle
 
@@ -141,13 +151,13 @@ class EventHub:
         try:
             import psycopg
 
-            conn = psycopg.connect(
-                dbname=self._db.database, autocommit=True, **{**self._db.connect_params, "options": ""}
-            )
+            # Outside the request pool, and named apart from it, so it never takes a call's slot.
+            params = {**self._db.connect_params, "options": "", "application_name": "lending-grpc-events"}
+            conn = psycopg.connect(dbname=self._db.database, autocommit=True, **params)
             conn.execute(f"LISTEN {CHANNEL}")
             return conn
-        except Exception:
-            log.warning("event hub: cannot LISTEN for events; polling instead", exc_info=True)
+        except Exception as exc:
+            log.warning("event hub: cannot LISTEN for events (%s); polling instead", first_line(exc))
             return None
 
     def _wait_for_news(self) -> None:
@@ -171,24 +181,41 @@ class EventHub:
                     self._listener.execute("SELECT 1")  # let psycopg read the notifications
                     if list(self._listener.notifies(timeout=0)):
                         return
-            except Exception:
-                log.warning("event hub: lost the LISTEN connection; polling instead", exc_info=True)
+            except Exception as exc:
+                # The database went away or restarted: poll until LISTEN works again.
+                log.warning("event hub: lost the LISTEN connection (%s); polling instead", first_line(exc))
                 with contextlib.suppress(Exception):
                     self._listener.close()
                 self._listener = None
+                self._listen_again_at = time.monotonic() + _LISTEN_RETRY_S
                 return
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            if (
+                self._listener is None
+                and self._db.kind == "postgresql"
+                and time.monotonic() >= self._listen_again_at
+            ):
+                self._listener = self._listen()
+                if self._listener is None:
+                    self._listen_again_at = time.monotonic() + _LISTEN_RETRY_S
             self._wait_for_news()
             self._wake.clear()
             if self._stopping.is_set():
                 return
             try:
                 self._refresh()
-            except Exception:
-                # The database may be away for a while: watchers wait, nothing is lost.
-                log.warning("event hub: cannot read the event log", exc_info=True)
+            except Exception as exc:
+                # The database may be away for a while: watchers wait, nothing is lost. That is
+                # weather, worth a line now and then; anything else is a bug, worth its traceback.
+                if is_database_failure(exc) or isinstance(exc, LendingError):
+                    now = time.monotonic()
+                    if now - self._last_complaint >= _COMPLAINT_EVERY_S:
+                        self._last_complaint = now
+                        log.warning("event hub: cannot read the event log: %s", first_line(exc))
+                else:
+                    log.warning("event hub: cannot read the event log", exc_info=True)
                 time.sleep(self._poll_s)
 
     def _refresh(self) -> None:

@@ -16,7 +16,9 @@ import threading
 
 from lending_grpc.core import daily_close
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.storage.database import LendingDatabase
+from lending_grpc.core.errors import LendingError
+from lending_grpc.core.event_hub import first_line
+from lending_grpc.core.storage.database import LendingDatabase, is_database_failure
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,15 @@ class DailyCloseScheduler:
             with self._db.unit_of_work():
                 daily_close.close_through(self._db, self._clock)
             return True
-        except Exception:
-            log.warning("daily close failed; retrying in %.0f s", RETRY_S, exc_info=True)
+        except Exception as exc:
+            # An unreachable database is weather (one line); anything else is a bug (its traceback).
+            weather = is_database_failure(exc) or isinstance(exc, LendingError)
+            log.warning(
+                "daily close failed; retrying in %.0f s%s",
+                RETRY_S,
+                f": {first_line(exc)}" if weather else "",
+                exc_info=not weather,
+            )
             return False
 
     def _run(self) -> None:
