@@ -252,7 +252,7 @@ def test_subjects_options_and_durations():
             RelayOptions(**{"nats_url": "nats://127.0.0.1:4222", **bad}).validate()
 
 
-def test_relay_publishes_each_event_once_in_order(api, alice, database_url, stream, jetstream):
+def test_relay_publishes_each_event_once_in_order(api, alice, database_url, stream, jetstream, tmp_path):
     # Every kind of event a borrower's own calls produce.
     create_loan(api, alice, "plain")
     for _ in range(3):
@@ -307,6 +307,11 @@ def test_relay_publishes_each_event_once_in_order(api, alice, database_url, stre
         assert relay.terminate() == 0, relay.text()
     assert_stream_is_the_log(jetstream, stream, log)
     assert "--after 1 ignored" in relay.text()
+
+    # Pointed at another database, the relay refuses the stream rather than skip or mix events.
+    other = RelayProcess(f"sqlite:///{tmp_path / 'other.db'}", stream)
+    assert other.wait() == 1
+    assert "the stream was fed from another database" in other.text()
 
 
 LOANS = 8
@@ -490,11 +495,15 @@ def test_unreachable_nats_is_a_one_line_error(tmp_path):
 
 
 def test_a_stream_that_cannot_say_where_it_was_is_refused(tmp_path, stream, jetstream):
-    """A stream whose messages are all gone (max age, purge) needs --after; a foreign one is refused."""
+    """A stream the relay cannot trust to say where it was is refused: one with foreign messages, or
+    whose messages are all gone (max age, purge) unless --after says; one with other retention."""
     name, prefix = stream
     url = f"sqlite:///{tmp_path / 'lending.db'}"
     jetstream.run(jetstream.js.add_stream(StreamConfig(name=name, subjects=[f"{prefix}.>"])))
     jetstream.run(jetstream.js.publish(f"{prefix}.loan_created", b"x", headers={"Nats-Msg-Id": "7"}))
+    relay = RelayProcess(url, stream)
+    assert relay.wait() == 1
+    assert "something else publishes to the relay's stream" in relay.text()
     jetstream.run(jetstream.js.purge_stream(name))
     relay = RelayProcess(url, stream)
     assert relay.wait() == 1

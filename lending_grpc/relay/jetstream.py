@@ -79,12 +79,15 @@ import time
 import nats
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
+from lending.v1 import events_pb2
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lending_grpc.api import messages
 from lending_grpc.core import event_log
 from lending_grpc.core.errors import LendingError
+from lending_grpc.core.event_log import EventView
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.relay.options import RelayError, RelayOptions, subject_for
 
@@ -373,16 +376,10 @@ class JetStreamRelay:
             except nats.js.errors.NotFoundError:
                 raise RelayError(
                     f"stream {name}: its last message (stream sequence {state.last_seq}) was deleted, so the "
-                    "relay cannot tell which events the stream holds; give --after SEQUENCE (the last event "
-                    "consumers received) after deleting the stream's messages, or use a new --stream"
+                    "relay cannot tell which events the stream holds; purge the stream and start with "
+                    "--after SEQUENCE (the last event consumers received), or use a new --stream"
                 ) from None
-            text = (last.headers or {}).get(MSG_ID, "")
-            if not text.isdigit():
-                raise RelayError(
-                    f"stream {name}: its last message ({last.subject}, stream sequence {state.last_seq}) has "
-                    f"no event sequence in {MSG_ID}: something else publishes to the relay's stream"
-                )
-            position = _Position(int(text), state.last_seq)
+            position = _Position(await self._check_last_message(last), state.last_seq)
             if first and after is not None and after != position.event:
                 log.warning(
                     "relay: --after %d ignored: stream %s already holds events up to %d",
@@ -402,16 +399,39 @@ class JetStreamRelay:
                 "purged), so the relay cannot tell which events it published; start it with --after SEQUENCE "
                 "(the last event sequence consumers received), or use a new --stream"
             )
-        latest = await self._in_reader(self._latest_sequence)
-        if position.event > latest:
-            raise RelayError(
-                f"stream {name} holds events up to sequence {position.event}, but this database's log "
-                f"ends at {latest}: the stream was fed from another database (or this one was restored "
-                "from a backup); use another --stream"
-            )
+        if not state.messages:
+            latest = await self._in_reader(self._latest_sequence)
+            if position.event > latest:
+                raise RelayError(f"--after {position.event} is beyond the newest event of the log, {latest}")
         self._position = position
         if self._metrics is not None:
             self._metrics.last_published_sequence.set(position.event)
+
+    async def _check_last_message(self, last) -> int:
+        """The event sequence of the stream's last message, once sure it is this log's event."""
+        name = self._o.stream
+        text = (last.headers or {}).get(MSG_ID, "")
+        try:
+            held = events_pb2.Event.FromString(last.data)
+        except DecodeError:
+            held = None
+        if not text.isdigit() or held is None or held.sequence != int(text):
+            raise RelayError(
+                f"stream {name}: its last message ({last.subject}, stream sequence {last.seq}) is not an "
+                "event the relay published: something else publishes to the relay's stream"
+            )
+        ours = await self._in_reader(self._event_at, held.sequence)
+        if ours is None or (f"EVENT_TYPE_{ours.type}", ours.loan_id, ours.owner) != (
+            events_pb2.EventType.Name(held.type),
+            held.loan_id,
+            held.owner,
+        ):
+            raise RelayError(
+                f"stream {name} ends with event {held.sequence}, which is not that event of this database's "
+                "log: the stream was fed from another database (or this one was restored from a backup); "
+                "use another --stream"
+            )
+        return held.sequence
 
     # -- publishing
 
@@ -501,6 +521,12 @@ class JetStreamRelay:
             )
             for view in views
         ]
+
+    def _event_at(self, sequence: int) -> EventView | None:
+        with self._db.unit_of_work():
+            event_log.number_pending(self._db)
+            found = event_log.read(self._db, sequence - 1, 1)
+        return found[0] if found and found[0].sequence == sequence else None
 
     def _latest_sequence(self) -> int:
         with self._db.unit_of_work():
