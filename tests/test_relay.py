@@ -119,6 +119,8 @@ _METRICS = re.compile(r"metrics on http://[^\s]+:(\d+)/metrics")
 class RelayProcess:
     """`python -m lending_grpc relay` as a child process, its log collected."""
 
+    started: list[RelayProcess] = []  # killed after each test if still running (a failed test's)
+
     def __init__(
         self, database_url: str, stream: tuple[str, str], *extra: str, nats_url: str = NATS_URL
     ) -> None:
@@ -133,6 +135,7 @@ class RelayProcess:
             env=child_env(LENDING_LOG_LEVEL="DEBUG"),
             cwd=tempfile.mkdtemp(),  # no stray .env
         )
+        RelayProcess.started.append(self)
         self.log: list[str] = []
         self._started = threading.Event()
         self._reader = threading.Thread(target=self._read_log, daemon=True)
@@ -171,6 +174,15 @@ class RelayProcess:
         code = self.proc.wait(timeout)
         self._reader.join(5)
         return code
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_outlives_its_test():
+    yield
+    while RelayProcess.started:
+        relay = RelayProcess.started.pop()
+        if relay.proc.poll() is None:
+            relay.kill()
 
 
 def wait_until(condition, timeout: float = 30, what: str = "condition") -> None:

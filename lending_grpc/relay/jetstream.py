@@ -48,7 +48,7 @@ the relay resynchronize, then stop with an error. Two relays on one stream
 
 Publishing. Up to ``max_in_flight`` publishes are pipelined, their acks
 taken in order. Awaiting each ack before the next publish (``max_in_flight``
-1) is about five times slower (``make bench``).
+1) measured three to five times slower (``make bench``).
 
 Failures. NATS unreachable at start, JetStream disabled, or a stream the
 relay cannot use: ``RelayError`` (one line; the command exits 1). Later, a
