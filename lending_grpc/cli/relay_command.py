@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from lending_grpc.config import Settings
+from lending_grpc.core.errors import LendingError
 from lending_grpc.core.storage.database import close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.relay.options import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, RelayError, RelayOptions
@@ -143,6 +144,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return run_relay(db, options, metrics_listen=settings.metrics_listen)
     except RelayError as exc:
         print(f"lending-grpc: relay: {exc}", file=sys.stderr)
+        return 1
+    except LendingError as exc:  # the database failed while the relay was starting
+        print(f"lending-grpc: relay: {exc.message}", file=sys.stderr)
         return 1
     finally:
         close_database(db)
