@@ -206,7 +206,7 @@ def supports_postgres() -> bool:
             import psycopg2  # noqa: F401
         except ImportError:
             return False
-    from lending_grpc.core import database
+    from lending_grpc.core.storage import database
 
     return "postgres" in Path(database.__file__).read_text()
 
