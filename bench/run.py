@@ -12,7 +12,8 @@ BENCH_STREAMS ("16,64"), BENCH_METHODS (comma list of method names),
 BENCH_CONFIGS (comma list of sqlite-1w, sqlite-2w, postgres-2w),
 BENCH_LOANS (seeded loans, 1000), BENCH_ROUNDS (1; >1 keeps each cell's best),
 BENCH_PG_URL (postgresql://postgres@127.0.0.1:5432/lending_bench),
-BENCH_OUT (bench/results/latest.md).
+BENCH_OUT (bench/results/latest.md). The relay figures (bench/relay.py):
+BENCH_RELAY_EVENTS (20000), BENCH_NATS_URL (nats://127.0.0.1:4222).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import grpc  # noqa: E402
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2  # noqa: E402
 
 from bench import methods  # noqa: E402
+from bench import relay as relay_bench  # noqa: E402
 
 PYTHON = sys.executable
 SECRET = "bench-secret-key-of-at-least-32-bytes-0000000"
@@ -204,7 +206,7 @@ def supports_postgres() -> bool:
             import psycopg2  # noqa: F401
         except ImportError:
             return False
-    from lending_grpc.core import database
+    from lending_grpc.core.storage import database
 
     return "postgres" in Path(database.__file__).read_text()
 
@@ -376,7 +378,9 @@ def ratio(r: dict, ceiling: dict | None) -> float | None:
     return r["rps"] / ceiling["rps"] if ceiling and ceiling["requests"] >= 20 else None
 
 
-def write_report(results: dict, configs: list[str], notes: list[str], started: float) -> str:
+def write_report(
+    results: dict, configs: list[str], notes: list[str], started: float, relay_rows: list[dict]
+) -> str:
     lines = [
         "# lending-grpc benchmark",
         "",
@@ -432,6 +436,7 @@ def write_report(results: dict, configs: list[str], notes: list[str], started: f
                 f"| {server} | {name} | {streams} | {r['generator']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
                 f"{r['p99_ms']:.2f} | {r['cpu_us']:.0f} us | {r['errors'] or ''} |"
             )
+    lines += relay_bench.report_lines(relay_rows)
     lines += ["", "Targets (issue item 7):", ""]
     lines += targets(results)
     lines += ["", f"Total run time {time.monotonic() - started:.0f}s."]
@@ -559,7 +564,17 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()
-    report = write_report(results, wanted, notes, started)
+    # With the servers stopped: the relay has the cores to itself, as it would on its own host.
+    pg_relay = PG_URL.rsplit("/", 1)[0] + "/lending_bench_relay" if "postgres-2w" in wanted else None
+    if pg_relay:
+        try:
+            reset_postgres(pg_relay)
+        except Exception as exc:
+            notes.append(f"PostgreSQL for the relay figures could not be prepared ({type(exc).__name__}).")
+            pg_relay = None
+    relay_rows, relay_notes = relay_bench.run_all(work, pg_relay)
+    notes += relay_notes
+    report = write_report(results, wanted, notes, started, relay_rows)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(report)
     print(report)

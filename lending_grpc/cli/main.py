@@ -2,8 +2,8 @@
 
 Server-side commands (`serve`, `migrate`) are here; the operator commands
 (`users`, `audit`) live in `admin_commands.py`, `backup` and `restore` in
-`backup_command.py`, `health` in `health_command.py`
-and the client commands (register, login, loan ..., pay) in `client_commands/`.
+`backup_command.py`, `health` in `health_command.py`, the event relay (`relay`) in
+`relay_command.py` and the client commands (register, login, loan ..., pay) in `client_commands/`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import sys
 
-from lending_grpc.cli import admin_commands, backup_command, health_command
+from lending_grpc.cli import admin_commands, backup_command, health_command, relay_command
 from lending_grpc.cli.client_commands.parser import add_client_commands, run_client_command
 from lending_grpc.config import ConfigError, Settings, load_settings
 from lending_grpc.core.crypto import DataKeyError
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     health_command.add_arguments(health)
     admin_commands.add_commands(commands, _add_setting_flags)
     backup_command.add_commands(commands, _add_setting_flags)
+    relay = commands.add_parser("relay", help="forward the event log to NATS JetStream until SIGTERM/SIGINT")
+    relay_command.add_arguments(relay, _add_setting_flags)
     add_client_commands(commands)  # register, login, loan ..., pay, delinquent: client_commands/
     return parser
 
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             return admin_commands.run(args, settings)
         if args.command in backup_command.COMMANDS:
             return backup_command.run(args, settings)
+        if args.command == "relay":
+            return relay_command.run(args, settings)
         from lending_grpc.server import serve  # grpc and the servicers load only to serve
 
         serve(settings)

@@ -1,0 +1,1 @@
+"""Forwarding the loan event log to message brokers: NATS JetStream (``lending-grpc relay``)."""
