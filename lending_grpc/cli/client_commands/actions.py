@@ -505,13 +505,13 @@ def events(ctx: Context) -> None:
             )
 
         watch = client.watch_events(a.after, a.loan, on_reconnect=note)
-        if not a.json:
-            ctx.line(_EVENT_HEADER)
         try:
             with watch:
+                if not a.json:
+                    ctx.line(_EVENT_HEADER)
                 for event in watch:
                     ctx.line(_event_json(event) if a.json else _event_line(event))
-        except KeyboardInterrupt:  # how --follow is meant to end
+        except KeyboardInterrupt:  # how --follow is meant to end: not an error
             return
 
 
