@@ -432,11 +432,12 @@ def test_cli_events_one_line_each_and_json_lines(server, tmp_path: Path) -> None
     assert records[0]["occur_time"].endswith("Z") and records[0]["effective_date"] == day
     assert ada("events", "--after", "4", "--json").stdout == ""
 
-    result = ada("events", "--after", "-1", ok=False)
-    assert (result.returncode, result.stderr) == (
-        1,
-        "lending-grpc: INVALID_ARGUMENT: after_sequence: must not be negative\n",
-    )
+    for follow in ((), ("--follow",)):
+        result = ada("events", "--after", "-1", *follow, ok=False)
+        assert (result.returncode, result.stderr) == (
+            1,
+            "lending-grpc: INVALID_ARGUMENT: after_sequence: must not be negative\n",
+        )
 
 
 def _lines(stream, into: queue.Queue) -> None:

@@ -55,8 +55,6 @@ class EventWatch(Iterator[Event]):
         max_reconnects: int | None = None,
         on_reconnect: Callable[[exceptions.LendingError, float], None] | None = None,
     ) -> None:
-        if after_sequence < 0:
-            raise ValueError("after_sequence must not be negative")
         if not 0 < initial_backoff <= max_backoff:
             raise ValueError("backoffs must satisfy 0 < initial_backoff <= max_backoff")
         self._stub = stub

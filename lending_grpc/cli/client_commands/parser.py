@@ -171,7 +171,10 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     )
 
     events = command(
-        commands, "events", actions.events, "the loan event log, one line per event, oldest first"
+        commands,
+        "events",
+        actions.events,
+        "the loan event log, one line per event, oldest first (with --json: one JSON object per line)",
     )
     events.add_argument(
         "--after",
