@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: a server on a temporary database, then the command line client
-# walks a 5,000,000 loan from registration to payoff. Prints every command and
-# its output; stops the server and removes the temporary files on exit.
+# walks a 5,000,000 loan from registration to payoff: a borrower (ada) and a
+# field officer with the operator role (olga) who records back-dated cash
+# collections, reverses a bounced one, and reads the delinquency history, the
+# funding-quality report and the event log. Prints every command and its
+# output; stops the server and removes the temporary files on exit.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,12 +21,14 @@ cleanup() {
 trap cleanup EXIT
 
 # Nothing of the developer's own leaks in: no LENDING_* variables, no .env
-# (the server runs in the empty temporary directory), no cached tokens.
+# (the server runs in the empty temporary directory), no cached tokens: each
+# person below gets a config directory (and token cache) of their own.
 for name in $(env | sed -n 's/^\(LENDING_[A-Z0-9_]*\)=.*/\1/p'); do unset "$name"; done
 export XDG_CONFIG_HOME="$work/config"
 
 cd "$work"
-"$cli" serve --listen 127.0.0.1:0 --database-url "sqlite:///$work/lending.db" \
+database_url="sqlite:///$work/lending.db"
+"$cli" serve --listen 127.0.0.1:0 --database-url "$database_url" \
   --drain-delay-seconds 0 2>"$work/server.log" &
 server_pid=$!
 port=""
@@ -37,58 +42,91 @@ done
 export LENDING_SERVER="127.0.0.1:$port"
 
 say() { printf '\n# %s\n' "$*"; }
-show() { printf '$ lending-grpc %s\n' "$*"; "$cli" "$@"; }
-show_with_password() { printf '$ lending-grpc %s <<< "$PASSWORD"\n' "$*"; "$cli" "$@" <<<"$PASSWORD"; }
+# `as ada 'loan show L-1001'`: print the command as that person types it, then run it with
+# their token cache. The command is one string so that "$ADA" prints as typed. A caller
+# that keeps part of the output (head, grep) gets the command as the first line.
+as() {
+  local who=$1 command=$2
+  printf '%s$ lending-grpc %s\n' "$who" "$command"
+  XDG_CONFIG_HOME="$work/$who" eval "\"\$cli\" $command"
+}
+# The same, for a command that is refused: its error goes to stdout, then the exit code.
+refused() {
+  local who=$1 command=$2 status=0
+  printf '%s$ lending-grpc %s\n' "$who" "$command"
+  XDG_CONFIG_HOME="$work/$who" eval "\"\$cli\" $command" 2>&1 || status=$?
+  echo "(exit code $status)"
+}
 
 PASSWORD="correct horse battery"
 echo "# server on $LENDING_SERVER (database $work/lending.db), LENDING_SERVER=$LENDING_SERVER"
 
-say "1. Register and log in (tokens are cached in \$XDG_CONFIG_HOME/lending-grpc, mode 0600)"
-show_with_password register ada --email ada@example.com --password-stdin
-show_with_password login ada --password-stdin
+say "1. ada borrows; olga is a field officer. Both register and log in" \
+  "(tokens are cached in \$XDG_CONFIG_HOME/lending-grpc, mode 0600)"
+as ada 'register ada --email ada@example.com --password-stdin <<< "$PASSWORD"' | tee "$work/out"
+ADA=$(sed -n 's/^registered ada (user \([^)]*\)).*/\1/p' "$work/out")
+as ada 'login ada --password-stdin <<< "$PASSWORD"'
+as olga 'register olga --email olga@example.com --password-stdin <<< "$PASSWORD"'
+echo "# roles are granted on the server host, against its database, never over the API:"
+printf 'host$ lending-grpc users grant olga operator --database-url %s\n' "$database_url"
+"$cli" users grant olga operator --database-url "$database_url"
+as olga 'login olga --password-stdin <<< "$PASSWORD"'
+echo "# olga names ada's loans by ada's user id, as register printed it:"
+echo "ADA=$ADA"
 
-say "2. A 5,000,000 loan over 50 weeks at 10% flat, starting Monday 2026-01-05"
-show loan create L-1001 5000000 --start-date 2026-01-05
+say "2. ada's 5,000,000 loan over 50 weeks at 10% flat, starting Monday 2026-01-05"
+as ada 'loan create L-1001 5000000 --start-date 2026-01-05'
 
 say "3. Its schedule (first and last weeks)"
-printf '$ lending-grpc loan schedule L-1001\n'
-schedule=$("$cli" loan schedule L-1001)
-head -n 4 <<<"$schedule"
+as ada 'loan schedule L-1001' >"$work/out"
+head -n 5 "$work/out"
 echo "  ..."
-tail -n 2 <<<"$schedule"
+tail -n 2 "$work/out"
 
-say "4. Pay the first week; the schedule records when"
-show pay L-1001 110000
-printf '$ lending-grpc loan schedule L-1001\n'
-schedule=$("$cli" loan schedule L-1001)
-head -n 3 <<<"$schedule"
+say "4. olga collected the first week in cash on 2026-01-12 and records it later, back-dated"
+as olga 'pay L-1001 110000 --owner "$ADA" --value-date 2026-01-12'
+as ada 'loan schedule L-1001' >"$work/out"
+head -n 4 "$work/out"
 echo "  ..."
 
 say "5. Weeks 2 and 3 go unpaid: as of 2026-01-27 the loan is delinquent"
-show loan status L-1001 --as-of 2026-01-27
-show delinquent --as-of 2026-01-27
+as ada 'loan status L-1001 --as-of 2026-01-27'
+as ada 'delinquent --as-of 2026-01-27'
 
-say "6. Catch up on the missed fortnight (amounts from the tables are accepted as typed)"
-show pay L-1001 220,000.00
-show loan status L-1001 --as-of 2026-01-27
+say "6. olga collects the missed fortnight on 2026-01-28 (amounts from the tables are accepted as typed)"
+as olga 'pay L-1001 220,000.00 --owner "$ADA" --value-date 2026-01-28' | tee "$work/out"
+CATCH_UP=$(sed -n 's/^payment  *//p' "$work/out")
+as ada 'loan status L-1001 --as-of 2026-01-28'
 
 say "7. Only whole installments are accepted: the error says what would be"
-printf '$ lending-grpc pay L-1001 50000\n'
-set +e
-"$cli" pay L-1001 50000 2>&1
-echo "(exit code $?)"
-set -e
+refused ada 'pay L-1001 50000'
 
-say "8. Pay off the rest and check"
-show pay L-1001 --payoff
-show loan outstanding L-1001
-show loan show L-1001
+say "8. The fortnight's transfer bounced: olga reverses it, and the loan stands as if it had never been paid"
+as olga 'reverse "$CATCH_UP" --reason "transfer bounced"'
+as olga 'loan payments L-1001 --owner "$ADA"'
+as ada 'loan status L-1001 --as-of 2026-01-28'
 
-say "9. A paid-off loan accepts no more payments"
-printf '$ lending-grpc pay L-1001 110000\n'
-set +e
-"$cli" pay L-1001 110000 2>&1
-echo "(exit code $?)"
-set -e
+say "9. On 2026-02-10 olga collects everything that is left"
+as olga 'pay L-1001 --payoff --owner "$ADA" --value-date 2026-02-10'
+as ada 'loan outstanding L-1001'
+as ada 'loan show L-1001' >"$work/out"
+head -n 3 "$work/out"
+echo "..."
+tail -n 2 "$work/out"
+
+say "10. Its delinquency history: one period, from 2026-01-27 to the payoff (the bounced catch-up no longer ends it)"
+as ada 'history L-1001'
+
+say "11. A paid-off loan accepts no more payments"
+refused ada 'pay L-1001 110000'
+
+say "12. The funding-quality report for January, with an older loan of ada's that was never repaid"
+as ada 'loan create L-0999 2000000 --start-date 2025-10-06' >"$work/out"
+grep -E '^(ada[$] |loan |total |weekly payment )' "$work/out"
+echo "..."
+as olga 'portfolio --all --as-of 2026-01-31'
+
+say "13. Every change is in the event log, for other services to follow (events --follow, or --json)"
+as ada 'events'
 
 say "done: stopping the server"

@@ -119,7 +119,7 @@ def test_worked_example_tables(cli: Cli) -> None:
     assert cli("loan", "outstanding", "L-1001").stdout == (
         "loan         L-1001\n"
         "total        5,500,000.00\n"
-        "paid         110,000.00 (1 installments)\n"
+        "paid         110,000.00 (1 installment)\n"
         "outstanding  5,390,000.00 (49 installments)\n"
     )
     assert cli("loan", "status", "L-1001", "--as-of", "2026-01-27").stdout == (
@@ -162,6 +162,9 @@ def test_worked_example_tables(cli: Cli) -> None:
         "AFTER",
         "PAYMENT",
         "ID",
+        "VALUE",
+        "DATE",
+        "REVERSED",
     ]
     assert [line.split()[2:5] for line in payments[1:]] == [
         ["110,000.00", "1", "5,390,000.00"],

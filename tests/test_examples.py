@@ -3,14 +3,21 @@ Node.js example client."""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from helpers import make_settings
 from lending.v1 import billing_pb2
+
+from lending_grpc.client import LendingClient
+from lending_grpc.server import create_server
 
 # == the worked example through raw stubs ================================================
 
@@ -59,32 +66,62 @@ def test_demo_walks_a_loan_to_payoff(tmp_path: Path) -> None:
     out = result.stdout
     for expected in (
         "registered ada (user ",
+        "granted role operator for user ",
         "weekly payment  110,000.00\n",
         "   1  2026-01-12  110,000.00  no    -\n",
+        # olga's back-dated collections count from their value dates
         "paid         110,000.00 on L-1001 (week 1)\n",
+        "value date   2026-01-12\n",
         "delinquent           YES\nmissed installments  2\noverdue              220,000.00\n",
         "L-1001       2  220,000.00              8  2026-01-19  2026-01-27\n",
         "paid         220,000.00 on L-1001 (weeks 2-3)\n",
-        "delinquent           no\n",
+        "as of                2026-01-28\ndelinquent           no\n",
         "lending-grpc: FAILED_PRECONDITION: 50000.00 is not a whole number of installments",
-        "paid         5,170,000.00 on L-1001 (weeks 4-50)\n",
+        # the bounced catch-up is reversed: the loan is delinquent on 2026-01-28 again
+        "reversed     220,000.00 on L-1001 (weeks 2-3)\nvalue date   2026-01-28\n"
+        "reason       transfer bounced\n",
+        "  2026-01-28  yes: transfer bounced\n",
+        "as of                2026-01-28\ndelinquent           YES\nmissed installments  2\n",
+        "paid         5,390,000.00 on L-1001 (weeks 2-50)\n",
         "state           PAID_OFF\n",
+        "DELINQUENT FROM  CURRENT AGAIN  DAYS  MOST MISSED\n"
+        "2026-01-27       2026-02-10       14            3\n"
+        "L-1001: 1 delinquency period\n",
         "FAILED_PRECONDITION: the loan is paid off and accepts no more payments\n(exit code 1)\n",
+        # January's report: L-1001 12 days past due, L-0999 unpaid since October
+        "funding quality as of 2026-01-31, the whole book: 2 loans with something outstanding\n"
+        "QUALITY          DAYS PAST DUE  LOANS   OUTSTANDING\n"
+        "CURRENT                      0      0          0.00\n"
+        "SPECIAL_MENTION           1-30      1  5,390,000.00\n"
+        "SUBSTANDARD              31-60      0          0.00\n"
+        "DOUBTFUL                 61-90      0          0.00\n"
+        "LOSS                   over 90      1  2,200,000.00\n"
+        "total                               2  7,590,000.00\n"
+        "TWP90  28.99%",
+        "TKB90  71.01%",
     ):
         assert expected in out, f"missing {expected!r} in:\n{out}"
+    log = out.split("ada$ lending-grpc events\n")[1].split("\n\n")[0].splitlines()[1:]  # without the header
+    events = [line.split()[3] for line in log]
+    assert events == [
+        "LOAN_CREATED",
+        "DELINQUENCY_STARTED",  # created already delinquent today
+        "PAYMENT_ACCEPTED",
+        "PAYMENT_ACCEPTED",
+        "PAYMENT_REVERSED",
+        "PAYMENT_ACCEPTED",
+        "LOAN_PAID_OFF",
+        "DELINQUENCY_ENDED",
+        "LOAN_CREATED",
+        "DELINQUENCY_STARTED",
+    ], out
     assert list(tmp_path.iterdir()) == []  # the temporary database and token cache were removed
-
-
-# == the Node.js example client (examples/node, @grpc/grpc-js) runs the worked example ===
-
-
-# Needs `node` and `npm` on PATH. Without them the test is skipped locally and fails in CI
-# (environment variable CI=true), so a CI image that lost Node.js cannot pass silently.
 
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node"
 NPM_CI_TIMEOUT_SECONDS = 300
 NODE_RUN_TIMEOUT_SECONDS = 120
+PASSWORD = "correct horse battery"
 
 
 def _require(tool: str) -> str:
@@ -150,3 +187,102 @@ def test_node_client_runs_worked_example(node: str, server) -> None:
         f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
     )
     assert "all checks passed" in result.stdout, result.stdout
+
+
+class NodeWatcher:
+    """examples/node/watch_events.js running as ada (password on stdin); one JSON event per line."""
+
+    def __init__(self, node: str, target: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [node, "watch_events.js", target, "ada", *args],
+            cwd=NODE_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.proc.stdin.write(PASSWORD + "\n")
+        self.proc.stdin.close()
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True
+        ).start()
+
+    def next_event(self) -> dict:
+        try:
+            return json.loads(self.lines.get(timeout=NODE_RUN_TIMEOUT_SECONDS))
+        except queue.Empty:
+            self.proc.kill()
+            pytest.fail(f"node watch_events.js printed no event\n--- stderr ---\n{self.proc.stderr.read()}")
+
+    def finish(self, count: int) -> tuple[list[dict], str]:
+        """The ``count`` events it printed before stopping by itself (--count), and its stderr."""
+        events = [self.next_event() for _ in range(count)]
+        try:
+            self.proc.wait(timeout=NODE_RUN_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        err = self.proc.stderr.read()
+        assert self.proc.returncode == 0, f"exit {self.proc.returncode}\n--- stderr ---\n{err}"
+        assert self.lines.empty(), list(self.lines.queue)
+        return events, err
+
+
+@pytest.mark.slow
+def test_node_watcher_prints_the_backlog_then_live_events(node: str, server) -> None:
+    target = f"127.0.0.1:{server.port}"
+    with LendingClient(target) as bootstrap:
+        user = bootstrap.register("ada", PASSWORD, "ada@example.com")
+    with LendingClient(target, username="ada", password=PASSWORD) as ada:
+        ada.create_loan("L-1", 1000, term_weeks=2)  # before the watcher starts: the backlog
+        watcher = NodeWatcher(node, target, "--count", "4")
+        first = watcher.next_event()  # connected: the backlog came
+        payment = ada.make_payment("L-1", "550.00")  # live, while it watches
+        ada.make_payment("L-1", "550.00")  # the payoff: PAYMENT_ACCEPTED and LOAN_PAID_OFF
+        rest, _ = watcher.finish(3)
+    events = [first, *rest]
+    assert [(e["type"], e["loan_id"], e["resource"]) for e in events] == [
+        ("EVENT_TYPE_LOAN_CREATED", "L-1", "loan"),
+        ("EVENT_TYPE_PAYMENT_ACCEPTED", "L-1", "payment"),
+        ("EVENT_TYPE_PAYMENT_ACCEPTED", "L-1", "payment"),
+        ("EVENT_TYPE_LOAN_PAID_OFF", "L-1", "loan"),
+    ]
+    sequences = [int(e["sequence"]) for e in events]
+    assert sequences == sorted(set(sequences))
+    assert {e["owner"] for e in events} == {user.user_id}
+    assert events[0]["loan"]["total_amount"] == "1100.00"
+    assert (events[1]["payment"]["payment_id"], events[1]["payment"]["amount"]) == (
+        payment.payment_id,
+        "550.00",
+    )
+    assert events[3]["loan"]["state"] == "LOAN_STATE_PAID_OFF"
+
+
+@pytest.mark.slow
+def test_node_watcher_resumes_after_a_server_restart(node: str, tmp_path: Path) -> None:
+    running = create_server(make_settings(tmp_path))  # SQLite: a restart on the same port and file
+    target = f"127.0.0.1:{running.port}"
+    try:
+        with LendingClient(target) as bootstrap:
+            bootstrap.register("ada", PASSWORD, "ada@example.com")
+        with LendingClient(target, username="ada", password=PASSWORD) as ada:
+            ada.create_loan("L-1", 1000, term_weeks=2)
+            watcher = NodeWatcher(node, target, "--after", "0", "--count", "3")
+            first = watcher.next_event()  # connected: the backlog came
+            running.stop(1.0)  # its stream ends with UNAVAILABLE
+            running = create_server(make_settings(tmp_path, listen=target))
+        with LendingClient(target, username="ada", password=PASSWORD) as ada:
+            ada.make_payment("L-1", "550.00")
+            ada.make_payment("L-1", "550.00")
+        rest, err = watcher.finish(2)
+    finally:
+        running.stop(0)
+    events = [first, *rest]
+    assert [e["type"] for e in events] == [
+        "EVENT_TYPE_LOAN_CREATED",
+        "EVENT_TYPE_PAYMENT_ACCEPTED",
+        "EVENT_TYPE_PAYMENT_ACCEPTED",
+    ]
+    assert [int(e["sequence"]) for e in events] == [1, 2, 3]  # nothing twice, nothing missed
+    assert "UNAVAILABLE" in err and "resuming after sequence 1" in err

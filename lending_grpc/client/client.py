@@ -8,22 +8,26 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc, events_pb2, events_pb2_grpc
 
 from lending_grpc.client import exceptions, from_messages
 from lending_grpc.client.connection import TlsConfig, open_channel
 from lending_grpc.client.from_messages import DateLike, DecimalLike
 from lending_grpc.client.session import Session
 from lending_grpc.client.types import (
+    DelinquencyHistory,
     DelinquencyStatus,
+    Event,
     Loan,
     Outstanding,
     Page,
     Payment,
+    PortfolioReport,
     Schedule,
     Tokens,
     User,
 )
+from lending_grpc.client.watch import EventWatch
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 T = TypeVar("T")
@@ -38,12 +42,19 @@ class LendingClient:
 
     Every call has a deadline (``timeout`` seconds, overridable per call);
     UNAVAILABLE and ABORTED are retried by gRPC with exponential backoff (up
-    to ``max_attempts`` attempts within that deadline). BillingService calls
-    log in on first use when ``username``/``password`` are given, renew the
-    access token with the refresh token before it expires, and log in again
-    when the refresh token has expired too. ``tokens`` resumes a saved session;
-    ``on_tokens`` receives every new pair so it can be saved. Failed calls
-    raise `lending_grpc.client.exceptions.LendingError` subclasses.
+    to ``max_attempts`` attempts within that deadline). BillingService and
+    EventService calls log in on first use when ``username``/``password`` are
+    given, renew the access token with the refresh token before it expires,
+    and log in again when the refresh token has expired too. ``tokens``
+    resumes a saved session; ``on_tokens`` receives every new pair so it can
+    be saved. Failed calls raise `lending_grpc.client.exceptions.LendingError`
+    subclasses. `watch_events` is the exception to the deadline: it follows
+    the event log until closed, reconnecting by itself.
+
+    Operators (a role granted on the server host) may name another user's
+    loan with ``owner`` (the borrower's public user id) in the reads and in
+    `make_payment`, back-date a payment with ``value_date``, reverse payments
+    and report on the whole book; anyone else doing so gets PermissionDenied.
     """
 
     def __init__(
@@ -68,6 +79,7 @@ class LendingClient:
         self._channel = open_channel(target, tls_config, max_attempts=max_attempts, options=channel_options)
         self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)
         self._billing = billing_pb2_grpc.BillingServiceStub(self._channel)
+        self._events = events_pb2_grpc.EventServiceStub(self._channel)
         self._session = Session(
             self._auth,
             timeout,
@@ -135,11 +147,10 @@ class LendingClient:
         )
         return from_messages.loan(self._billing_call("CreateLoan", request, timeout))
 
-    def get_loan(self, loan_id: str, *, timeout: float | None = None) -> Loan:
-        """One of the caller's loans."""
-        return from_messages.loan(
-            self._billing_call("GetLoan", billing_pb2.GetLoanRequest(loan_id=loan_id), timeout)
-        )
+    def get_loan(self, loan_id: str, *, owner: str = "", timeout: float | None = None) -> Loan:
+        """One of the caller's loans (an operator: anyone's, naming its ``owner``)."""
+        request = billing_pb2.GetLoanRequest(loan_id=loan_id, owner=owner)
+        return from_messages.loan(self._billing_call("GetLoan", request, timeout))
 
     def list_loans(
         self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
@@ -153,14 +164,14 @@ class LendingClient:
         """Every loan of the caller, fetching pages as needed."""
         return _iterate(lambda token: self.list_loans(page_size, token))
 
-    def get_schedule(self, loan_id: str, *, timeout: float | None = None) -> Schedule:
+    def get_schedule(self, loan_id: str, *, owner: str = "", timeout: float | None = None) -> Schedule:
         """Every installment with its due date, amount and payment."""
-        request = billing_pb2.GetScheduleRequest(loan_id=loan_id)
+        request = billing_pb2.GetScheduleRequest(loan_id=loan_id, owner=owner)
         return from_messages.schedule(self._billing_call("GetSchedule", request, timeout))
 
-    def get_outstanding(self, loan_id: str, *, timeout: float | None = None) -> Outstanding:
+    def get_outstanding(self, loan_id: str, *, owner: str = "", timeout: float | None = None) -> Outstanding:
         """What has been paid and what is still owed."""
-        request = billing_pb2.GetOutstandingRequest(loan_id=loan_id)
+        request = billing_pb2.GetOutstandingRequest(loan_id=loan_id, owner=owner)
         return from_messages.outstanding(self._billing_call("GetOutstanding", request, timeout))
 
     def make_payment(
@@ -169,6 +180,8 @@ class LendingClient:
         amount: DecimalLike,
         *,
         request_id: str | None = None,
+        owner: str = "",
+        value_date: DateLike | None = None,
         timeout: float | None = None,
     ) -> Payment:
         """Pay whole installments, oldest first.
@@ -178,34 +191,70 @@ class LendingClient:
         lost is never recorded twice. To repeat a payment after this method
         raised (say DeadlineExceeded), pass the same ``request_id`` again: the
         server then returns the original payment if it was recorded.
+
+        Operators only: ``owner`` records the payment on another user's loan (a
+        field officer's collection) and ``value_date`` says when the money was
+        received, from the loan's start date to today (default: today). A
+        back-dated payment still pays the oldest unpaid installments; it changes
+        the loan's standing from that date on.
         """
         request = billing_pb2.MakePaymentRequest(
             loan_id=loan_id,
             amount=from_messages.decimal_text(amount, "amount"),
             request_id=request_id or str(uuid.uuid4()),
+            owner=owner,
+            value_date=from_messages.date_text(value_date),
         )
         return from_messages.payment(self._billing_call("MakePayment", request, timeout))
 
+    def reverse_payment(self, payment_id: str, reason: str, *, timeout: float | None = None) -> Payment:
+        """Operators only: take back a bounced or mistaken payment; it stops counting anywhere.
+
+        The loan's balance rises by the amount (a paid-off loan is ACTIVE
+        again) and its later payments are re-applied oldest first. ``reason``
+        (1-500 characters) is kept with the payment. Reversing it again returns
+        it unchanged, so retrying is safe.
+        """
+        request = billing_pb2.ReversePaymentRequest(payment_id=payment_id, reason=reason)
+        return from_messages.payment(self._billing_call("ReversePayment", request, timeout))
+
     def list_payments(
-        self, loan_id: str, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
+        self,
+        loan_id: str,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        owner: str = "",
+        timeout: float | None = None,
     ) -> Page[Payment]:
-        """One page of a loan's payments, oldest first."""
-        request = billing_pb2.ListPaymentsRequest(loan_id=loan_id, page_size=page_size, page_token=page_token)
+        """One page of a loan's payments, oldest first (reversed ones included, marked)."""
+        request = billing_pb2.ListPaymentsRequest(
+            loan_id=loan_id, page_size=page_size, page_token=page_token, owner=owner
+        )
         response = self._billing_call("ListPayments", request, timeout)
         return Page(
             tuple(from_messages.payment(item) for item in response.payments), response.next_page_token
         )
 
-    def iter_payments(self, loan_id: str, page_size: int = 0) -> Iterator[Payment]:
+    def iter_payments(self, loan_id: str, page_size: int = 0, *, owner: str = "") -> Iterator[Payment]:
         """Every payment of a loan, fetching pages as needed."""
-        return _iterate(lambda token: self.list_payments(loan_id, page_size, token))
+        return _iterate(lambda token: self.list_payments(loan_id, page_size, token, owner=owner))
 
     def get_delinquency_status(
-        self, loan_id: str, as_of: DateLike | None = None, *, timeout: float | None = None
+        self,
+        loan_id: str,
+        as_of: DateLike | None = None,
+        *,
+        owner: str = "",
+        timeout: float | None = None,
     ) -> DelinquencyStatus:
-        """Whether the loan is delinquent as of a date (default: today in the service time zone)."""
+        """Whether the loan is delinquent as of a date (default: today in the service time zone).
+
+        For a past date: the loan as it stood at the end of that day, as known
+        now (payments by value date, reversed ones not at all).
+        """
         request = billing_pb2.GetDelinquencyStatusRequest(
-            loan_id=loan_id, as_of=from_messages.date_text(as_of)
+            loan_id=loan_id, as_of=from_messages.date_text(as_of), owner=owner
         )
         return from_messages.delinquency(self._billing_call("GetDelinquencyStatus", request, timeout))
 
@@ -232,6 +281,90 @@ class LendingClient:
         """Every delinquent loan of the caller as of a date, fetching pages as needed."""
         return _iterate(lambda token: self.list_delinquent_loans(as_of, page_size, token))
 
+    def get_delinquency_history(
+        self, loan_id: str, *, owner: str = "", timeout: float | None = None
+    ) -> DelinquencyHistory:
+        """The periods in which the loan was delinquent, oldest first, the one still running included."""
+        request = billing_pb2.GetDelinquencyHistoryRequest(loan_id=loan_id, owner=owner)
+        return from_messages.history(self._billing_call("GetDelinquencyHistory", request, timeout))
+
+    def get_portfolio_report(
+        self, as_of: DateLike | None = None, *, all_owners: bool = False, timeout: float | None = None
+    ) -> PortfolioReport:
+        """The funding-quality report (TKB90/TWP90) as of a date (default today).
+
+        Over the caller's loans, or the whole book for an operator with ``all_owners``.
+        """
+        request = billing_pb2.GetPortfolioReportRequest(
+            as_of=from_messages.date_text(as_of), all_owners=all_owners
+        )
+        return from_messages.portfolio_report(self._billing_call("GetPortfolioReport", request, timeout))
+
+    # -- EventService --
+
+    def list_events(
+        self,
+        after_sequence: int = 0,
+        page_size: int = 0,
+        loan_id: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> tuple[Event, ...]:
+        """Up to ``page_size`` events after ``after_sequence``, oldest first; empty once caught up.
+
+        The next page starts after the last event's sequence. Owners see their
+        own loans' events, operators everyone's; ``loan_id`` narrows to one loan.
+        """
+        request = events_pb2.ListEventsRequest(
+            after_sequence=after_sequence, page_size=page_size, loan_id=loan_id
+        )
+        response = self._authorized_call(self._events.ListEvents, request, timeout)
+        return tuple(from_messages.event(item) for item in response.events)
+
+    def iter_events(self, after_sequence: int = 0, page_size: int = 0, loan_id: str = "") -> Iterator[Event]:
+        """Every event after ``after_sequence`` up to the end of the log as it is now, page by page."""
+        while True:
+            events = self.list_events(after_sequence, page_size, loan_id)
+            if not events:
+                return
+            yield from events
+            after_sequence = events[-1].sequence
+
+    def watch_events(
+        self,
+        after_sequence: int = 0,
+        loan_id: str = "",
+        *,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        max_reconnects: int | None = None,
+        on_reconnect: Callable[[exceptions.LendingError, float], None] | None = None,
+    ) -> EventWatch:
+        """Follow the event log: every event after ``after_sequence``, then each new one as it commits.
+
+        >>> with client.watch_events(after_sequence=saved) as events:
+        ...     for event in events:
+        ...         handle(event)
+        ...         saved = event.sequence
+
+        Runs until closed (``close()``, leaving the ``with`` block, or dropping
+        the iterator). When the server shuts down or the connection drops
+        (UNAVAILABLE) it reconnects with exponential backoff and resumes after
+        the last event it yielded; when the access token expires mid-stream
+        (UNAUTHENTICATED) it renews the session's tokens and resumes; so each
+        event is seen exactly once, in sequence order. See `EventWatch`.
+        """
+        return EventWatch(
+            self._events,
+            self._session,
+            after_sequence,
+            loan_id,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            max_reconnects=max_reconnects,
+            on_reconnect=on_reconnect,
+        )
+
     # -- plumbing --
 
     def _unary(self, method, request, timeout: float | None):
@@ -241,8 +374,10 @@ class LendingClient:
             raise exceptions.from_rpc_error(err) from None
 
     def _billing_call(self, name: str, request, timeout: float | None):
+        return self._authorized_call(getattr(self._billing, name), request, timeout)
+
+    def _authorized_call(self, method, request, timeout: float | None):
         """Call with a fresh access token; when the server refuses the token, renew it and try once more."""
-        method = getattr(self._billing, name)
         metadata = self._session.metadata()
         try:
             return method(request, timeout=timeout or self.timeout, metadata=metadata)

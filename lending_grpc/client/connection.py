@@ -16,9 +16,14 @@ from typing import Any
 import grpc
 
 USER_AGENT = "lending-grpc-python/0.1"
+# gRPC waits up to 120 s between attempts to reconnect to a server that went away, failing
+# every call at once meanwhile; 5 s lets clients (and event watchers) find a restarted server
+# within seconds, for the price of one connection attempt per client every 5 s while it is down.
+MAX_RECONNECT_BACKOFF_MS = 5000
 
 _AUTH = "lending.v1.AuthService"
 _BILLING = "lending.v1.BillingService"
+_EVENTS = "lending.v1.EventService"
 
 
 def service_config(max_attempts: int = 5) -> str:
@@ -26,8 +31,12 @@ def service_config(max_attempts: int = 5) -> str:
 
     Register is left out: when its reply is lost after the account was
     created, a retry would turn that success into ALREADY_EXISTS. Every other
-    call is safe to repeat (reads; CreateLoan is idempotent on loan_id;
-    MakePayment on the request_id the client always sends).
+    unary call is safe to repeat (reads, ListEvents among them; CreateLoan is
+    idempotent on loan_id; MakePayment on the request_id the client always
+    sends; ReversePayment returns an already reversed payment unchanged).
+    WatchEvents is left out too: gRPC may replay a stream only until its
+    first message arrives, and a watcher must resume after the last event it
+    saw, not from the start, so `LendingClient.watch_events` reconnects itself.
     """
     if not 1 <= max_attempts <= 5:  # gRPC caps attempts at 5 anyway
         raise ValueError("max_attempts must be between 1 and 5")
@@ -36,6 +45,7 @@ def service_config(max_attempts: int = 5) -> str:
             {"service": _BILLING},
             {"service": _AUTH, "method": "Login"},
             {"service": _AUTH, "method": "RefreshToken"},
+            {"service": _EVENTS, "method": "ListEvents"},
         ],
         "waitForReady": False,
     }
@@ -47,7 +57,9 @@ def service_config(max_attempts: int = 5) -> str:
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE", "ABORTED"],
         }
-    not_retried = {"name": [{"service": _AUTH, "method": "Register"}]}
+    not_retried = {
+        "name": [{"service": _AUTH, "method": "Register"}, {"service": _EVENTS, "method": "WatchEvents"}]
+    }
     config = {
         "methodConfig": [retried, not_retried],
         # Stop retrying when more than half of recent calls failed (10 tokens, +0.1 per success).
@@ -103,6 +115,7 @@ def open_channel(
         ("grpc.service_config", service_config(max_attempts)),
         ("grpc.enable_retries", 1),
         ("grpc.primary_user_agent", USER_AGENT),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         *options,
     ]
     if tls is None:

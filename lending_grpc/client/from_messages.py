@@ -7,22 +7,33 @@ so float is refused outright on the way in.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from decimal import Decimal
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from lending.v1 import auth_pb2, billing_pb2
+from lending.v1 import auth_pb2, billing_pb2, events_pb2
 
 from lending_grpc.client.types import (
+    DelinquencyHistory,
+    DelinquencyPeriod,
     DelinquencyStatus,
+    Event,
+    EventType,
+    FundingQuality,
+    FundingQualityCategory,
     Installment,
     Loan,
     LoanState,
     Outstanding,
     Payment,
+    PortfolioReport,
     Schedule,
     Tokens,
     User,
 )
+
+E = TypeVar("E", bound=enum.Enum)
 
 DecimalLike = Decimal | int | str
 DateLike = dt.date | str
@@ -82,12 +93,17 @@ def tokens(msg: auth_pb2.Tokens, now: float) -> Tokens:
     )
 
 
-def loan_state(value: int) -> LoanState:
-    name = billing_pb2.LoanState.Name(value) if value in billing_pb2.LoanState.values() else ""
+def _enum(wire, value: int, prefix: str, cls: type[E]) -> E:
+    """A wire enum number as ``cls`` (its names without ``prefix``); UNSPECIFIED for one added later."""
+    name = wire.Name(value) if value in wire.values() else ""
     try:
-        return LoanState(name.removeprefix("LOAN_STATE_"))
-    except ValueError:  # a state added by a newer server
-        return LoanState.UNSPECIFIED
+        return cls(name.removeprefix(prefix))
+    except ValueError:  # a value added by a newer server
+        return cls("UNSPECIFIED")
+
+
+def loan_state(value: int) -> LoanState:
+    return _enum(billing_pb2.LoanState, value, "LOAN_STATE_", LoanState)
 
 
 def loan(msg: billing_pb2.Loan) -> Loan:
@@ -106,6 +122,7 @@ def loan(msg: billing_pb2.Loan) -> Loan:
         maturity_date=day(msg.maturity_date),
         state=loan_state(msg.state),
         create_time=instant(msg, "create_time"),
+        unapplied_amount=money(msg.unapplied_amount),
     )
 
 
@@ -135,6 +152,7 @@ def outstanding(msg: billing_pb2.Outstanding) -> Outstanding:
         total_amount=money(msg.total_amount),
         installments_paid=msg.installments_paid,
         installments_remaining=msg.installments_remaining,
+        unapplied_amount=money(msg.unapplied_amount),
     )
 
 
@@ -148,6 +166,10 @@ def payment(msg: billing_pb2.Payment) -> Payment:
         last_week=msg.last_week,
         outstanding_balance=money(msg.outstanding_balance),
         request_id=msg.request_id,
+        value_date=day(msg.value_date),
+        reversed=msg.reversed,
+        reverse_time=instant(msg, "reverse_time"),
+        reversal_reason=msg.reversal_reason,
     )
 
 
@@ -160,4 +182,61 @@ def delinquency(msg: billing_pb2.DelinquencyStatus) -> DelinquencyStatus:
         days_past_due=msg.days_past_due,
         next_due_date=day(msg.next_due_date),
         as_of=dt.date.fromisoformat(msg.as_of),
+        owner=msg.owner,
+    )
+
+
+def history(msg: billing_pb2.DelinquencyHistory) -> DelinquencyHistory:
+    return DelinquencyHistory(
+        loan_id=msg.loan_id,
+        periods=tuple(
+            DelinquencyPeriod(
+                start_date=dt.date.fromisoformat(period.start_date),
+                end_date=day(period.end_date),
+                max_missed_payments=period.max_missed_payments,
+            )
+            for period in msg.periods
+        ),
+    )
+
+
+def funding_quality(value: int) -> FundingQuality:
+    return _enum(billing_pb2.FundingQuality, value, "FUNDING_QUALITY_", FundingQuality)
+
+
+def portfolio_report(msg: billing_pb2.PortfolioReport) -> PortfolioReport:
+    return PortfolioReport(
+        as_of=dt.date.fromisoformat(msg.as_of),
+        loans=msg.loans,
+        outstanding_amount=money(msg.outstanding_amount),
+        categories=tuple(
+            FundingQualityCategory(funding_quality(item.quality), item.loans, money(item.outstanding_amount))
+            for item in msg.categories
+        ),
+        twp90=Decimal(msg.twp90 or "0.00"),
+        tkb90=Decimal(msg.tkb90 or "100.00"),
+    )
+
+
+def event_type(value: int) -> EventType:
+    return _enum(events_pb2.EventType, value, "EVENT_TYPE_", EventType)
+
+
+def event(msg: events_pb2.Event) -> Event:
+    kind = msg.WhichOneof("resource")
+    resource: Loan | Payment | DelinquencyStatus | None = None
+    if kind == "loan":
+        resource = loan(msg.loan)
+    elif kind == "payment":
+        resource = payment(msg.payment)
+    elif kind == "delinquency":
+        resource = delinquency(msg.delinquency)
+    return Event(
+        sequence=msg.sequence,
+        type=event_type(msg.type),
+        loan_id=msg.loan_id,
+        owner=msg.owner,
+        occur_time=instant(msg, "occur_time"),
+        effective_date=day(msg.effective_date),
+        resource=resource,
     )

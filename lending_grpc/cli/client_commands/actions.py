@@ -21,10 +21,16 @@ import grpc
 from lending_grpc.cli.client_commands import output
 from lending_grpc.cli.client_commands.token_cache import CachedLogin, TokenCache, TokenCacheError
 from lending_grpc.client import (
+    DelinquencyStatus,
+    Event,
+    EventType,
+    FundingQuality,
     LendingClient,
     LendingError,
+    Loan,
     LoanPaidOff,
     NotLoggedIn,
+    Payment,
     TlsConfig,
     Unauthenticated,
 )
@@ -91,6 +97,10 @@ class Context:
     def emit(self, human: str, data: Any) -> None:
         """Print ``human`` text, or ``data`` as JSON with --json."""
         print(output.to_json(data) if self.args.json else human, file=self.stdout)
+
+    def line(self, text: str) -> None:
+        """One line now, not when the buffer fills: for output that streams."""
+        print(text, file=self.stdout, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,7 +205,7 @@ def loan_create(ctx: Context) -> None:
 
 def loan_show(ctx: Context) -> None:
     with ctx.client() as client:
-        loan = client.get_loan(ctx.args.loan_id)
+        loan = client.get_loan(ctx.args.loan_id, owner=ctx.args.owner)
     ctx.emit(_loan_fields(loan), loan)
 
 
@@ -243,7 +253,7 @@ def loan_list(ctx: Context) -> None:
 
 def loan_schedule(ctx: Context) -> None:
     with ctx.client() as client:
-        schedule = client.get_schedule(ctx.args.loan_id)
+        schedule = client.get_schedule(ctx.args.loan_id, owner=ctx.args.owner)
     rows = [
         [
             str(item.week),
@@ -256,47 +266,61 @@ def loan_schedule(ctx: Context) -> None:
     ]
     paid = sum(1 for item in schedule.installments if item.paid)
     text = output.table(["WEEK", "DUE DATE", "AMOUNT", "PAID", "PAYMENT TIME"], rows, right=(0, 2))
-    text += f"\n{len(rows)} installments, {paid} paid; total {output.money(schedule.total_amount)}"
+    total = output.money(schedule.total_amount)
+    text += f"\n{output.count(len(rows), 'installment')}, {paid} paid; total {total}"
     ctx.emit(text, schedule)
 
 
 def loan_outstanding(ctx: Context) -> None:
     with ctx.client() as client:
-        out = client.get_outstanding(ctx.args.loan_id)
-    text = output.fields(
-        [
-            ("loan", out.loan_id),
-            ("total", output.money(out.total_amount)),
-            ("paid", f"{output.money(out.paid_amount)} ({out.installments_paid} installments)"),
-            (
-                "outstanding",
-                f"{output.money(out.outstanding_balance)} ({out.installments_remaining} installments)",
-            ),
-        ]
-    )
+        out = client.get_outstanding(ctx.args.loan_id, owner=ctx.args.owner)
+    pairs = [
+        ("loan", out.loan_id),
+        ("total", output.money(out.total_amount)),
+        ("paid", f"{output.money(out.paid_amount)} ({output.count(out.installments_paid, 'installment')})"),
+        (
+            "outstanding",
+            f"{output.money(out.outstanding_balance)} "
+            f"({output.count(out.installments_remaining, 'installment')})",
+        ),
+    ]
+    if out.unapplied_amount:
+        pairs.append(
+            ("unapplied", f"{output.money(out.unapplied_amount)} (counts toward the next installment)")
+        )
+    text = output.fields(pairs)
     ctx.emit(text, out)
 
 
 def loan_payments(ctx: Context) -> None:
     with ctx.client() as client:
-        payments = list(client.iter_payments(ctx.args.loan_id, page_size=500))
+        payments = list(client.iter_payments(ctx.args.loan_id, page_size=500, owner=ctx.args.owner))
     rows = [
         [
             output.instant(p.payment_time),
             output.money(p.amount),
-            str(p.first_week) if p.first_week == p.last_week else f"{p.first_week}-{p.last_week}",
+            _weeks(p),
             output.money(p.outstanding_balance),
             p.payment_id,
+            output.day(p.value_date),
+            f"yes: {p.reversal_reason}" if p.reversed else "no",
         ]
         for p in payments
     ]
-    headers = ["PAYMENT TIME", "AMOUNT", "WEEKS", "OUTSTANDING AFTER", "PAYMENT ID"]
+    headers = ["PAYMENT TIME", "AMOUNT", "WEEKS", "OUTSTANDING AFTER", "PAYMENT ID", "VALUE DATE", "REVERSED"]
     ctx.emit(output.table(headers, rows, right=(1, 3)), {"payments": payments})
+
+
+def _weeks(payment: Payment) -> str:
+    """'4' or '2-3': the weeks a payment covered when it was recorded."""
+    if payment.first_week == payment.last_week:
+        return str(payment.first_week)
+    return f"{payment.first_week}-{payment.last_week}"
 
 
 def loan_status(ctx: Context) -> None:
     with ctx.client() as client:
-        status = client.get_delinquency_status(ctx.args.loan_id, ctx.args.as_of)
+        status = client.get_delinquency_status(ctx.args.loan_id, ctx.args.as_of, owner=ctx.args.owner)
     ctx.emit(_status_fields(status), status)
 
 
@@ -317,26 +341,51 @@ def _status_fields(status) -> str:
 def pay(ctx: Context) -> None:
     a = ctx.args
     with ctx.client() as client:
-        amount = client.get_outstanding(a.loan_id).outstanding_balance if a.payoff else _amount(a.amount)
+        if a.payoff:
+            amount = client.get_outstanding(a.loan_id, owner=a.owner).outstanding_balance
+        else:
+            amount = _amount(a.amount)
         if a.payoff and not amount:  # the server would call 0.00 a malformed amount: say what is meant
             raise LoanPaidOff(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"loan '{a.loan_id}' is paid off: nothing to pay",
                 reason="LOAN_PAID_OFF",
             )
-        payment = client.make_payment(a.loan_id, amount, request_id=a.request_id)
-    weeks = (
-        f"week {payment.first_week}"
-        if payment.first_week == payment.last_week
-        else (f"weeks {payment.first_week}-{payment.last_week}")
-    )
+        payment = client.make_payment(
+            a.loan_id, amount, request_id=a.request_id, owner=a.owner, value_date=a.value_date
+        )
     text = output.fields(
         [
-            ("paid", f"{output.money(payment.amount)} on {payment.loan_id} ({weeks})"),
+            ("paid", f"{output.money(payment.amount)} on {payment.loan_id} ({_week_words(payment)})"),
             ("outstanding", output.money(payment.outstanding_balance)),
             ("payment", payment.payment_id),
             ("request id", payment.request_id),
             ("time", output.instant(payment.payment_time)),
+            ("value date", output.day(payment.value_date)),
+        ]
+    )
+    ctx.emit(text, payment)
+
+
+def _week_words(payment: Payment) -> str:
+    return (
+        f"week {payment.first_week}"
+        if payment.first_week == payment.last_week
+        else f"weeks {_weeks(payment)}"
+    )
+
+
+def reverse(ctx: Context) -> None:
+    with ctx.client() as client:
+        payment = client.reverse_payment(ctx.args.payment_id, ctx.args.reason)
+    text = output.fields(
+        [
+            ("reversed", f"{output.money(payment.amount)} on {payment.loan_id} ({_week_words(payment)})"),
+            ("value date", output.day(payment.value_date)),
+            ("reason", payment.reversal_reason),
+            ("payment", payment.payment_id),
+            ("paid at", output.instant(payment.payment_time)),
+            ("reversed at", output.instant(payment.reverse_time)),
         ]
     )
     ctx.emit(text, payment)
@@ -362,3 +411,150 @@ def delinquent(ctx: Context) -> None:
     ]
     headers = ["LOAN", "MISSED", "OVERDUE", "DAYS PAST DUE", "OLDEST DUE", "AS OF"]
     ctx.emit(output.table(headers, rows, right=(1, 2, 3)), {"loans": loans})
+
+
+def history(ctx: Context) -> None:
+    with ctx.client() as client:
+        found = client.get_delinquency_history(ctx.args.loan_id, owner=ctx.args.owner)
+    if not found.periods:
+        ctx.emit(f"{found.loan_id} has never been delinquent (2 or more missed installments)", found)
+        return
+    rows = [
+        [
+            period.start_date.isoformat(),
+            output.day(period.end_date) if period.end_date else "ongoing",
+            str((period.end_date - period.start_date).days) if period.end_date else "-",
+            str(period.max_missed_payments),
+        ]
+        for period in found.periods
+    ]
+    headers = ["DELINQUENT FROM", "CURRENT AGAIN", "DAYS", "MOST MISSED"]
+    summary = f"{found.loan_id}: {output.count(len(rows), 'delinquency period')}"
+    if found.periods[-1].end_date is None:
+        summary += f", delinquent since {found.periods[-1].start_date}"
+    ctx.emit(f"{output.table(headers, rows, right=(2, 3))}\n{summary}", found)
+
+
+_DAYS_PAST_DUE = {
+    FundingQuality.CURRENT: "0",
+    FundingQuality.SPECIAL_MENTION: "1-30",
+    FundingQuality.SUBSTANDARD: "31-60",
+    FundingQuality.DOUBTFUL: "61-90",
+    FundingQuality.LOSS: "over 90",
+}
+
+
+def portfolio(ctx: Context) -> None:
+    with ctx.client() as client:
+        report = client.get_portfolio_report(ctx.args.as_of, all_owners=ctx.args.all)
+    rows = [
+        [
+            item.quality.value,
+            _DAYS_PAST_DUE.get(item.quality, "?"),
+            str(item.loans),
+            output.money(item.outstanding_amount),
+        ]
+        for item in report.categories
+    ]
+    rows.append(["total", "", str(report.loans), output.money(report.outstanding_amount)])
+    scope = "the whole book" if ctx.args.all else "your loans"
+    text = "\n".join(
+        [
+            f"funding quality as of {report.as_of}, {scope}: "
+            f"{output.count(report.loans, 'loan')} with something outstanding",
+            output.table(["QUALITY", "DAYS PAST DUE", "LOANS", "OUTSTANDING"], rows, right=(1, 2, 3)),
+            output.fields(
+                [
+                    ("TWP90", f"{report.twp90}%  (share of the outstanding over 90 days past due)"),
+                    ("TKB90", f"{report.tkb90}%  (100 - TWP90)"),
+                ]
+            ),
+        ]
+    )
+    ctx.emit(text, report)
+
+
+_EVENT_HEADER = f"{'SEQ':>6}  {'TIME':<20}  {'TYPE':<19}  {'EFFECTIVE':<10}  {'LOAN':<10}  DETAIL"
+
+
+def events(ctx: Context) -> None:
+    """The log from --after on, one line per event; with --follow, then each new event until Ctrl-C.
+
+    --json prints JSON Lines (one object per event), so a pipe can process
+    them as they come.
+    """
+    a = ctx.args
+    with ctx.client() as client:
+        if not a.follow:
+            shown = 0
+            for event in client.iter_events(a.after, page_size=500, loan_id=a.loan):
+                if not shown and not a.json:
+                    ctx.line(_EVENT_HEADER)
+                ctx.line(_event_json(event) if a.json else _event_line(event))
+                shown += 1
+            if not shown and not a.json:
+                ctx.line(f"no events after sequence {a.after}")
+            return
+
+        def note(error: LendingError, delay: float) -> None:
+            print(
+                f"lending-grpc: {error.code.name}: {error.message} "
+                f"(resuming after sequence {watch.last_sequence} in {delay:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        watch = client.watch_events(a.after, a.loan, on_reconnect=note)
+        try:
+            with watch:
+                if not a.json:
+                    ctx.line(_EVENT_HEADER)
+                for event in watch:
+                    ctx.line(_event_json(event) if a.json else _event_line(event))
+        except KeyboardInterrupt:  # how --follow is meant to end: not an error
+            return
+
+
+def _event_line(event: Event) -> str:
+    stamp = output.instant(event.occur_time)
+    return (
+        f"{event.sequence:>6}  {stamp:<20}  {event.type.value:<19}  {output.day(event.effective_date):<10}  "
+        f"{event.loan_id:<10}  {_event_detail(event)}"
+    ).rstrip()
+
+
+def _event_detail(event: Event) -> str:
+    resource = event.resource
+    if isinstance(resource, Payment):
+        text = f"{output.money(resource.amount)} for {_week_words(resource)}"
+        if event.type is EventType.PAYMENT_REVERSED:
+            return f"{text} reversed: {resource.reversal_reason}"
+        return f"{text}, outstanding {output.money(resource.outstanding_balance)}"
+    if isinstance(resource, Loan):
+        if event.type is EventType.LOAN_CREATED:
+            return (
+                f"{output.money(resource.principal_amount)} over {output.count(resource.term_weeks, 'week')} "
+                f"at {resource.interest_rate}, weekly {output.money(resource.weekly_payment)}"
+            )
+        if event.type is EventType.LOAN_PAID_OFF:
+            return f"paid off: {output.money(resource.paid_amount)} paid"
+        return f"outstanding {output.money(resource.outstanding_balance)}"
+    if isinstance(resource, DelinquencyStatus):
+        if not resource.missed_payments:
+            return "nothing overdue"
+        return (
+            f"{output.count(resource.missed_payments, 'installment')} missed, "
+            f"{output.money(resource.overdue_amount)} overdue, "
+            f"{output.count(resource.days_past_due, 'day')} past due"
+        )
+    return ""
+
+
+def _event_json(event: Event) -> str:
+    """One line of JSON; the resource under the name the protobuf oneof gives it."""
+    data = output.plain(event)
+    resource = data.pop("resource")
+    kind = {Loan: "loan", Payment: "payment", DelinquencyStatus: "delinquency"}.get(type(event.resource))
+    if kind is not None:
+        data[kind] = resource
+    return json.dumps(data)

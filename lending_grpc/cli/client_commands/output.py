@@ -16,6 +16,11 @@ def money(value: Decimal) -> str:
     return f"{value:,.2f}"
 
 
+def count(number: int, noun: str) -> str:
+    """'1 installment', '2 installments', '0 loans'."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def instant(value: dt.datetime | None) -> str:
     """A UTC time to the second, '2026-11-26 09:38:06Z'; '-' when absent."""
     if value is None:
@@ -47,9 +52,10 @@ def fields(pairs: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in pairs)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """Dataclasses, Decimals, dates and enums as JSON-ready values (see `to_json`)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: _plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
     if isinstance(value, Decimal):
         return str(value)  # the wire's exact decimal string, e.g. "110000.00"
     if isinstance(value, dt.datetime):
@@ -59,12 +65,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     return value
 
 
 def to_json(value: Any) -> str:
     """Machine output: money as exact decimal strings, dates ISO 8601, times UTC with Z."""
-    return json.dumps(_plain(value), indent=2)
+    return json.dumps(plain(value), indent=2)

@@ -55,8 +55,29 @@ def _password_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _loan_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("loan_id", metavar="LOAN_ID", help="the loan's identifier, e.g. L-1001")
+
+
+def _owner_option(parser: argparse.ArgumentParser, what: str = "read") -> None:
+    parser.add_argument(
+        "--owner",
+        metavar="USER_ID",
+        default="",
+        help=f"operators: {what} another user's loan, naming the borrower's user id (as `register` prints)",
+    )
+
+
+def _as_of_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--as-of",
+        metavar="YYYY-MM-DD",
+        help="judge as of the end of this day, payments by value date (default today)",
+    )
+
+
 def add_client_commands(commands: argparse._SubParsersAction) -> None:
-    """Add register, login, logout, loan ..., pay and delinquent to the `lending-grpc` parser."""
+    """Add the client commands (register, login, loan ..., pay, reverse, events ...) to `lending-grpc`."""
     common = [_connection_options()]
 
     def command(parent, name: str, run, help_text: str) -> argparse.ArgumentParser:
@@ -65,12 +86,12 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         return parser
 
     register = command(commands, "register", actions.register, "create an account")
-    register.add_argument("username")
-    register.add_argument("--email", required=True)
+    register.add_argument("username", help="3-150 letters, digits and @.+-_")
+    register.add_argument("--email", required=True, help="the account's email address")
     _password_option(register)
 
     login = command(commands, "login", actions.login, "log in and cache the tokens (mode 0600)")
-    login.add_argument("username")
+    login.add_argument("username", help="the account to log in as")
     _password_option(login)
 
     command(commands, "logout", actions.logout, "forget the cached tokens of the server")
@@ -80,7 +101,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     )
     loans = loan.add_subparsers(dest="loan_command", required=True, metavar="COMMAND")
     create = command(loans, "create", actions.loan_create, "create a loan (same loan_id and terms: no-op)")
-    create.add_argument("loan_id", metavar="LOAN_ID")
+    create.add_argument(
+        "loan_id", metavar="LOAN_ID", help="your identifier for it: 1-64 letters, digits and ._-"
+    )
     create.add_argument("principal", metavar="PRINCIPAL", help="amount lent, e.g. 5000000 or 5,000,000.00")
     create.add_argument("--start-date", metavar="YYYY-MM-DD", help="default: today in the service time zone")
     create.add_argument("--term-weeks", type=int, metavar="N", help="weekly installments, 1-520 (default 50)")
@@ -89,16 +112,19 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         ("show", actions.loan_show, "a loan's terms and balance"),
         ("schedule", actions.loan_schedule, "every installment: due date, amount, payment"),
         ("outstanding", actions.loan_outstanding, "what is paid and what is still owed"),
-        ("payments", actions.loan_payments, "the payments of a loan, oldest first"),
+        ("payments", actions.loan_payments, "the payments of a loan, oldest first, reversed ones marked"),
     ):
-        command(loans, name, run, help_text).add_argument("loan_id", metavar="LOAN_ID")
+        read = command(loans, name, run, help_text)
+        _loan_id(read)
+        _owner_option(read)
     status = command(loans, "status", actions.loan_status, "delinquency status: missed installments, overdue")
-    status.add_argument("loan_id", metavar="LOAN_ID")
-    status.add_argument("--as-of", metavar="YYYY-MM-DD", help="judge as of this date (default today)")
+    _loan_id(status)
+    _as_of_option(status)
+    _owner_option(status)
     command(loans, "list", actions.loan_list, "all your loans, oldest first")
 
     pay = command(commands, "pay", actions.pay, "pay whole installments of a loan, oldest first")
-    pay.add_argument("loan_id", metavar="LOAN_ID")
+    _loan_id(pay)
     what = pay.add_mutually_exclusive_group(required=True)
     what.add_argument("amount", metavar="AMOUNT", nargs="?", help="e.g. 110000 or 110,000.00")
     what.add_argument("--payoff", action="store_true", help="pay the whole outstanding balance")
@@ -107,6 +133,59 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         metavar="ID",
         help="idempotency key (default: a new UUID, printed); repeat it to retry without paying twice",
     )
+    _owner_option(pay, "record a collection on")
+    pay.add_argument(
+        "--value-date",
+        metavar="YYYY-MM-DD",
+        help="operators: when the money was received, from the loan's start date to today (default today)",
+    )
+
+    reverse = command(
+        commands, "reverse", actions.reverse, "operators: take back a bounced or mistaken payment"
+    )
+    reverse.add_argument(
+        "payment_id", metavar="PAYMENT_ID", help="the payment's id, as `pay` and `loan payments` print it"
+    )
+    reverse.add_argument(
+        "--reason", required=True, help="why, 1-500 characters (kept with the payment and audited)"
+    )
 
     delinquent = command(commands, "delinquent", actions.delinquent, "your loans with 2+ missed installments")
-    delinquent.add_argument("--as-of", metavar="YYYY-MM-DD", help="judge as of this date (default today)")
+    _as_of_option(delinquent)
+
+    history = command(
+        commands, "history", actions.history, "the periods in which a loan was delinquent, oldest first"
+    )
+    _loan_id(history)
+    _owner_option(history)
+
+    portfolio = command(
+        commands,
+        "portfolio",
+        actions.portfolio,
+        "funding-quality report: loans and outstanding by days past due, TWP90 and TKB90",
+    )
+    _as_of_option(portfolio)
+    portfolio.add_argument(
+        "--all", action="store_true", help="operators: the whole book, every borrower's loans"
+    )
+
+    events = command(
+        commands,
+        "events",
+        actions.events,
+        "the loan event log, one line per event, oldest first (with --json: one JSON object per line)",
+    )
+    events.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only events with a sequence above N, the last one you processed (default 0: from the start)",
+    )
+    events.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing new events as they happen, reconnecting by itself, until Ctrl-C",
+    )
+    events.add_argument("--loan", metavar="LOAN_ID", default="", help="only the events of this loan")
