@@ -7,12 +7,13 @@ one database, so its server cannot share a module with the per-test servers here
 from __future__ import annotations
 
 import random
+import uuid
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from helpers import START, actor_of, call_error, snapshot, violated_fields
+from helpers import START, actor_of, call_error, grant_operator, snapshot, violated_fields
 from lending.v1 import audit_pb2, auth_pb2, billing_pb2, events_pb2
 
 from lending_grpc.core.billing import BillingCore
@@ -166,6 +167,66 @@ def test_create_loan_with_other_users_loan_id_is_independent(api, alice):
     # Different terms under the same id: for bob this is simply a new loan, not ALREADY_EXISTS.
     loan = api.billing.CreateLoan(B.CreateLoanRequest(loan_id="L1", principal_amount="1000"), metadata=bob)
     assert loan.principal_amount == "1000.00"
+
+
+# -- operators naming an `owner`: the same refusals, never an echo or an INTERNAL -----
+
+OWNER_CALLS = [
+    ("GetLoan", lambda loan_id, owner: B.GetLoanRequest(loan_id=loan_id, owner=owner)),
+    ("GetSchedule", lambda loan_id, owner: B.GetScheduleRequest(loan_id=loan_id, owner=owner)),
+    ("GetOutstanding", lambda loan_id, owner: B.GetOutstandingRequest(loan_id=loan_id, owner=owner)),
+    (
+        "MakePayment",
+        lambda loan_id, owner: B.MakePaymentRequest(loan_id=loan_id, owner=owner, amount="110000.00"),
+    ),
+    ("ListPayments", lambda loan_id, owner: B.ListPaymentsRequest(loan_id=loan_id, owner=owner)),
+    (
+        "GetDelinquencyStatus",
+        lambda loan_id, owner: B.GetDelinquencyStatusRequest(loan_id=loan_id, owner=owner),
+    ),
+    (
+        "GetDelinquencyHistory",
+        lambda loan_id, owner: B.GetDelinquencyHistoryRequest(loan_id=loan_id, owner=owner),
+    ),
+]
+
+
+def _operator(api):
+    metadata, _tokens, user = api.register_and_login()
+    grant_operator(api, user.username)
+    return metadata
+
+
+@pytest.mark.parametrize("method,build", OWNER_CALLS, ids=[m for m, _ in OWNER_CALLS])
+def test_a_malformed_loan_id_is_refused_whoever_the_owner(api, method, build):
+    """Found by test_fuzz.py: with an owner that does not resolve, the loan_id went unchecked.
+
+    The same request is INVALID_ARGUMENT naming loan_id (its text cut short) when the owner
+    exists, and for a borrower; with an unknown owner the service answered NOT_FOUND with the
+    whole loan_id in the message, as long as the client cared to make it (at 5,000 characters the
+    trailers outgrow a default client's 8 KiB metadata limit and the caller sees only
+    RESOURCE_EXHAUSTED "Stream removed"; 2,000 keeps this test deterministic).
+    """
+    operator = _operator(api)
+    _metadata, _tokens, borrower = api.register_and_login()
+    for owner in (borrower.user_id, "0", str(uuid.uuid4())):  # known (answered right), then unknown
+        err = call_error(getattr(api.billing, method), build("9" * 2000, owner), metadata=operator)
+        assert len(err.details()) <= 1024, (owner, err.code(), len(err.details()))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (owner, err.code(), err.details()[:80])
+        assert violated_fields(err) == ["loan_id"]
+
+
+@pytest.mark.parametrize("method,build", OWNER_CALLS, ids=[m for m, _ in OWNER_CALLS])
+def test_an_owner_holding_a_nul_character_is_refused_not_internal(api, method, build):
+    """Found by test_fuzz.py on PostgreSQL (text there cannot hold NUL): INTERNAL instead of a refusal."""
+    operator = _operator(api)
+    for owner in ("\x00", "a\x00b"):
+        err = call_error(getattr(api.billing, method), build("L1", owner), metadata=operator)
+        assert err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), (
+            repr(owner),
+            err.code(),
+            err.details(),
+        )
 
 
 # -- authentication comes before validation ------------------------------------

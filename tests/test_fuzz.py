@@ -12,7 +12,9 @@ from __future__ import annotations
 import collections
 import random
 import sqlite3
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -21,20 +23,34 @@ from databases import BACKENDS, sqlite_url
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import symbol_database
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import PASSWORD, make_settings, today
+from helpers import CLI_ACTOR, PASSWORD, make_settings, today
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lending.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from lending.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    billing_pb2,
+    billing_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+)
 
+from lending_grpc.core.admin import AccountAdmin
+from lending_grpc.core.clock import Clock
 from lending_grpc.core.storage.database import sqlite_path
 from lending_grpc.server import create_server
 
 SERVICES = [
     service
-    for file in (auth_pb2.DESCRIPTOR, billing_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR)
+    for file in (auth_pb2.DESCRIPTOR, billing_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR, events_pb2.DESCRIPTOR)
     for service in file.services_by_name.values()
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
+# A server stream (WatchEvents) answers a valid request by staying open: the client ends it with a
+# short deadline, and a stream still open at that deadline counts as answered.
+STREAM_SECONDS = 0.25
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 # Text that must never reach a client unless the client sent it: tracebacks,
 # driver and ORM names, SQL, Python internals.
@@ -128,8 +144,22 @@ def _plausible_text(field_name: str, state: dict) -> str:
         "request_id": "pay-fuzz",
         "as_of": "2026-01-27",
         "page_token": "",
+        # Servicing: operators (olga) collect for alice (`owner`), back-date, reverse and report.
+        "payment_id": state["payment_id"],
+        "reason": "the transfer bounced",
+        "owner": state["owner"],
+        "value_date": today().isoformat(),
     }
     return values.get(field_name, "x")
+
+
+# Stand-ins the hypothesis strategy draws (it runs before any server exists), swapped for the
+# target's real values in the test: one of the reversible payments, alice's public user id.
+PLACEHOLDERS = {"refresh_token": "x", "payment_id": "@payment_id", "owner": "@owner"}
+
+
+def _plausible_int(field_name: str) -> int:
+    return 0 if field_name == "after_sequence" else 10
 
 
 def _request_class(method: pb_descriptor.MethodDescriptor):
@@ -142,7 +172,9 @@ def _plausible(method: pb_descriptor.MethodDescriptor, state: dict):
         if field.type == field.TYPE_STRING:
             setattr(message, field.name, _plausible_text(field.name, state))
         elif field.type in (field.TYPE_INT32, field.TYPE_INT64):
-            setattr(message, field.name, 10)
+            setattr(message, field.name, _plausible_int(field.name))
+        elif field.type == field.TYPE_BOOL:
+            setattr(message, field.name, True)
     return message
 
 
@@ -162,8 +194,8 @@ class Ledger:
         self._tables = sorted(
             name for (name,) in self._db.execute(listing).fetchall() if name not in DELIBERATE_WRITES
         )
-        assert {"user", "loan", "payment"} <= set(self._tables)
-        self.rows = self.read()
+        assert {"user", "loan", "payment", "event"} <= set(self._tables)
+        self.rows = self.settled()
 
     def read(self) -> dict[str, list[tuple]]:
         return {
@@ -171,8 +203,58 @@ class Ledger:
             for table in self._tables
         }
 
+    def settled(self, timeout: float = 10.0) -> dict[str, list[tuple]]:
+        """Every row once the events of the writes so far have their sequence numbers.
+
+        On PostgreSQL an event commits without a sequence; the server numbers it shortly after,
+        in commit order (DESIGN.md section 6), whatever the next call is. A snapshot taken before
+        that would blame the next refused call for the numbering, so wait for it. A refused call
+        that itself wrote an event would still show up: as a new row.
+        """
+        deadline = time.monotonic() + timeout
+        while self._db.execute('SELECT count(*) FROM "event" WHERE sequence IS NULL').fetchone()[0]:
+            assert time.monotonic() < deadline, "events left without a sequence number"
+            time.sleep(0.02)
+        return self.read()
+
+    def assert_whole(self, what) -> None:
+        """Nothing half-applied: balances, payments, reversals and their events all agree."""
+        paid = dict(self._db.execute("SELECT id, paid_cents FROM loan").fetchall())
+        counting = dict(
+            self._db.execute(
+                "SELECT loan_id, sum(amount_cents) FROM payment"
+                " WHERE reverse_time_us IS NULL GROUP BY loan_id"
+            ).fetchall()
+        )
+        assert {loan: cents for loan, cents in paid.items() if cents} == counting, what
+        facts = {
+            "LOAN_CREATED": "SELECT count(*) FROM loan",
+            "PAYMENT_ACCEPTED": "SELECT count(*) FROM payment",
+            "PAYMENT_REVERSED": "SELECT count(*) FROM payment WHERE reverse_time_us IS NOT NULL",
+        }
+        for event, query in facts.items():
+            written = self._db.execute(f"SELECT count(*) FROM \"event\" WHERE type = '{event}'")
+            assert written.fetchone()[0] == self._db.execute(query).fetchone()[0], (what, event)
+
     def close(self) -> None:
         self._db.close()
+
+
+STREAMING = {
+    f"/{method.containing_service.full_name}/{method.name}" for method in METHODS if method.server_streaming
+}
+
+
+def drain(stream) -> tuple[grpc.StatusCode, str]:
+    """Read a server stream to its end; one still open at the client's deadline was answered."""
+    try:
+        for _ in stream:
+            pass
+    except grpc.RpcError as err:
+        if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return grpc.StatusCode.OK, ""
+        return err.code(), err.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 class Target:
@@ -201,9 +283,17 @@ class Target:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.billing = billing_pb2_grpc.BillingServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.state: dict = {}
+        self.user_ids: dict[str, str] = {}
         self.metadata = {"alice": self._user("alice"), "bob": self._user("bob")}
         self._user("mallory")
+        # olga is an operator: the servicing RPCs (collections for alice, reversals, the whole book)
+        # are reached with her rights, and refused without them.
+        AccountAdmin(self.running.database, Clock()).set_role(
+            CLI_ACTOR, self._register("olga"), "operator", granted=True
+        )
+        self.metadata["olga"] = self._login("olga")
         # The refresh token under attack is carol's, so replays revoking it leave alice's session alone.
         self._user("carol")
         self.metadata["none"] = ()
@@ -225,14 +315,51 @@ class Target:
             billing_pb2.MakePaymentRequest(loan_id="L-2", amount="44000.00", request_id="pay-1"),
             metadata=alice,
         )
+        # L-3 (1,000,001.00: 49 installments of 22,000.02, a final one of 22,000.12), started 60 days
+        # ago, with payments to reverse: three single installments collected on past days and the
+        # payoff today. Reversing an early one leaves an unapplied amount; reversing the payoff reopens.
+        self.state["owner"] = self.user_ids["alice"]
+        start = today() - timedelta(days=60)
+        self.billing.CreateLoan(
+            billing_pb2.CreateLoanRequest(
+                loan_id="L-3", principal_amount="1000001", start_date=start.isoformat()
+            ),
+            metadata=alice,
+        )
+        olga = self.metadata["olga"]
+        amounts = [
+            "22000.02",
+            "22000.02",
+            "22000.02",
+            "1034001.04",
+        ]  # 1,100,001.10 - 3 x 22,000.02 (66,000.06)
+        self.state["payment_ids"] = [
+            self.billing.MakePayment(
+                billing_pb2.MakePaymentRequest(
+                    loan_id="L-3",
+                    amount=amount,
+                    owner=self.state["owner"],
+                    value_date=min(start + timedelta(days=7 * n), today()).isoformat(),
+                ),
+                metadata=olga,
+            ).payment_id
+            for n, amount in enumerate(amounts, start=1)
+        ]
+        self.state["payment_id"] = self.state["payment_ids"][0]
         self.ledger = Ledger(database_url)
+        self.ledger.assert_whole("prepared")
         self.codes: collections.Counter = collections.Counter()
+        self.answered: collections.Counter = collections.Counter()  # OK answers by method path
 
-    def _user(self, name: str):
-        self.auth.Register(
+    def _register(self, name: str) -> str:
+        user = self.auth.Register(
             auth_pb2.RegisterRequest(username=name, password=PASSWORD, email=f"{name}@example.com")
         )
-        return self._login(name)
+        self.user_ids[name] = user.user_id
+        return name
+
+    def _user(self, name: str):
+        return self._login(self._register(name))
 
     def _login(self, name: str):
         tokens = self.auth.Login(auth_pb2.LoginRequest(username=name, password=PASSWORD))
@@ -241,13 +368,16 @@ class Target:
 
     def after(self, path: str, who: str, code: grpc.StatusCode) -> None:
         """A fuzzed Logout that succeeded ended that user's session: sign in again."""
-        if code is grpc.StatusCode.OK and path.endswith("/Logout") and who in ("alice", "bob"):
+        if code is grpc.StatusCode.OK and path.endswith("/Logout") and who in ("alice", "bob", "olga"):
             refresh = self.state["refresh_token"]
             self.metadata[who] = self._login(who)
             self.state["refresh_token"] = refresh  # still carol's
-            self.ledger.rows = self.ledger.read()
+            self.ledger.rows = self.ledger.settled()
 
     def raw(self, method: str, payload: bytes, metadata) -> tuple[grpc.StatusCode, str]:
+        if method in STREAMING:
+            stream = self.channel.unary_stream(method, request_serializer=None, response_deserializer=None)
+            return drain(stream(payload, metadata=metadata, timeout=STREAM_SECONDS))
         call = self.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         try:
             call(payload, metadata=metadata, timeout=30)
@@ -258,17 +388,19 @@ class Target:
     def check(self, what, code: grpc.StatusCode, details: str, inputs: tuple[str, ...] = ()) -> None:
         """The invariants every answer must keep."""
         self.codes[code.name] += 1
+        if code is grpc.StatusCode.OK and isinstance(what, tuple):
+            self.answered[what[0]] += 1
         assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (what, code, details)
         assert code is grpc.StatusCode.OK or code in REFUSAL_ALLOWED, (what, code, details)
         assert len(details) <= 1024, (what, len(details))
         for marker in LEAK_MARKERS:
             if marker.lower() in details.lower():
                 assert any(marker.lower() in text.lower() for text in inputs), (what, marker, details)
-        rows = self.ledger.read()
         if code is grpc.StatusCode.OK:
-            self.ledger.rows = rows
+            self.ledger.rows = self.ledger.settled()
+            self.ledger.assert_whole(what)
         else:
-            assert rows == self.ledger.rows, (what, code, details)
+            assert self.ledger.read() == self.ledger.rows, (what, code, details)
 
     def close(self) -> None:
         if hasattr(self, "ledger"):
@@ -333,12 +465,15 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 
 def test_random_and_mutated_bytes_to_every_method(target):
     rng = random.Random(20261126)
-    identities = ["alice", "bob", "none", "forged"]
+    identities = ["alice", "bob", "none", "forged", "olga"]
     sent = 0
     for method in METHODS:
         path = f"/{method.containing_service.full_name}/{method.name}"
         valid = _plausible(method, target.state).SerializeToString()
-        payloads = [b"", b"\xff" * 65536, b"\x0a\xff\xff\xff\xff\x0f", b"\x0b" * 1000 + b"\x0c" * 1000]
+        # The valid request first, once per identity: each method is also reached the way a client
+        # reaches it, by the operator too (collections, reversals, the whole book, everyone's events).
+        payloads = [valid] * len(identities)
+        payloads += [b"", b"\xff" * 65536, b"\x0a\xff\xff\xff\xff\x0f", b"\x0b" * 1000 + b"\x0c" * 1000]
         payloads += [rng.randbytes(rng.randint(1, 256)) for _ in range(40)]
         payloads += [_mutate(rng, valid) for _ in range(100)]
         for n, payload in enumerate(payloads):
@@ -353,6 +488,23 @@ def test_random_and_mutated_bytes_to_every_method(target):
         sent += 1
     assert sent >= 1800
     assert target.codes["INVALID_ARGUMENT"] > 100 and target.codes["UNAUTHENTICATED"] > 100
+    servicing = [
+        "/lending.v1.BillingService/MakePayment",
+        "/lending.v1.BillingService/ReversePayment",
+        "/lending.v1.BillingService/GetDelinquencyHistory",
+        "/lending.v1.BillingService/GetPortfolioReport",
+        "/lending.v1.EventService/ListEvents",
+        "/lending.v1.EventService/WatchEvents",
+    ]
+    assert all(target.answered[path] for path in servicing), {
+        path: target.answered[path] for path in servicing
+    }
+    # The operator's reversal took: the first of L-3's payments is listed as reversed.
+    listed = target.billing.ListPayments(
+        billing_pb2.ListPaymentsRequest(loan_id="L-3", owner=target.state["owner"]),
+        metadata=target.metadata["olga"],
+    ).payments
+    assert [p.reversed for p in listed if p.payment_id == target.state["payment_id"]] == [True]
 
 
 def _hostile_text() -> st.SearchStrategy[str]:
@@ -381,13 +533,15 @@ def hostile_calls(draw):
     message = _request_class(method)()
     for field in method.input_type.fields:
         if field.type == field.TYPE_STRING:
-            keep = _plausible_text(field.name, {"refresh_token": "x"})
+            keep = _plausible_text(field.name, PLACEHOLDERS)
             value = draw(st.one_of(_hostile_text(), st.just(keep)))
             setattr(message, field.name, value)
         elif field.type in (field.TYPE_INT32, field.TYPE_INT64):
-            setattr(message, field.name, draw(_INTS))
-    who = draw(st.sampled_from(["alice", "alice", "alice", "bob", "none"]))
-    return method, message, who
+            setattr(message, field.name, draw(st.one_of(_INTS, st.just(_plausible_int(field.name)))))
+        elif field.type == field.TYPE_BOOL:
+            setattr(message, field.name, draw(st.booleans()))
+    who = draw(st.sampled_from(["alice", "alice", "alice", "bob", "none", "olga", "olga"]))
+    return method, message, who, draw(st.integers(0, 3))
 
 
 @settings(
@@ -401,18 +555,29 @@ def hostile_calls(draw):
 )
 @given(call=hostile_calls())
 def test_hypothesis_field_values_through_the_stubs(target, call):
-    method, message, who = call
+    method, message, who, pick = call
     path = f"/{method.containing_service.full_name}/{method.name}"
+    for field in method.input_type.fields:  # the placeholders become the target's real values
+        if field.type == field.TYPE_STRING and getattr(message, field.name) == "@payment_id":
+            setattr(message, field.name, target.state["payment_ids"][pick])
+        elif field.type == field.TYPE_STRING and getattr(message, field.name) == "@owner":
+            setattr(message, field.name, target.state["owner"])
     # The generated stub's own method: the request is serialized exactly as a client's would be.
-    stub = {"AuthService": target.auth, "BillingService": target.billing, "AuditService": target.audit}[
-        method.containing_service.name
-    ]
+    stub = {
+        "AuthService": target.auth,
+        "BillingService": target.billing,
+        "AuditService": target.audit,
+        "EventService": target.events,
+    }[method.containing_service.name]
     stub_call = getattr(stub, method.name)
-    try:
-        stub_call(message, metadata=target.metadata[who], timeout=30)
-        code, details = grpc.StatusCode.OK, ""
-    except grpc.RpcError as err:
-        code, details = err.code(), err.details() or ""
+    if method.server_streaming:
+        code, details = drain(stub_call(message, metadata=target.metadata[who], timeout=STREAM_SECONDS))
+    else:
+        try:
+            stub_call(message, metadata=target.metadata[who], timeout=30)
+            code, details = grpc.StatusCode.OK, ""
+        except grpc.RpcError as err:
+            code, details = err.code(), err.details() or ""
     inputs = tuple(getattr(message, f.name) for f in method.input_type.fields if f.type == f.TYPE_STRING)
     target.check((path, who, str(message)[:200]), code, details, inputs)
     target.after(path, who, code)
@@ -442,4 +607,24 @@ def test_server_is_healthy_and_exact_after_the_attacks(target):
         "44000.00",
         "2156000.00",
     )
+    # L-2 started today with this week's installment paid: never delinquent, nothing overdue.
+    alice = target.metadata["alice"]
+    history = target.billing.GetDelinquencyHistory(
+        billing_pb2.GetDelinquencyHistoryRequest(loan_id="L-2"), metadata=alice
+    )
+    assert list(history.periods) == []
+    standing = target.billing.GetDelinquencyStatus(
+        billing_pb2.GetDelinquencyStatusRequest(loan_id="L-2"), metadata=alice
+    )
+    assert (standing.missed_payments, standing.overdue_amount, standing.days_past_due) == (0, "0.00", 0)
+    # The event log survived: the operator pages through every stored event once, in sequence order.
+    events, after = [], 0
+    while page := target.events.ListEvents(
+        events_pb2.ListEventsRequest(after_sequence=after, page_size=100), metadata=target.metadata["olga"]
+    ).events:
+        events += page
+        after = page[-1].sequence
+    sequences = [event.sequence for event in events]
+    assert sequences == sorted(set(sequences))
+    assert len(events) == len(target.ledger.settled()["event"])
     print("answers by code:", dict(target.codes))
