@@ -16,6 +16,7 @@ import json
 import os
 import re
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,6 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from lending.v1 import audit_pb2_grpc, auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 
+from lending_grpc.client import LendingClient
 from lending_grpc.config import Settings
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.auth import AuthCore
@@ -219,9 +222,75 @@ def login(api: Api, username: str, password: str = PASSWORD):
     return api.auth.Login(auth_pb2.LoginRequest(username=username, password=password))
 
 
-def grant_operator(api: Api, username: str) -> None:
-    """What `lending-grpc users grant USERNAME operator` does, in this process (the CLI has its own test)."""
-    AccountAdmin(api.server.database, Clock()).set_role(CLI_ACTOR, username, "operator", granted=True)
+def grant_operator(target, username: str) -> None:
+    """What `lending-grpc users grant USERNAME operator` does, in this process (the CLI has its own test).
+
+    ``target`` is an `Api` (its server's database) or a database.
+    """
+    database = target.server.database if isinstance(target, Api) else target
+    AccountAdmin(database, Clock()).set_role(CLI_ACTOR, username, "operator", granted=True)
+
+
+def sign_up(target: str, username: str) -> tuple[LendingClient, str]:
+    """Register ``username`` on ``target``; an SDK client that logs itself in, and the user's public id."""
+    with LendingClient(target) as bootstrap:
+        user = bootstrap.register(username, PASSWORD, f"{username}@example.com")
+    return LendingClient(target, username=username, password=PASSWORD), user.user_id
+
+
+class Cli:
+    """`python -m lending_grpc ...` as a person types it: their own token cache, LENDING_SERVER set."""
+
+    def __init__(self, server: str, home: Path) -> None:
+        self.server = server
+        self.home = home
+        self.config = home / "config"
+        home.mkdir(parents=True, exist_ok=True)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("LENDING_")}
+        environ.update(XDG_CONFIG_HOME=str(self.config), LENDING_SERVER=self.server)
+        environ.update(extra)  # a test may point LENDING_SERVER elsewhere
+        return environ
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "lending_grpc", *args]
+
+    def __call__(
+        self, *args: str, stdin: str | None = None, ok: bool = True, one_line: bool = True, **env: str
+    ) -> subprocess.CompletedProcess:
+        """Run one command; ``ok`` (exit 0, nothing on stderr) or a one-line refusal without a traceback."""
+        result = subprocess.run(
+            self.command(*args),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env(**env),
+            cwd=self.home,
+        )
+        if ok:
+            assert (result.returncode, result.stderr) == (0, ""), result.stderr
+        else:
+            assert result.returncode != 0, result.stdout
+            assert "Traceback" not in result.stderr, result.stderr
+            if one_line:
+                assert result.stderr.count("\n") == 1, result.stderr
+        return result
+
+    def logged_in(self, username: str = "ada") -> Cli:
+        """Register ``username`` and log in as it."""
+        self("register", username, "--email", f"{username}@example.com", "--password-stdin", stdin=PASSWORD)
+        return self.log_in(username)
+
+    def log_in(self, username: str) -> Cli:
+        """Log in as an existing user (tokens cached under this person's home)."""
+        self("login", username, "--password-stdin", stdin=PASSWORD + "\n")
+        return self
+
+    @property
+    def token_file(self) -> Path:
+        return self.config / "lending-grpc" / "tokens.json"
 
 
 def audit_rows(**where) -> list[dict]:
@@ -788,3 +857,67 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
             return time.monotonic() - started
         time.sleep(interval)
     return None
+
+
+# -- Prometheus alert rules (deploy/prometheus) -------------------------------------------------
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+ALERT_RULES = RULES_DIR / "lending-grpc.rules.yml"
+FLOOR_RULES = RULES_DIR / "tkb90-floor.rules.yml"
+RULE_FILES = [ALERT_RULES, FLOOR_RULES]
+
+
+def run_tool(args: list, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run an external tool to completion; its output captured as text."""
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def alert_rules(path: Path = ALERT_RULES) -> list[dict]:
+    """Every rule of a rules file, groups flattened."""
+    return [rule for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+
+
+def floor_case(tkb90: float, fires: bool) -> dict:
+    """A promtool test: TKB90 steady at ``tkb90`` for two hours, below the floor alert or not."""
+    rule = next(rule for rule in alert_rules() if rule.get("alert") == "LendingTKB90BelowFloor")
+    annotations = {
+        "summary": f"TKB90 is {tkb90:.2f}%, below the floor",
+        "description": rule["annotations"]["description"],  # no template in it
+    }
+    labels = {"severity": "critical", "job": "lending-grpc"}
+    expected = [{"exp_labels": labels, "exp_annotations": annotations}] if fires else []
+    return {
+        "name": f"TKB90 at {tkb90}",
+        "interval": "1m",
+        "input_series": [
+            {
+                "series": 'lending_tkb90_percent{job="lending-grpc",instance="a:9090"}',
+                "values": f"{tkb90}+0x120",
+            }
+        ],
+        "alert_rule_test": [
+            {"eval_time": "100m", "alertname": "LendingTKB90BelowFloor", "exp_alerts": expected}
+        ],
+    }
+
+
+def run_floor_cases(promtool: str, rules_dir: Path, cases: list[dict]) -> subprocess.CompletedProcess:
+    spec = {"rule_files": [p.name for p in RULE_FILES], "evaluation_interval": "1m", "tests": cases}
+    test_file = rules_dir / "floor.test.yml"
+    test_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return run_tool([promtool, "test", "rules", test_file.name], cwd=rules_dir)
+
+
+# -- command line tools the deployment tests drive (promtool, kubectl, hadolint) -----------------
+
+BIN = Path(sys.executable).parent
+
+
+def require_tool(name: str, how_to_get_it: str) -> str:
+    """The path of ``name`` (the virtualenv first, then PATH), or skip / fail saying ``how_to_get_it``."""
+    path = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing: {how_to_get_it}", pytrace=False)
+        pytest.skip(f"{name} is not installed ({how_to_get_it})")
+    return path

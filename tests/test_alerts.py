@@ -12,18 +12,23 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from external_tools import require_tool
+from helpers import (
+    ALERT_RULES,
+    FLOOR_RULES,
+    RULE_FILES,
+    RULES_DIR,
+    alert_rules,
+    floor_case,
+    require_tool,
+    run_floor_cases,
+    run_tool,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES_DIR = ROOT / "deploy" / "prometheus"
-ALERT_RULES = RULES_DIR / "lending-grpc.rules.yml"
-FLOOR_RULES = RULES_DIR / "tkb90-floor.rules.yml"
-RULE_FILES = [ALERT_RULES, FLOOR_RULES]
 TEST_FILES = sorted((RULES_DIR / "tests").glob("*.test.yml"))
 DASHBOARD = RULES_DIR / "lending-grpc-dashboard.json"
 PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "monitoring" / "prometheus-rule.yaml"
@@ -57,12 +62,8 @@ def _promtool() -> str:
     return require_tool("promtool", PROMTOOL_HINT)
 
 
-def _run(args: list, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def _rules(path: Path = ALERT_RULES) -> list[dict]:
-    return [rule for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+_run = run_tool
+_rules = alert_rules
 
 
 def _all_rules() -> list[dict]:
@@ -142,49 +143,16 @@ def test_kubernetes_prometheus_rules_carry_the_same_groups():
     assert PROMETHEUS_RULE.name in monitoring["resources"]
 
 
-def _floor_case(tkb90: float, fires: bool) -> dict:
-    """A promtool test: TKB90 steady at ``tkb90`` for two hours, below the floor alert or not."""
-    rule = next(rule for rule in _rules() if rule.get("alert") == "LendingTKB90BelowFloor")
-    annotations = {
-        "summary": f"TKB90 is {tkb90:.2f}%, below the floor",
-        "description": rule["annotations"]["description"],  # no template in it
-    }
-    labels = {"severity": "critical", "job": "lending-grpc"}
-    expected = [{"exp_labels": labels, "exp_annotations": annotations}] if fires else []
-    return {
-        "name": f"TKB90 at {tkb90}",
-        "interval": "1m",
-        "input_series": [
-            {
-                "series": 'lending_tkb90_percent{job="lending-grpc",instance="a:9090"}',
-                "values": f"{tkb90}+0x120",
-            }
-        ],
-        "alert_rule_test": [
-            {"eval_time": "100m", "alertname": "LendingTKB90BelowFloor", "exp_alerts": expected}
-        ],
-    }
-
-
-def _run_floor_cases(promtool: str, rules_dir: Path, cases: list[dict]) -> subprocess.CompletedProcess:
-    spec = {"rule_files": [p.name for p in RULE_FILES], "evaluation_interval": "1m", "tests": cases}
-    test_file = rules_dir / "floor.test.yml"
-    test_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return _run([promtool, "test", "rules", test_file.name], cwd=rules_dir)
-
-
 def test_tkb90_floor_is_one_setting(tmp_path):
     """93% is fine at the default floor of 90 and pages once the floor file says 95."""
     promtool = _promtool()
     for path in RULE_FILES:
         shutil.copy(path, tmp_path / path.name)
-    default = _run_floor_cases(
-        promtool, tmp_path, [_floor_case(93, fires=False), _floor_case(89, fires=True)]
-    )
+    default = run_floor_cases(promtool, tmp_path, [floor_case(93, fires=False), floor_case(89, fires=True)])
     assert default.returncode == 0, default.stdout + default.stderr
     floor_file = tmp_path / FLOOR_RULES.name
     floor_file.write_text(floor_file.read_text().replace("vector(90)", "vector(95)"))
-    raised = _run_floor_cases(promtool, tmp_path, [_floor_case(93, fires=True), _floor_case(96, fires=False)])
+    raised = run_floor_cases(promtool, tmp_path, [floor_case(93, fires=True), floor_case(96, fires=False)])
     assert raised.returncode == 0, raised.stdout + raised.stderr
 
 

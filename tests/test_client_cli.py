@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from databases import sqlite_url
-from helpers import PASSWORD
+from helpers import PASSWORD, Cli
 
 from lending_grpc.config import CLIENT_ENV_NAMES, Settings, load_settings
 
@@ -20,48 +17,6 @@ from lending_grpc.config import CLIENT_ENV_NAMES, Settings, load_settings
 def database_url(tmp_path: Path) -> str:
     """The clients do not care which database serves them: SQLite only (storage has its own tests)."""
     return sqlite_url(tmp_path)
-
-
-class Cli:
-    """Runs `python -m lending_grpc ...` with its own config directory and LENDING_SERVER."""
-
-    def __init__(self, server: str, home: Path) -> None:
-        self.server = server
-        self.home = home
-        self.config = home / "config"
-
-    def __call__(
-        self, *args: str, stdin: str | None = None, ok: bool = True, one_line: bool = True, **env: str
-    ):
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("LENDING_")}
-        environ.update({"XDG_CONFIG_HOME": str(self.config), "LENDING_SERVER": self.server, **env})
-        result = subprocess.run(
-            [sys.executable, "-m", "lending_grpc", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=environ,
-            cwd=self.home,
-        )
-        if ok:
-            assert result.returncode == 0, result.stderr
-            assert result.stderr == ""
-        else:
-            assert result.returncode != 0, result.stdout
-            assert "Traceback" not in result.stderr, result.stderr
-            if one_line:
-                assert result.stderr.count("\n") == 1, result.stderr
-        return result
-
-    def logged_in(self, username: str = "ada") -> Cli:
-        self("register", username, "--email", f"{username}@example.com", "--password-stdin", stdin=PASSWORD)
-        self("login", username, "--password-stdin", stdin=PASSWORD + "\n")
-        return self
-
-    @property
-    def token_file(self) -> Path:
-        return self.config / "lending-grpc" / "tokens.json"
 
 
 @pytest.fixture
@@ -122,20 +77,21 @@ def test_worked_example_tables(cli: Cli) -> None:
         "paid         110,000.00 (1 installment)\n"
         "outstanding  5,390,000.00 (49 installments)\n"
     )
+    # The payment is valued today: on 2026-01-27 three installments were due and none was paid yet.
     assert cli("loan", "status", "L-1001", "--as-of", "2026-01-27").stdout == (
         "loan                 L-1001\n"
         "as of                2026-01-27\n"
         "delinquent           YES\n"
-        "missed installments  2\n"
-        "overdue              220,000.00\n"
-        "days past due        8\n"
-        "next due date        2026-01-19\n"
+        "missed installments  3\n"
+        "overdue              330,000.00\n"
+        "days past due        15\n"
+        "next due date        2026-01-12\n"
     )
     cli("loan", "create", "L-1002", "1000001", "--start-date", "2026-01-05")
     assert cli("delinquent", "--as-of", "2026-01-27").stdout == (
         "LOAN    MISSED     OVERDUE  DAYS PAST DUE  OLDEST DUE  AS OF\n"
+        "L-1001       3  330,000.00             15  2026-01-12  2026-01-27\n"
         "L-1002       3   66,000.06             15  2026-01-12  2026-01-27\n"
-        "L-1001       2  220,000.00              8  2026-01-19  2026-01-27\n"
     )
     assert cli("loan", "list").stdout == (
         "LOAN    STATE      PRINCIPAL      WEEKLY  PAID   OUTSTANDING  START\n"
@@ -145,7 +101,9 @@ def test_worked_example_tables(cli: Cli) -> None:
 
     catch_up = cli("pay", "L-1001", "220,000.00").stdout.splitlines()
     assert catch_up[0] == "paid         220,000.00 on L-1001 (weeks 2-3)"
-    assert "delinquent           no\n" in cli("loan", "status", "L-1001", "--as-of", "2026-01-27").stdout
+    # Also valued today: it changes today's standing, not 2026-01-27's (an operator's back-dated
+    # collection would: test_client_servicing.py).
+    assert "missed installments  3\n" in cli("loan", "status", "L-1001", "--as-of", "2026-01-27").stdout
     payoff = cli("pay", "L-1001", "--payoff").stdout.splitlines()
     assert payoff[:2] == ["paid         5,170,000.00 on L-1001 (weeks 4-50)", "outstanding  0.00"]
     shown = cli("loan", "show", "L-1001").stdout
@@ -196,8 +154,9 @@ def test_json_output_keeps_exact_decimal_strings(cli: Cli) -> None:
         "payment_id": None,
     }
     listed = json.loads(cli("delinquent", "--as-of", "2026-01-27", "--json").stdout)
+    # The payment is valued today: on 2026-01-27 none of the three installments due was paid yet.
     assert [(s["loan_id"], s["missed_payments"], s["overdue_amount"]) for s in listed["loans"]] == [
-        ("L1", 2, "44000.04")
+        ("L1", 3, "66000.06")
     ]
     assert json.loads(cli("loan", "list", "--json").stdout)["loans"][0]["loan_id"] == "L1"
 

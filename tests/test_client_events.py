@@ -20,11 +20,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from client_helpers import PASSWORD, Cli, grant_operator, sign_up
-from conftest import make_settings
+from helpers import PASSWORD, Cli, ServerProcess, grant_operator, make_settings, sign_up, today
 from lending.v1 import auth_pb2, auth_pb2_grpc, events_pb2, events_pb2_grpc
-from rpc_helpers import today
-from serverproc import ServerProcess
 
 from lending_grpc.client import (
     Event,

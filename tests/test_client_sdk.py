@@ -99,15 +99,18 @@ def test_worked_example_in_plain_python_values(client: LendingClient) -> None:
     assert (second.paid, second.payment_time, second.payment_id) == (False, None, None)
     assert schedule.total_amount == Decimal("5500000.00")
 
+    # The payment is valued today: on 2026-01-27 three installments were due and none was paid yet.
     status = client.get_delinquency_status("L-1001", dt.date(2026, 1, 27))
-    assert status.is_delinquent and status.missed_payments == 2
-    assert (status.overdue_amount, status.days_past_due) == (Decimal("220000.00"), 8)
-    assert (status.next_due_date, status.as_of) == (dt.date(2026, 1, 19), dt.date(2026, 1, 27))
+    assert status.is_delinquent and status.missed_payments == 3
+    assert (status.overdue_amount, status.days_past_due) == (Decimal("330000.00"), 15)
+    assert (status.next_due_date, status.as_of) == (dt.date(2026, 1, 12), dt.date(2026, 1, 27))
     assert [s.loan_id for s in client.iter_delinquent_loans("2026-01-27")] == ["L-1001"]
+    # Today it counts: the first unpaid installment is week 2.
+    assert client.get_delinquency_status("L-1001").next_due_date == dt.date(2026, 1, 19)
 
-    client.make_payment("L-1001", "220000.00")
-    assert not client.get_delinquency_status("L-1001", "2026-01-27").is_delinquent
-    assert list(client.iter_delinquent_loans("2026-01-27")) == []
+    client.make_payment("L-1001", "220000.00")  # valued today as well: 2026-01-27 stays as it was
+    assert client.get_delinquency_status("L-1001", "2026-01-27").missed_payments == 3
+    assert client.get_delinquency_status("L-1001").next_due_date == dt.date(2026, 2, 2)
 
     final = client.make_payment("L-1001", client.get_outstanding("L-1001").outstanding_balance)
     assert (final.first_week, final.last_week, final.outstanding_balance) == (4, 50, Decimal("0.00"))

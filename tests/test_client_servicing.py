@@ -16,8 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from client_helpers import Cli, grant_operator, sign_up
 from databases import sqlite_url
+from helpers import Cli, grant_operator, sign_up
 
 from lending_grpc.cli.main import build_parser
 from lending_grpc.client import (
@@ -379,7 +379,7 @@ def test_cli_refusals_and_exit_codes(people) -> None:
     assert result.returncode == 1 and result.stderr.startswith("lending-grpc: INVALID_ARGUMENT: reason")
     result = olga("history", "L1", ok=False)  # olga has no loan L1
     assert (result.returncode, result.stderr) == (1, "lending-grpc: NOT_FOUND: loan 'L1' not found\n")
-    result = olga("reverse", paid["payment_id"], ok=False)  # argparse: --reason is required
+    result = olga("reverse", paid["payment_id"], ok=False, one_line=False)  # argparse: --reason is required
     assert result.returncode == 2 and "the following arguments are required: --reason" in result.stderr
     assert (
         ada("loan", "outstanding", "L1").stdout.splitlines()[2] == "paid         110,000.00 (1 installment)"

@@ -10,16 +10,13 @@ server.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
-from helpers import run_cli, running_api
+from helpers import require_tool, run_cli, running_api
 
 from lending_grpc.config import Settings
 
@@ -30,12 +27,7 @@ KNOWN_ENV = {Settings.env_name(field.name) for field in dataclasses.fields(Setti
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name, path=str(BIN)) or shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing: `make setup` installs it", pytrace=False)
-        pytest.skip(f"{name} is not installed on this platform")
-    return path
+    return require_tool(name, "`make setup` installs it")
 
 
 def _documents() -> dict[str, dict]:

@@ -16,8 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
-from external_tools import require_tool
-from test_alerts import RULE_FILES, _floor_case, _run_floor_cases
+from helpers import RULE_FILES, floor_case, require_tool, run_floor_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -212,7 +211,5 @@ def test_an_overlay_patch_raises_the_tkb90_floor(tmp_path):
     rules_dir.mkdir()
     for path, name in zip(RULE_FILES, ("lending-grpc", "lending-grpc-tkb90-floor"), strict=True):
         (rules_dir / path.name).write_text(yaml.safe_dump({"groups": rules[name]["spec"]["groups"]}))
-    result = _run_floor_cases(
-        promtool, rules_dir, [_floor_case(93, fires=True), _floor_case(96, fires=False)]
-    )
+    result = run_floor_cases(promtool, rules_dir, [floor_case(93, fires=True), floor_case(96, fires=False)])
     assert result.returncode == 0, result.stdout + result.stderr

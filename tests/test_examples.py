@@ -38,10 +38,16 @@ def test_worked_example(api, alice):
     assert payment.outstanding_balance == "5390000.00"
     outstanding = api.billing.GetOutstanding(billing_pb2.GetOutstandingRequest(loan_id="L1"), metadata=alice)
     assert outstanding.outstanding_balance == "5390000.00"
+    # The payment is valued today: as of 2026-01-27 nothing had been paid, three installments were due.
     status = api.billing.GetDelinquencyStatus(
         billing_pb2.GetDelinquencyStatusRequest(loan_id="L1", as_of="2026-01-27"), metadata=alice
     )
-    assert status.is_delinquent and status.missed_payments == 2
+    assert (status.is_delinquent, status.missed_payments, status.overdue_amount) == (True, 3, "330000.00")
+    # Today the paid week counts: every installment due since 2026-01-12 but the first is missed.
+    today = api.billing.GetDelinquencyStatus(
+        billing_pb2.GetDelinquencyStatusRequest(loan_id="L1"), metadata=alice
+    )
+    assert today.is_delinquent and today.next_due_date == "2026-01-19"
 
 
 # == `make demo` (examples/demo.sh) runs from registration to payoff against the real server it starts ===

@@ -275,9 +275,11 @@ class BillingCore:
     def resolve_owner(self, user_id: str, loan_id: str) -> int:
         """The internal id of the user ``user_id`` (an operator naming a loan's owner).
 
-        An unknown owner is NotFound for the loan, as an unknown loan would be.
+        Both fields are checked first, exactly as without an owner; an unknown
+        owner is then NotFound for the loan, as an unknown loan would be.
         """
-        row = User.select(User.id).where(User.user_id == user_id[:36]).first()
+        loan_id = fields.loan_id(loan_id)
+        row = User.select(User.id).where(User.user_id == fields.user_id(user_id)).first()
         if row is None:
             raise NotFound(f"loan {loan_id!r} not found")
         return row.id

@@ -14,6 +14,7 @@ from lending_grpc.core.errors import InvalidArgument
 LOAN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 PAYMENT_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+USER_ID_RE = PAYMENT_ID_RE  # public user ids are lower-case UUIDs too
 MIN_USERNAME_CHARS = 3
 MAX_USERNAME_CHARS = 150
 USERNAME_RE = re.compile(rf"[A-Za-z0-9@.+_-]{{{MIN_USERNAME_CHARS},{MAX_USERNAME_CHARS}}}")
@@ -50,6 +51,13 @@ def payment_id(value: str, field: str = "payment_id") -> str:
         raise InvalidArgument(field, "is required")
     if not PAYMENT_ID_RE.fullmatch(value):
         raise InvalidArgument(field, f"{_short(value)} is not a payment id (a UUID as the service issued it)")
+    return value
+
+
+def user_id(value: str, field: str = "owner") -> str:
+    """A user's public id as the service issued it (a lower-case UUID)."""
+    if not USER_ID_RE.fullmatch(value):
+        raise InvalidArgument(field, f"{_short(value)} is not a user id (a UUID as the service issued it)")
     return value
 
 
