@@ -2,7 +2,7 @@
 
 A server-side process: it reads the log from the database named by
 LENDING_DATABASE_URL, like `serve`. The relay itself is in
-`lending_grpc/relay/jetstream.py`; docs/events-relay.md is the operator's page.
+`lending_grpc/relay/jetstream.py`; docs/events.md ("The NATS relay") is the operator's page.
 """
 
 from __future__ import annotations
