@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import stat
+from pathlib import Path
 
 import pytest
 
 from lending_grpc.config import ConfigError, Settings, load_settings, resolve_secret_key
+
+SETTINGS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "operations" / "settings.md"
 
 
 def test_precedence_is_flags_then_environment_then_dotenv_then_default(tmp_path):
@@ -23,6 +28,12 @@ def test_precedence_is_flags_then_environment_then_dotenv_then_default(tmp_path)
     settings = load_settings({}, {}, tmp_path / "missing.env")
     assert settings == Settings()
     assert settings.listen == "127.0.0.1:50051" and settings.time_zone == "Asia/Jakarta"
+
+
+def test_the_settings_page_has_one_row_for_every_setting():
+    """docs/operations/settings.md: a table row per setting, no row for a setting that does not exist."""
+    rows = re.findall(r"^\| `(LENDING_[A-Z0-9_]+)`", SETTINGS_PAGE.read_text(), re.MULTILINE)
+    assert sorted(rows) == sorted(Settings.env_name(field.name) for field in dataclasses.fields(Settings))
 
 
 @pytest.mark.parametrize(
