@@ -1,7 +1,7 @@
 """How the server meets the network: TLS / mTLS credentials, message and connection limits.
 
-The values below are deliberate; the README's Operations section explains
-each one. They bound what one connection can cost the server (message size,
+The values below are deliberate; docs/operations/postgresql.md ("Connection
+management") explains each one. They bound what one connection can cost the server (message size,
 metadata size, ping floods, idle and ageless connections) without getting in
 the way of ordinary clients.
 """
