@@ -235,7 +235,7 @@ def test_postgresql_pg_dump_under_load_restores_into_a_new_database(postgres, tm
         metadata = _set_up(server.target)
 
         def backup() -> None:
-            # The command docs/operations-when-things-go-wrong.md gives.
+            # The command docs/operations/backups.md gives.
             subprocess.run(
                 ["pg_dump", "--format=custom", "--no-owner", f"--file={dump}", url],
                 check=True,

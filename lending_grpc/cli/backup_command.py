@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"lending-grpc: {args.command} works on SQLite databases; back up PostgreSQL with pg_dump "
             f"(pg_dump --format=custom --no-owner --file=lending.dump '{redact_url(settings.database_url)}') "
-            "and restore with pg_restore: see docs/operations-when-things-go-wrong.md",
+            "and restore with pg_restore: see docs/operations/backups.md",
             file=sys.stderr,
         )
         return 2

@@ -8,7 +8,7 @@ integrity check, a schema this release knows) and copies it into the
 service's database file, refusing to replace an existing one unless told.
 
 PostgreSQL has its own tools for this (pg_dump and pg_restore; see
-docs/operations-when-things-go-wrong.md).
+docs/operations/backups.md).
 """
 
 from __future__ import annotations
