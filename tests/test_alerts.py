@@ -4,7 +4,7 @@
 (deploy/prometheus/tests/*.test.yml: series in, alerts expected out). The tests below also make
 sure that every alert has a test where it fires and one where it stays quiet, that the
 Kubernetes PrometheusRule carries exactly the same groups, and that the rules and the Grafana
-dashboard ask only for metrics of the contract (docs/operations-alerts-and-deploy.md).
+dashboard ask only for metrics of the contract (docs/operations/deployment.md, "Alerts").
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted((RULES_DIR / "tests").glob("*.test.yml"))
 DASHBOARD = RULES_DIR / "lending-grpc-dashboard.json"
 PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "monitoring" / "prometheus-rule.yaml"
-DOCS = ROOT / "docs" / "operations-alerts-and-deploy.md"
+DOCS = ROOT / "docs" / "operations" / "deployment.md"
 PROMTOOL_HINT = "Debian/Ubuntu package `prometheus` (apt-get install prometheus); .ci/run installs it"
 
 # The metrics the service and the relay export (names fixed by the metric contract).

@@ -187,7 +187,7 @@ def test_prod_scrapes_the_metrics_port_under_the_job_name_the_rules_use(prod):
 
 
 def test_an_overlay_patch_raises_the_tkb90_floor(tmp_path):
-    """The documented patch (docs/operations-alerts-and-deploy.md) makes 93% page, end to end."""
+    """The documented patch (docs/operations/deployment.md) makes 93% page, end to end."""
     tree = tmp_path / "deploy"
     shutil.copytree(ROOT / "deploy", tree)
     overlay = tree / "kubernetes" / "overlays" / "stricter-floor"

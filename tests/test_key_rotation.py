@@ -403,18 +403,28 @@ def test_settings_for_rotation_are_checked(tmp_path):
     assert settings.key_poll_seconds == 30.0
 
 
-def test_the_operations_page_links_to_its_own_sections_and_names_real_tests():
+def _slug(heading: str) -> str:
+    """The anchor MkDocs (Python-Markdown's toc) gives a heading."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+
+
+def test_the_key_pages_link_to_real_sections_and_name_real_tests():
+    """The rotation steps (deployment page) and the key lists (security page): links and tests resolve."""
     root = Path(__file__).resolve().parent.parent
-    page = (root / "docs" / "operations-secrets-and-error-tracking.md").read_text()
+    docs = root / "docs"
+    pages = {"security.md": docs / "security.md", "deployment.md": docs / "operations" / "deployment.md"}
     anchors = {
-        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-        for heading in re.findall(r"^#+ (.+)$", page, re.MULTILINE)
+        name: {_slug(heading) for heading in re.findall(r"^#+ (.+)$", page.read_text(), re.MULTILINE)}
+        for name, page in pages.items()
     }
-    links = re.findall(r"\]\(#([^)]+)\)", page)
-    readme_links = re.findall(
-        r"docs/operations-secrets-and-error-tracking\.md#([\w-]+)", (root / "README.md").read_text()
-    )
-    assert links and readme_links
-    assert set(links + readme_links) <= anchors
-    for test_file in set(re.findall(r"tests/\w+\.py", page)):
-        assert (root / test_file).is_file(), test_file
+    links = []
+    for page in docs.rglob("*.md"):
+        for target, anchor in re.findall(r"\]\(([\w./-]*?)#([\w-]+)\)", page.read_text()):
+            name = Path(target).name if target else page.name
+            if name in pages and (not target or (page.parent / target).resolve() == pages[name].resolve()):
+                links.append((name, anchor))
+    assert ("deployment.md", "rotating-keys") in links and ("security.md", "keys") in links
+    assert [link for link in links if link[1] not in anchors[link[0]]] == []
+    for page in pages.values():
+        for test_file in set(re.findall(r"tests/\w+\.py", page.read_text())):
+            assert (root / test_file).is_file(), test_file
