@@ -7,7 +7,9 @@ one database, so its server cannot share a module with the per-test servers here
 from __future__ import annotations
 
 import random
+import re
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +18,8 @@ from grpc_status import rpc_status
 from helpers import START, actor_of, call_error, grant_operator, snapshot, violated_fields
 from lending.v1 import audit_pb2, auth_pb2, billing_pb2, events_pb2
 
+from lending_grpc.api.status import _CODES
+from lending_grpc.core import errors
 from lending_grpc.core.billing import BillingCore
 from lending_grpc.core.errors import NotFound
 
@@ -23,6 +27,22 @@ B = billing_pb2
 A = auth_pb2
 
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+
+
+def test_the_errors_page_names_every_reason_with_its_code():
+    """docs/reference/errors.md has a row for every ErrorInfo reason, under the code status.py gives it."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "errors.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Z_]+)` \| `([A-Z_]+)` \|", page, re.MULTILINE))
+    by_number = {code.value[0]: code.name for code in grpc.StatusCode}
+    # Bases the API never answers with: only their subclasses are raised (FailedPrecondition itself
+    # comes from the server-host commands alone).
+    never_over_the_api = {errors.FailedPrecondition, errors.ResourceExhausted}
+    classes = [errors.LendingError]
+    for cls in classes:
+        classes.extend(cls.__subclasses__())
+    for cls in set(classes[1:]) - never_over_the_api:
+        number = next(number for base, number in _CODES if issubclass(cls, base))
+        assert (by_number[number], cls.reason) in rows, cls.__name__
 
 
 def seed(api, metadata):
