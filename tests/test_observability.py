@@ -9,21 +9,40 @@ import sqlite3
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import ServerProcess, call_error, make_settings, running_api, today
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from lending_grpc.api import call as calls
-from lending_grpc.api.metrics import worker_address
+from lending_grpc.api.metrics import RpcMetrics, worker_address
 from lending_grpc.api.pipeline import safe_request_id
+from lending_grpc.core import portfolio_stats
 from lending_grpc.logs import JsonFormatter, RequestIdFilter
 from lending_grpc.server import create_server
 
 BILLING = "lending.v1.BillingService"
+
+
+def test_the_metrics_page_has_a_row_for_every_metric():
+    """docs/operations/metrics-and-logs.md lists every series the service and the relay export."""
+    pytest.importorskip("nats")  # the relay's module needs nats-py (the nats extra)
+    from lending_grpc.relay.jetstream import RelayMetrics
+
+    registry = CollectorRegistry()
+    RpcMetrics(registry)
+    RelayMetrics(registry)
+    families = registry.collect()
+    names = {f"{family.name}_total" if family.type == "counter" else family.name for family in families}
+    names |= set(re.findall(r'"(lending_[a-z0-9_]+)"', Path(portfolio_stats.__file__).read_text()))
+    page = Path(__file__).resolve().parent.parent / "docs" / "operations" / "metrics-and-logs.md"
+    rows = set(re.findall(r"^\| `([a-z0-9_]+)` \|", page.read_text(), re.MULTILINE))
+    assert names - rows == set()
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset], float]:
