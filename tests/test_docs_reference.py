@@ -110,6 +110,25 @@ def test_every_service_method_message_field_and_enum_value_is_in_the_api_referen
                 assert re.search(rf"^\| `{value.name}` \| {value.number} \| ", text, re.M), value.name
 
 
+def test_every_element_of_the_contract_has_a_comment():
+    """The reference says only what the comments say: an element without one would be a blank in it."""
+    api = api_reference.Api(api_reference.compile_protos())
+    missing = []
+    for file in api.files:
+        for index, service in enumerate(file.service):
+            paths = {service.name: (6, index)}
+            paths |= {f"{service.name}.{m.name}": (6, index, 2, i) for i, m in enumerate(service.method)}
+            missing += [name for name, path in paths.items() if not api.comment(file, path)]
+    for element in [*api.messages.values(), *api.enums.values()]:
+        if isinstance(element, api_reference.Message) and element.is_map_entry:
+            continue
+        members = element.proto.field if isinstance(element, api_reference.Message) else element.proto.value
+        paths = {element.name: element.path}
+        paths |= {f"{element.name}.{m.name}": (*element.path, 2, i) for i, m in enumerate(members)}
+        missing += [name for name, path in paths.items() if not api.comment(element.file, path)]
+    assert not missing, f"add a comment in protos/ to: {', '.join(missing)}"
+
+
 def test_field_types_link_to_their_sections_and_well_known_types_are_named():
     page = API_PAGE.read_text(encoding="utf-8")
     found = sections(page)
