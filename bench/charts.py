@@ -74,6 +74,10 @@ def _pyplot():
     return plt
 
 
+def _count(number: int | None, noun: str) -> str:
+    return f"? {noun}s" if number is None else f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
 def _heading(fig, title: str, subtitle: str, handles: list, labels: list) -> float:
     """Title, wrapped subtitle and legend above the panels, placed in inches from the top.
 
@@ -268,7 +272,8 @@ def scale_chart(data: dict, path: Path) -> Path:
         fig,
         f"Cost of one call on a {int(small):,}-loan and a {int(large):,}-loan book (shorter is better)",
         f"make bench-scale, {data.get('date', '?')}: the core call and its protobuf conversion in process,"
-        f" below gRPC. Bars: median of {data.get('blocks', '?')} blocks of {data.get('calls', '?')} calls;"
+        f" below gRPC. Bars: median of {_count(data.get('blocks'), 'block')} of"
+        f" {_count(data.get('calls'), 'call')};"
         " whiskers: the lowest and highest block. Right: the large book's cost over the small one's, in red"
         " where it is more than ×1.5.",
         handles,

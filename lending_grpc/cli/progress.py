@@ -16,8 +16,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-_WITH_TOTAL = "{l_bar}{bar}| {n:,}/{total:,} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
-_COUNT_ONLY = "{desc}: {n:,}{unit} [{elapsed}, {rate_fmt}{postfix}]"
+_WITH_TOTAL = "{l_bar}{bar}| {n:,}/{total:,} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+_COUNT_ONLY = "{desc}: {n:,}{unit} [{elapsed}, {rate_noinv_fmt}{postfix}]"
 
 
 def progress(
