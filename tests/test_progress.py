@@ -187,3 +187,80 @@ def test_the_helper_draws_only_on_a_terminal():
     with progress(total=3, desc="work", unit=" cells", stream=off, enabled=False) as bar:
         bar.update(3)
     assert off.getvalue() == ""
+
+
+# -- make bench and make bench-scale -------------------------------------------------------------------
+
+# bench/run.py's rounds with a stand-in measurement: a whole run needs h2load and five servers.
+BENCH_ROUNDS = """
+import sys
+from types import SimpleNamespace
+from bench import run
+run.ROUNDS, run.STREAMS, run.SELECTED = 1, [16, 64], ["GetOutstanding", "MakePayment"]
+figures = {"rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "cpu_us": 300.0, "errors": {}}
+servers = [SimpleNamespace(name=name) for name in ("sqlite-1w", "echo-1p")]
+results = run.measure_all(servers, {}, measure=lambda *args: dict(figures))
+print(len(results), "cells measured", file=sys.stderr)
+"""
+FIGURES = "sqlite-1w GetOutstanding 16 100 req/s p50 1.00 p99 2.00 ms cpu 300 us/call"  # spaces squeezed
+
+
+def test_bench_rounds_show_a_bar_on_a_terminal():
+    code, screen = on_terminal([sys.executable, "-c", BENCH_ROUNDS])
+    assert code == 0, screen
+    last_bar = screen.split("8 cells measured")[0].rstrip("\r\n").rsplit("\r", 1)[-1]
+    assert last_bar.startswith("make bench: 100%|") and "| 8/8 [" in last_bar, screen
+    # Each cell's figures are printed whole, on lines of their own above the bar.
+    lines = [" ".join(line.split()) for line in screen.replace("\r\n", "\n").split("\n")]
+    assert any(line.endswith(FIGURES) for line in lines), screen
+
+
+def test_bench_rounds_into_pipes_print_the_figures_and_no_bar():
+    result = in_pipes([sys.executable, "-c", BENCH_ROUNDS])
+    assert result.returncode == 0, result.stderr
+    assert_quiet(result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 9 and lines[-1] == "8 cells measured"
+    assert " ".join(lines[0].split()) == FIGURES
+
+
+def _scale_env(tmp_path: Path) -> dict[str, str]:
+    """A make bench-scale in miniature: two small SQLite books, one block of 20 calls."""
+    return child_env(
+        BENCH_SCALE_SIZES="20,60",
+        BENCH_SCALE_CALLS="20",
+        BENCH_SCALE_BLOCKS="1",
+        BENCH_SCALE_BACKENDS="sqlite",
+        BENCH_SCALE_VAR=str(tmp_path / "var"),
+        BENCH_SCALE_OUT=str(tmp_path / "results" / "scale.md"),
+    )
+
+
+@pytest.mark.slow
+def test_bench_scale_shows_seeding_and_steps_on_a_terminal_and_nothing_in_pipes(tmp_path: Path):
+    env = _scale_env(tmp_path)
+    code, screen = on_terminal([sys.executable, "bench/scale.py"], env=env)
+    assert code == 0, screen[-3000:]
+    assert "seeding 60 loans on sqlite" in screen and "| 60/60 [" in screen  # the seeder's own bar
+    steps = [part for part in screen.replace("\n", "\r").split("\r") if part.startswith("make bench-scale:")]
+    assert steps and steps[-1].startswith("make bench-scale: 100%|") and "| 4/4 [" in steps[-1]
+    assert "# 20 vs 60 loans" in screen  # the report follows on stdout
+    results = tmp_path / "results"
+    data = json.loads((results / "scale.json").read_text())
+    assert data["sizes"] == [20, 60] and set(data["backends"]) == {"sqlite"}
+    assert set(data["backends"]["sqlite"]["median"]) == {"20", "60"}
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no chart scale.png" in screen
+    else:
+        assert (results / "scale.png").read_bytes()[:4] == b"\x89PNG"
+    # Again into pipes, seeding afresh: the seeding and per-block lines, no bar.
+    result = in_pipes([sys.executable, "bench/scale.py"], env={**env, "BENCH_SCALE_RESEED": "1"})
+    assert result.returncode == 0, result.stderr
+    assert_quiet(result.stderr)
+    assert [line.split(" (")[0] for line in result.stderr.splitlines() if line.startswith("seeding")] == [
+        "seeding 20 loans on sqlite",
+        "seeding 60 loans on sqlite",
+    ]
+    assert result.stderr.count("sqlite block 0 ") == 2
