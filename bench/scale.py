@@ -172,10 +172,16 @@ def measure_block(url: str, loans: int, calls: int, block: int) -> dict:
         payable, left = [], {}
         for loan_id in ids:
             view = billing.get_loan(owner, loan_id)
-            left.setdefault(loan_id, view.terms.term_weeks - view.paid_weeks)
+            if loan_id not in left:
+                left[loan_id] = view.terms.term_weeks - view.paid_weeks
+                # A reversal (an earlier run's, or the seeder's) can leave part of an installment
+                # paid: the first payment tops it up to whole installments, as the rules want.
+                due = view.terms.weekly_cents * (view.paid_weeks + 1) - view.paid_cents
+            else:
+                due = view.terms.weekly_cents
             if left[loan_id] >= 2:
                 left[loan_id] -= 1
-                payable.append((loan_id, format_cents(view.terms.weekly_cents)))
+                payable.append((loan_id, format_cents(due)))
         timed(
             "MakePayment",
             lambda item: messages.payment(
