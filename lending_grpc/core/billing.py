@@ -285,11 +285,15 @@ class BillingCore:
     def resolve_owner(self, user_id: str, loan_id: str) -> int:
         """The internal id of the user ``user_id`` (an operator naming a loan's owner).
 
-        Both fields are checked first, exactly as without an owner; an unknown
-        owner is then NotFound for the loan, as an unknown loan would be.
+        ``loan_id`` is checked first, exactly as without an owner. An unknown
+        owner is then NotFound for the loan, as an unknown loan would be (the
+        contract's word); text that cannot be a user id is unknown without a
+        query (PostgreSQL text cannot even hold a NUL to compare).
         """
         loan_id = fields.loan_id(loan_id)
-        row = User.select(User.id).where(User.user_id == fields.user_id(user_id)).first()
+        if not fields.is_user_id(user_id):
+            raise NotFound(f"loan {loan_id!r} not found")
+        row = User.select(User.id).where(User.user_id == user_id).first()
         if row is None:
             raise NotFound(f"loan {loan_id!r} not found")
         return row.id
