@@ -245,7 +245,10 @@ def prepare(database_url: str) -> dict:
                     actor,
                     f"{methods.PAY_LOAN_PREFIX}{i}",
                     methods.PAY_PRINCIPAL,
-                    start_date="2026-01-05",
+                    # Started last week: in good standing, so a payment is the plain path
+                    # (six statements) that the raw-sqlite ceiling runs too, not a delinquent
+                    # loan's catch-up, which also stores its finished delinquency by month.
+                    start_date=(dt.date.today() - dt.timedelta(days=6)).isoformat(),
                     term_weeks=methods.PAY_TERM_WEEKS,
                 )
         schedule_loan = (
