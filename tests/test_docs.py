@@ -466,10 +466,13 @@ def test_page(page: Path, tmp_path: Path) -> None:
     if reason := skip_reason(text):
         pytest.skip(f"{name}: {reason}")
     runnable = [b for b in read_blocks(text) if b.lang in ("console", "pycon") and b.not_run is None]
-    try:
-        if not runnable:
+    failure = None
+    if not runnable:
+        try:
             check_page(name, text, Context(cwd=tmp_path, env={}))  # only the marker rules apply
-            return
+        except DocFailure as error:
+            failure = error
+    else:
         tool_paths = [TOOLS[tool]() for tool in tools_used(text)]
         scratch = scratch_directory(tmp_path)
         home = tmp_path / "home"
@@ -478,9 +481,11 @@ def test_page(page: Path, tmp_path: Path) -> None:
         try:
             env = session_env(scratch, home, server, tool_paths)
             check_page(name, text, Context(cwd=scratch, env=env, port=server.port, home=home))
+        except DocFailure as error:
+            failure = error
         finally:
             server.terminate()
-    except DocFailure as failure:
+    if failure is not None:
         pytest.fail(str(failure), pytrace=False)
 
 
