@@ -18,9 +18,10 @@ The convention every page follows (docs/development/tests.md tells writers the s
   command of the block reads `$?`.
 - ```` ```pycon ```` blocks run as doctests, in order, in one namespace per page.
 - Output is compared after normalising UUIDs, JWTs (and `eyJ...` shortened ones), timestamps,
-  durations, generated request ids and peer ports (`normalise`). A line `...` matches any number of
-  lines. `<!-- docs-test: today YYYY-MM-DD -->` directly before a block says its output was recorded
-  on that day: every date in its expected output moves by the days since (for loans that start today).
+  durations, generated request ids and peer ports (`normalise`); trailing blank lines do not count.
+  A line `...` matches any number of lines. `<!-- docs-test: today YYYY-MM-DD -->` directly before a
+  block says its output was recorded on that day: every date in its expected output moves by the
+  days since (for loans that start today).
 - A ```` ```sh ````, ```` ```bash ```` or ```` ```shell ```` block must be directly preceded by
   `<!-- not run: REASON -->`; the marker also skips any other block. A block of another language
   showing `$ ` prompts fails too (it would escape the test: make it `console`).
@@ -358,7 +359,9 @@ def run_console(name: str, block: Block, session: BashSession, context: Context,
         if block.recorded_on:
             expected = shift_dates("\n".join(expected), block.recorded_on, today).split("\n")
         expected_lines = normalise("\n".join(expected)).splitlines() if expected else []
-        actual_lines = normalise(raw).splitlines() if raw.strip() else []
+        actual_lines = (
+            normalise(raw.rstrip()).splitlines() if raw.strip() else []
+        )  # trailing blank lines: unseen
         if not lines_match(expected_lines, actual_lines):
             what = f"`$ {step.command}` printed something else (exit code {code})"
             raise mismatch(where, what, expected_lines, actual_lines, raw)
