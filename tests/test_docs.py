@@ -306,7 +306,9 @@ class Checker(doctest.OutputChecker):
     def _pair(self, want: str, got: str) -> tuple[list[str], list[str]]:
         if self.recorded_on:
             want = shift_dates(want, self.recorded_on, self.today)
-        return normalise(want).splitlines(), normalise(self.context.output(got)).splitlines()
+        return normalise(want.rstrip()).splitlines(), normalise(
+            self.context.output(got).rstrip()
+        ).splitlines()
 
     def check_output(self, want: str, got: str, optionflags: int) -> bool:
         return lines_match(*self._pair(want, got))
@@ -452,6 +454,7 @@ def session_env(scratch: Path, home: Path, server: ServerProcess, tool_paths: li
         XDG_CONFIG_HOME=str(home / ".config"),
         LC_ALL="C.UTF-8",
         NO_COLOR="1",
+        npm_config_cache=str(TOOLS_DIR / "npm-cache"),  # HOME is new for every page; npm's downloads are not
         LENDING_SERVER=server.target,
         # The server host's settings, for the admin commands a page runs there (users grant ...)
         LENDING_SECRET_KEY=TEST_SECRET_KEY,
