@@ -23,8 +23,9 @@ The convention every page follows (docs/development/tests.md tells writers the s
   block says its output was recorded on that day: every date in its expected output moves by the
   days since (for loans that start today).
 - A ```` ```sh ````, ```` ```bash ```` or ```` ```shell ```` block must be directly preceded by
-  `<!-- not run: REASON -->`; the marker also skips any other block. A block of another language
-  showing `$ ` prompts fails too (it would escape the test: make it `console`).
+  `<!-- not run: REASON -->` (blank lines between are fine: "directly" means no other text); the
+  marker also skips any other block. A block of another language showing `$ ` prompts fails too (it
+  would escape the test: make it `console`).
 - `<!-- docs-test: skip REASON -->` as the first line skips a whole page.
 """
 
