@@ -50,7 +50,7 @@ import pytest
 from helpers import BIN, TEST_DATA_KEY, TEST_SECRET_KEY, ServerProcess, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS_ADDRESS = "50051"  # the port pages are written against
+DOCS_PORT = "50051"  # pages are written against localhost:50051
 COMMAND_TIMEOUT_SECONDS = 120
 TOOLS_DIR = ROOT / "var" / "docs-test-tools"  # buf from npm, installed once (var/ is ignored by git)
 
@@ -75,6 +75,8 @@ UNRUN_SHELL = {"sh", "bash", "shell", "zsh"}
 
 @dataclasses.dataclass
 class Block:
+    """A fenced code block of a page."""
+
     lang: str
     line: int  # 1-based line of the opening fence
     text: str  # the content, its fence's indentation removed
@@ -118,6 +120,7 @@ def read_blocks(text: str) -> list[Block]:
 
 
 def skip_reason(text: str) -> str | None:
+    """The reason of a `<!-- docs-test: skip ... -->` first line, else None."""
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     match = SKIP_PAGE.match(first)
     return match["reason"] if match else None
@@ -125,6 +128,8 @@ def skip_reason(text: str) -> str | None:
 
 @dataclasses.dataclass
 class Step:
+    """One `$ ` command of a console block and the output shown below it."""
+
     command: str
     expected: list[str]
     line: int  # of the command's first line in the page
@@ -168,6 +173,7 @@ NORMALISERS = [
 
 
 def normalise(text: str) -> str:
+    """What differs from run to run, replaced by placeholders (applied to the page and the output alike)."""
     for pattern, replacement in NORMALISERS:
         text = pattern.sub(replacement, text)
     return text
@@ -235,12 +241,12 @@ class Context:
         """The command as run: the documented address replaced by the real one."""
         if self.port is None:
             return text
-        return re.sub(r"\b(localhost|127\.0\.0\.1):50051\b", rf"\g<1>:{self.port}", text)
+        return re.sub(rf"\b(localhost|127\.0\.0\.1):{DOCS_PORT}\b", rf"\g<1>:{self.port}", text)
 
     def output(self, text: str) -> str:
         """Output as a reader would see it: the real port written back as 50051, the home as ~."""
         if self.port is not None:
-            text = re.sub(rf"\b(localhost|127\.0\.0\.1):{self.port}\b", rf"\g<1>:{DOCS_ADDRESS}", text)
+            text = re.sub(rf"\b(localhost|127\.0\.0\.1):{self.port}\b", rf"\g<1>:{DOCS_PORT}", text)
         if self.home is not None:
             text = text.replace(str(self.home), "~")
         return text
@@ -262,6 +268,8 @@ class BashSession:
             env=context.env,
             start_new_session=True,  # its own process group, so close() stops whatever a command left
         )
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.proc.stdout, selectors.EVENT_READ)
 
     def run(self, command: str) -> tuple[str, int]:
         """Run one command; its output (stdout and stderr) and exit code."""
@@ -274,8 +282,6 @@ class BashSession:
         self.proc.stdin.flush()
         pattern = re.compile(rb"\n" + self.marker.encode() + rb" (\d+)\n")
         output = b""
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
         while not (done := pattern.search(output)):
             if time.monotonic() > deadline:
@@ -283,7 +289,7 @@ class BashSession:
                 raise DocFailure(
                     f"no end after {COMMAND_TIMEOUT_SECONDS} s; output so far:\n{output.decode()}"
                 )
-            if selector.select(timeout=1):
+            if self.selector.select(timeout=1):
                 chunk = os.read(self.proc.stdout.fileno(), 65536)
                 if not chunk:
                     raise DocFailure(f"the shell exited; output:\n{output.decode()}")
@@ -291,10 +297,13 @@ class BashSession:
         return output[: done.start()].decode(errors="replace"), int(done[1])
 
     def close(self) -> None:
-        with_group = self.proc.poll() is None
-        if with_group:
+        """Stop the shell and anything a command left running in its process group."""
+        try:
             os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # closed already
         self.proc.wait(10)
+        self.selector.close()
         self.script.unlink(missing_ok=True)
 
 
