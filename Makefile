@@ -7,7 +7,7 @@ BUF_VERSION := 1.75.0
 PROTOS := $(wildcard protos/lending/v1/*.proto)
 
 .PHONY: help setup run demo test proto proto-check lint buf-lint buf-breaking buf-baseline bench bench-scale clean \
-	prometheus-rule
+	prometheus-rule docs docs-serve docs-check docs-reference
 
 help:
 	@echo "make run          serve on 127.0.0.1:50051 (SQLite under ./var/)"
@@ -15,13 +15,17 @@ help:
 	@echo "make test         run the whole test suite"
 	@echo "make proto        regenerate generated/ from protos/"
 	@echo "make proto-check  fail when generated/ is stale"
+	@echo "make docs         regenerate the API reference, then build the docs site into site/ (strict)"
+	@echo "make docs-serve   serve the docs site on http://127.0.0.1:8000, rebuilt as you edit"
+	@echo "make docs-check   fail when docs/reference/api.md or methods.md is stale"
+	@echo "make docs-reference  regenerate docs/reference/api.md and methods.md from protos/"
 	@echo "make lint         ruff + buf lint + the CI workflow against GitHub's schema"
 	@echo "make buf-breaking fail when protos/ breaks clients of the baseline in api-baseline/"
 	@echo "make buf-baseline record the current protos as the new baseline (a deliberate API release)"
 	@echo "make prometheus-rule  copy deploy/prometheus/*.rules.yml into the Kubernetes PrometheusRule"
 	@echo "make bench        throughput and latency against the echo and raw-sqlite3 ceilings"
 	@echo "make bench-scale  1,000 vs 1,000,000 loans: per-call cost, portfolio pages, bytes per loan"
-	@echo "make clean        remove the virtualenv, caches and ./var"
+	@echo "make clean        remove the virtualenv, caches, ./var and site/"
 
 setup: $(STAMP)
 
@@ -54,6 +58,23 @@ proto-check: proto
 	@test -z "$$(git status --porcelain -- generated)" || \
 		(echo "generated/ has untracked files: run 'make proto' and commit the result" >&2; exit 1)
 
+# The docs site (mkdocs.yml, docs/). The API reference is generated from the comments in
+# protos/ by tools/api_reference.py and committed; `docs-check` is its drift check.
+# NO_MKDOCS_2_WARNING: Material prints a banner about MkDocs 2 on every run otherwise.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+
+docs-reference: $(STAMP)
+	$(BIN)/python -m tools.api_reference
+
+docs: docs-reference
+	$(MKDOCS) build --strict --site-dir site
+
+docs-serve: docs-reference
+	$(MKDOCS) serve --dev-addr 127.0.0.1:8000
+
+docs-check: $(STAMP)
+	$(BIN)/python -m tools.api_reference --check
+
 buf-lint:
 	npx --yes @bufbuild/buf@$(BUF_VERSION) lint
 
@@ -71,7 +92,7 @@ buf-baseline: $(STAMP)
 	mv $(BUF_BASELINE).tmp $(BUF_BASELINE)
 
 lint: $(STAMP) buf-lint
-	$(BIN)/ruff check lending_grpc tests
+	$(BIN)/ruff check lending_grpc tests tools
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 # The alerting rules are written once, in deploy/prometheus; the Operator's copy is generated.
@@ -86,5 +107,5 @@ bench-scale: $(STAMP)
 	$(BIN)/python bench/scale.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) var site .pytest_cache .hypothesis build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -18,11 +18,14 @@ the sizes block by block:
 - GetPortfolioReport for the whole book as of today and 90 days ago
   (largest size only: the report scans the book by design).
 
-Writes bench/results/scale.md (and a chart, bench/results/scale.png, when
-matplotlib is installed). Knobs: BENCH_SCALE_SIZES ("1000,1000000"),
-BENCH_SCALE_CALLS (calls per block, 300), BENCH_SCALE_BLOCKS (4),
-BENCH_SCALE_BACKENDS ("sqlite,postgresql"), BENCH_SCALE_PG_URL (the server,
-postgresql://postgres@127.0.0.1:5432).
+Writes bench/results/scale.md, the same figures as scale.json, and draws
+them in scale.png (per-call cost against book size; bench/charts.py). On a
+terminal, bars show the seeding and count the measuring steps. Knobs:
+BENCH_SCALE_SIZES ("1000,1000000"), BENCH_SCALE_CALLS (calls per block, 300),
+BENCH_SCALE_BLOCKS (4), BENCH_SCALE_BACKENDS ("sqlite,postgresql"),
+BENCH_SCALE_PG_URL (the server, postgresql://postgres@127.0.0.1:5432),
+BENCH_SCALE_VAR (where the SQLite books are kept, var/bench),
+BENCH_SCALE_OUT (bench/results/scale.md).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "generated"))
 
+from bench import charts  # noqa: E402
+from lending_grpc.cli.progress import progress  # noqa: E402
+
 TODAY = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Jakarta")).date()
 PAST = TODAY - dt.timedelta(days=90)
 USERS = 10
@@ -50,7 +56,7 @@ CALLS = int(os.environ.get("BENCH_SCALE_CALLS", "300"))
 BLOCKS = int(os.environ.get("BENCH_SCALE_BLOCKS", "4"))
 BACKENDS = [b for b in os.environ.get("BENCH_SCALE_BACKENDS", "sqlite,postgresql").split(",") if b]
 PG_SERVER = os.environ.get("BENCH_SCALE_PG_URL", "postgresql://postgres@127.0.0.1:5432")
-VAR = ROOT / "var" / "bench"
+VAR = Path(os.environ.get("BENCH_SCALE_VAR", ROOT / "var" / "bench"))
 OUT = Path(os.environ.get("BENCH_SCALE_OUT", ROOT / "bench/results/scale.md"))
 PER_CALL = (
     "GetLoan",
@@ -94,10 +100,12 @@ def seed_database(backend: str, loans: int) -> dict:
         for sql in (f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'):
             subprocess.run(["psql", f"{PG_SERVER}/postgres", "-qc", sql], check=True, capture_output=True)
     started = time.perf_counter()
+    print(f"seeding {loans:,} loans on {backend} ({url})", file=sys.stderr)
+    # The seeder's stderr is ours: its bar shows on a terminal (it stays quiet elsewhere).
     out = subprocess.run(
         [sys.executable, "-m", "bench.seed", "--loans", str(loans), "--users", str(USERS),
-         "--as-of", TODAY.isoformat(), "--database-url", url, "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+         "--as-of", TODAY.isoformat(), "--database-url", url],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True,
     )  # fmt: skip
     if backend == "postgresql":
         subprocess.run(["psql", url, "-qc", "VACUUM ANALYZE"], check=True, capture_output=True)
@@ -164,10 +172,16 @@ def measure_block(url: str, loans: int, calls: int, block: int) -> dict:
         payable, left = [], {}
         for loan_id in ids:
             view = billing.get_loan(owner, loan_id)
-            left.setdefault(loan_id, view.terms.term_weeks - view.paid_weeks)
+            if loan_id not in left:
+                left[loan_id] = view.terms.term_weeks - view.paid_weeks
+                # A reversal (an earlier run's, or the seeder's) can leave part of an installment
+                # paid: the first payment tops it up to whole installments, as the rules want.
+                due = view.terms.weekly_cents * (view.paid_weeks + 1) - view.paid_cents
+            else:
+                due = view.terms.weekly_cents
             if left[loan_id] >= 2:
                 left[loan_id] -= 1
-                payable.append((loan_id, format_cents(view.terms.weekly_cents)))
+                payable.append((loan_id, format_cents(due)))
         timed(
             "MakePayment",
             lambda item: messages.payment(
@@ -279,28 +293,6 @@ def _child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _chart(results: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    ops = [*PER_CALL, *PAGES]
-    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 6), squeeze=False)
-    for ax, (backend, by_size) in zip(axes[0], results.items(), strict=True):
-        small, large = SIZES[0], SIZES[-1]
-        ratios = [by_size["median"][large][op] / by_size["median"][small][op] for op in ops]
-        ax.barh(ops, ratios, color=["#4c72b0" if r <= 1.5 else "#c44e52" for r in ratios])
-        ax.axvline(1.5, color="grey", linestyle="--", linewidth=1)
-        ax.set_xlabel(f"cost at {large:,} loans / cost at {small:,} loans")
-        ax.set_title(f"{backend}: per-call cost against book size")
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--block":
         print(json.dumps(measure_block(sys.argv[2], int(sys.argv[3]), CALLS, int(sys.argv[4]))))
@@ -314,22 +306,31 @@ def main() -> int:
     small, large = SIZES[0], SIZES[-1]
     seeded = {b: {n: seed_database(b, n) for n in SIZES} for b in BACKENDS}
     results: dict[str, dict] = {}
-    for backend in BACKENDS:
-        blocks: dict[int, list[dict]] = {n: [] for n in SIZES}
-        for block in range(BLOCKS):
-            for loans in SIZES:  # interleaved: both sizes see the same disk and the same neighbours
-                blocks[loans].append(_child("--block", seeded[backend][loans]["url"], str(loans), str(block)))
-                print(f"{backend} block {block} {loans:>9} loans: {blocks[loans][-1]}", file=sys.stderr)
-        ops = (*PER_CALL, *PAGES)
-        results[backend] = {
-            "median": {n: {op: statistics.median(b[op] for b in blocks[n]) for op in ops} for n in SIZES},
-            "spread": {
-                n: {op: (min(b[op] for b in blocks[n]), max(b[op] for b in blocks[n])) for op in ops}
-                for n in SIZES
-            },
-            "reports": _child("--reports", seeded[backend][large]["url"]),
-            "plan": _child("--explain", seeded[backend][large]["url"])["plan"],
-        }
+    # Each step is one child process: the blocks, then the reports and the plans of each backend.
+    steps = len(BACKENDS) * (BLOCKS * len(SIZES) + 2)
+    with progress(total=steps, desc="make bench-scale", unit=" steps") as bar:
+        for backend in BACKENDS:
+            blocks: dict[int, list[dict]] = {n: [] for n in SIZES}
+            for block in range(BLOCKS):
+                for loans in SIZES:  # interleaved: both sizes see the same disk and the same neighbours
+                    url = seeded[backend][loans]["url"]
+                    blocks[loans].append(_child("--block", url, str(loans), str(block)))
+                    bar.write(
+                        f"{backend} block {block} {loans:>9} loans: {blocks[loans][-1]}", file=sys.stderr
+                    )
+                    bar.update()
+            ops = (*PER_CALL, *PAGES)
+            results[backend] = {
+                "median": {n: {op: statistics.median(b[op] for b in blocks[n]) for op in ops} for n in SIZES},
+                "spread": {
+                    n: {op: (min(b[op] for b in blocks[n]), max(b[op] for b in blocks[n])) for op in ops}
+                    for n in SIZES
+                },
+            }
+            results[backend]["reports"] = _child("--reports", seeded[backend][large]["url"])
+            bar.update()
+            results[backend]["plan"] = _child("--explain", seeded[backend][large]["url"])["plan"]
+            bar.update()
     lines = [
         f"# {small:,} vs {large:,} loans",
         "",
@@ -400,7 +401,21 @@ def main() -> int:
     report = "\n".join(lines) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(report)
-    _chart(results, OUT.with_suffix(".png"))
+    # The same figures as JSON beside the table; the chart is drawn from them (python -m bench.charts).
+    data = {
+        "date": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        "today": TODAY.isoformat(),
+        "sizes": SIZES,
+        "blocks": BLOCKS,
+        "calls": CALLS,
+        "backends": results,
+        "targets": [{"target": name, "met": ok, "figure": figure} for name, ok, figure in targets],
+        "seeding": {backend: {str(n): seeded[backend][n] for n in SIZES} for backend in BACKENDS},
+    }
+    text = json.dumps(data, indent=1) + "\n"
+    OUT.with_suffix(".json").write_text(text)
+    # Drawn from the JSON as written (sizes become string keys there), as `python -m bench.charts` does.
+    charts.draw_quietly(charts.scale_chart, json.loads(text), OUT.parent / charts.SCALE_PNG)
     print(report)
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import TextIO
 
 from peewee import Database, SqliteDatabase, fn
 
+from lending_grpc.cli.progress import progress as progress_bar
 from lending_grpc.core import fields, standing
 from lending_grpc.core.passwords import Passwords
 from lending_grpc.core.schedule import LoanTerms
@@ -47,43 +47,6 @@ class SeedReport:
     loans: int
     payments: int
     seconds: float
-
-
-class Progress:
-    """A hand-written progress bar on stderr: redrawn in place on a terminal, every 10% otherwise."""
-
-    def __init__(self, label: str, total: int, stream: TextIO | None = None, width: int = 30) -> None:
-        self._label = label
-        self._total = max(total, 1)
-        self._stream = stream or sys.stderr
-        self._width = width
-        self._tty = self._stream.isatty()
-        self._started = time.perf_counter()
-        self._last_decile = -1
-
-    def update(self, done: int) -> None:
-        """Show ``done`` of the total."""
-        fraction = min(done / self._total, 1.0)
-        decile = int(fraction * 10)
-        if not self._tty and decile == self._last_decile:
-            return
-        self._last_decile = decile
-        elapsed = time.perf_counter() - self._started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        filled = int(fraction * self._width)
-        bar = "#" * filled + "." * (self._width - filled)
-        line = (
-            f"{self._label} [{bar}] {fraction * 100:5.1f}% {done:,}/{self._total:,} "
-            f"{elapsed:6.1f}s {rate:,.0f}/s"
-        )
-        self._stream.write(("\r" + line) if self._tty else line + "\n")
-        self._stream.flush()
-
-    def finish(self) -> None:
-        """End the bar's line."""
-        if self._tty:
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 def _epoch_us(day: dt.date, seconds: int = 0) -> int:
@@ -340,7 +303,9 @@ def seed(
     transaction. Start dates fall from two years before ``as_of`` (default
     today) to four weeks after it; histories are judged as of ``as_of``.
     Loan ids are ``S-<8 digits>`` from the loan row id, so seeding again adds
-    new loans instead of colliding.
+    new loans instead of colliding. With ``progress``, a bar on ``stream``
+    (stderr) counts the loans when that stream is a terminal; nothing is
+    written otherwise.
     """
     if loans < 0 or not 1 <= users <= MAX_USERS or batch_size < 1:
         raise ValueError(f"loans must be >= 0, users 1..{MAX_USERS}, batch_size >= 1")
@@ -353,25 +318,24 @@ def seed(
     loan_sql = _insert_sql(db, Loan, _LOAN_COLUMNS)
     payment_sql = _insert_sql(db, Payment, _PAYMENT_COLUMNS)
     span_sql = _insert_sql(db, DelinquencySpan, _SPAN_COLUMNS)
-    bar = Progress("seeding loans", loans, stream) if progress else None
     payments_total = 0
-    for done in range(0, loans, batch_size):
-        count = min(batch_size, loans - done)
-        rows = _rows(rng, next_loan, count, user_ids, as_of, next_payment)
-        with db.write_lock():
-            cursor = db.cursor()
-            cursor.executemany(loan_sql, list(_to_db(_LOAN_COLUMNS, rows.loans)))
-            if rows.payments:
-                cursor.executemany(payment_sql, list(_to_db(_PAYMENT_COLUMNS, rows.payments)))
-            if rows.spans:
-                cursor.executemany(span_sql, list(_to_db(_SPAN_COLUMNS, rows.spans)))
-        next_loan += count
-        next_payment += len(rows.payments)
-        payments_total += len(rows.payments)
-        if bar:
-            bar.update(done + count)
-    if bar:
-        bar.finish()
+    with progress_bar(
+        total=loans, desc="seeding loans", unit=" loans", stream=stream, enabled=progress
+    ) as bar:
+        for done in range(0, loans, batch_size):
+            count = min(batch_size, loans - done)
+            rows = _rows(rng, next_loan, count, user_ids, as_of, next_payment)
+            with db.write_lock():
+                cursor = db.cursor()
+                cursor.executemany(loan_sql, list(_to_db(_LOAN_COLUMNS, rows.loans)))
+                if rows.payments:
+                    cursor.executemany(payment_sql, list(_to_db(_PAYMENT_COLUMNS, rows.payments)))
+                if rows.spans:
+                    cursor.executemany(span_sql, list(_to_db(_SPAN_COLUMNS, rows.spans)))
+            next_loan += count
+            next_payment += len(rows.payments)
+            payments_total += len(rows.payments)
+            bar.update(count)
     _advance_sequences(db)
     return SeedReport(users, loans, payments_total, time.perf_counter() - started)
 
@@ -411,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         "--as-of", type=dt.date.fromisoformat, default=None, help="judge histories as of this date (today)"
     )
     parser.add_argument("--random-seed", type=int, default=1, help="seed of the random generator")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (there is none unless stderr is a terminal)",
+    )
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="SQLite or PostgreSQL URL")
     args = parser.parse_args(argv)
     db = open_database(args.database_url)

@@ -68,3 +68,6 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    # Nor the caller's file and line, whose stack walk is the priciest part
+    # of a record (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None

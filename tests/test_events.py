@@ -467,8 +467,10 @@ def test_an_idle_stream_costs_no_query_per_watcher(api, people):
         return counter.count
 
     one, eight = statements_while(1), statements_while(8)
-    # The hub polls the log for the whole process; watchers only wait.
-    assert eight <= one + 4, (one, eight)
+    # The hub polls the log for the whole process; watchers only wait. A query per watcher per
+    # poll would add 7 x ~10 polls; one poll more or less in the window (3-4 statements on
+    # PostgreSQL, a slow machine's timing) is not that.
+    assert eight <= one + 12, (one, eight)
 
 
 @pytest.mark.slow

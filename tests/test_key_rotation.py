@@ -408,23 +408,16 @@ def _slug(heading: str) -> str:
     return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
 
 
-def test_the_key_pages_link_to_real_sections_and_name_real_tests():
-    """The rotation steps (deployment page) and the key lists (security page): links and tests resolve."""
+def test_the_key_pages_link_to_their_own_sections_and_name_real_tests():
+    """The key lists (security page) and the rotation steps (deployment page): their links and tests resolve.
+
+    Links between pages are mkdocs build --strict's to check.
+    """
     root = Path(__file__).resolve().parent.parent
-    docs = root / "docs"
-    pages = {"security.md": docs / "security.md", "deployment.md": docs / "operations" / "deployment.md"}
-    anchors = {
-        name: {_slug(heading) for heading in re.findall(r"^#+ (.+)$", page.read_text(), re.MULTILINE)}
-        for name, page in pages.items()
-    }
-    links = []
-    for page in docs.rglob("*.md"):
-        for target, anchor in re.findall(r"\]\(([\w./-]*?)#([\w-]+)\)", page.read_text()):
-            name = Path(target).name if target else page.name
-            if name in pages and (not target or (page.parent / target).resolve() == pages[name].resolve()):
-                links.append((name, anchor))
-    assert ("deployment.md", "rotating-keys") in links and ("security.md", "keys") in links
-    assert [link for link in links if link[1] not in anchors[link[0]]] == []
-    for page in pages.values():
-        for test_file in set(re.findall(r"tests/\w+\.py", page.read_text())):
+    for page in (root / "docs" / "security.md", root / "docs" / "operations" / "deployment.md"):
+        text = page.read_text()
+        anchors = {_slug(heading) for heading in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+        links = re.findall(r"\]\(#([^)]+)\)", text)
+        assert links and set(links) <= anchors, page.name
+        for test_file in set(re.findall(r"tests/\w+\.py", text)):
             assert (root / test_file).is_file(), test_file

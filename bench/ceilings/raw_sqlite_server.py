@@ -131,6 +131,10 @@ class RawSqlite:
                     ),
                 )
                 _audit(db, "loan.created", request.loan_id, {"principal_cents": cents})
+                loan_row = db.execute(LOAN_SQL, (self._owner, request.loan_id)).fetchone()[0]
+                _event(db, self._owner, "LOAN_CREATED", loan_row, request.loan_id, request.start_date, {
+                    "principal_amount": request.principal_amount, "start_date": request.start_date,
+                })  # fmt: skip
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -142,23 +146,34 @@ class RawSqlite:
             return self._make_payment(request)
 
     def _make_payment(self, request):
+        # The six statements lending-grpc's MakePayment runs on a loan in good standing
+        # (docs/development/architecture.md; tests/test_storage.py pins the count).
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
             earlier = db.execute(
-                'SELECT id FROM "payment" WHERE owner_id = ? AND request_id = ?',
+                'SELECT p.id, p.payment_id, l.loan_id FROM "payment" p JOIN "loan" l ON l.id = p.loan_id '
+                "WHERE p.recorded_by_id = ? AND p.request_id = ?",
                 (self._owner, request.request_id),
             ).fetchone()
-            payment_id = "" if earlier is None else str(earlier[0])
+            payment_id = "" if earlier is None else earlier[1]
             if earlier is None:
                 row = self._loan(db, request.loan_id)
                 cents = int(Decimal(request.amount) * 100)
                 weeks = cents // row[6]
+                today = dt.date.today().isoformat()
+                now_us = time.time_ns() // 1000
                 payment_id = str(uuid.uuid4())
                 db.execute(
+                    'UPDATE "loan" SET paid_weeks = ?, paid_cents = ?, second_unpaid_due_date = ?, '
+                    "last_value_date = ? WHERE id = ? AND paid_cents = ?",
+                    (row[8] + weeks, row[9] + cents, None, today, row[0], row[9]),
+                )
+                db.execute(
                     'INSERT INTO "payment" (payment_id, loan_id, owner_id, request_id, amount_cents, '
-                    "first_week, "
-                    "last_week, outstanding_after_cents, payment_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "first_week, last_week, outstanding_after_cents, payment_time_us, recorded_by_id, "
+                    "value_date, running_paid_cents) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         payment_id,
                         row[0],
@@ -168,17 +183,18 @@ class RawSqlite:
                         row[8] + 1,
                         row[8] + weeks,
                         row[5] - row[9] - cents,
-                        time.time_ns() // 1000,
+                        now_us,
+                        self._owner,
+                        today,
+                        row[9] + cents,
                     ),
-                )
-                db.execute(
-                    'UPDATE "loan" SET paid_weeks = ?, paid_cents = ?, second_unpaid_due_date = NULL '
-                    "WHERE id = ? AND paid_weeks = ?",
-                    (row[8] + weeks, row[9] + cents, row[0], row[8]),
-                )
+                ).fetchone()
                 _audit(
                     db, "payment.accepted", request.loan_id, {"payment_id": payment_id, "amount_cents": cents}
                 )
+                _event(db, self._owner, "PAYMENT_ACCEPTED", row[0], request.loan_id, today, {
+                    "payment_id": payment_id, "amount": request.amount, "value_date": today,
+                })  # fmt: skip
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -210,6 +226,28 @@ def _audit(db: sqlite3.Connection, event: str, loan_id: str, summary: dict) -> N
             str(uuid.uuid4()),
             loan_id,
             json.dumps(summary, separators=(",", ":"), sort_keys=True),
+        ),
+    )
+
+
+def _event(
+    db: sqlite3.Connection, owner: int, kind: str, loan_row: int, loan_id: str, day: str, body: dict
+) -> None:
+    """The event-log row lending-grpc writes in the same transaction, numbered as it numbers on SQLite."""
+    db.execute(
+        'INSERT INTO "event" (id, sequence, type, loan_row_id, loan_id, owner_id, owner_user_id, '
+        "occur_time_us, effective_date, payload) VALUES "
+        '((SELECT COALESCE(MAX("id"), 0) + 1 FROM "event"), '
+        '(SELECT COALESCE(MAX("id"), 0) + 1 FROM "event"), ?, ?, ?, ?, ?, ?, ?, ?)',
+        (
+            kind,
+            loan_row,
+            loan_id,
+            owner,
+            "00000000-0000-0000-0000-000000000000",
+            time.time_ns() // 1000,
+            day,
+            json.dumps(body, separators=(",", ":"), sort_keys=True),
         ),
     )
 

@@ -5,7 +5,8 @@ and `Pipeline._unary`; unary and server-streaming methods share it):
 
 1. The `Call` record: request id (the caller's ``x-request-id`` when it is a
    safe token, otherwise a new one; sent back as ``x-request-id`` initial
-   metadata), peer, method, start time.
+   metadata: with a unary call's answer, at once on a stream), peer,
+   method, start time.
 2. The per-peer rate limit, before any work, so anonymous floods (password
    guessing, garbage bytes) are limited too.
 3. In the unit of work (database failures become retryable statuses, every
@@ -45,6 +46,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from lending_grpc.api import call as calls
+from lending_grpc.api import response_headers
 from lending_grpc.api.call import Call
 from lending_grpc.api.metrics import MethodMetrics, RpcMetrics
 from lending_grpc.api.rate_limits import TokenBuckets, peer_key
@@ -203,6 +205,7 @@ class Pipeline(grpc.ServerInterceptor):
         # depends only on the method, so each is built once. Unknown methods
         # (no handler) are not remembered: clients cannot grow this table.
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        response_headers.install()
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -243,8 +246,14 @@ class Pipeline(grpc.ServerInterceptor):
 
     # -- steps 1 to 3c
 
-    def _start(self, route: Route, context: grpc.ServicerContext) -> tuple[Call, list[Any]]:
-        """Step 1: the Call record, its request id sent back at once; and the authorization values."""
+    def _start(
+        self, route: Route, context: grpc.ServicerContext, streaming: bool = False
+    ) -> tuple[Call, list[Any]]:
+        """Step 1: the Call record and its request id header; and the authorization values.
+
+        A stream's watcher wants the header before the first item, which may
+        be long in coming; a unary answer carries it without a batch of its own.
+        """
         request_id, authorization = None, []
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_KEY:
@@ -253,7 +262,11 @@ class Pipeline(grpc.ServerInterceptor):
             elif key == "authorization":
                 authorization.append(value)
         call = Call(route.method, safe_request_id(request_id), context.peer() or "", time.perf_counter())
-        context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
+        header = ((REQUEST_ID_KEY, call.request_id),)
+        if streaming:
+            context.send_initial_metadata(header)
+        else:
+            response_headers.send_with_answer(context, header)
         return call, authorization
 
     def _limit_peer(self, route: Route, call: Call) -> None:
@@ -349,7 +362,7 @@ class Pipeline(grpc.ServerInterceptor):
     def _stream(self, route: Route, behaviour, request: Any, context: grpc.ServicerContext) -> Iterator:
         # grpcio drives this generator from one worker thread until the stream
         # ends, so the call stays current for the stream's whole life.
-        call, authorization = self._start(route, context)
+        call, authorization = self._start(route, context, streaming=True)
         token = calls.enter(call)
         if route.metrics is not None:
             route.metrics.started()

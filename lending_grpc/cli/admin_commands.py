@@ -89,6 +89,24 @@ def _iso(micros: int) -> str:
     return dt.datetime.fromtimestamp(micros / 1_000_000, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def _export_audit(since: int | None, until: int | None) -> None:
+    """Print the events as JSON lines on stdout, counting them on a terminal's stderr.
+
+    The count shows only when stderr is a terminal and stdout is not (the
+    usual `audit export > file`): on a terminal the lines scrolling by are
+    progress enough, and a bar between them would only tear them.
+    """
+    # Imported here: every `lending-grpc` command, `serve` included, imports this module.
+    from lending_grpc.cli.progress import progress
+
+    with progress(desc="exporting audit events", unit=" events", enabled=not sys.stdout.isatty()) as bar:
+        for view in audit.export(since, until):
+            record = view.as_dict()
+            record["time"] = _iso(view.time_us)
+            print(json.dumps(record, sort_keys=True, separators=(",", ":")))
+            bar.update()
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run a `users` or `audit` command; returns the exit code."""
     db = open_database(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
@@ -121,10 +139,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                         )
                 return 0
             if args.command == "audit":
-                for view in audit.export(args.since, args.until):
-                    record = view.as_dict()
-                    record["time"] = _iso(view.time_us)
-                    print(json.dumps(record, sort_keys=True, separators=(",", ":")))
+                _export_audit(args.since, args.until)
                 return 0
             admin = AccountAdmin(db, Clock(settings.time_zone))
             if action == "erase":

@@ -57,6 +57,8 @@ _INSERT_EVENT = Statement(lambda p: AuditEvent.insert({field: getattr(p, field.n
 
 def _clip(value: str, limit: int) -> str:
     # Client-chosen text (loan ids, request ids) may hold anything; PostgreSQL refuses NUL.
+    if len(value) <= limit and value.isprintable():
+        return value
     return "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable
 
@@ -101,6 +102,15 @@ _ANNOUNCE_FROM_NONE = Statement(
         (Loan.id == p.loan) & Loan.announced_delinquent_since.is_null()
     )
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def unpaid_installments(terms: LoanTerms) -> tuple[InstallmentView, ...]:
+    """Every installment of ``terms``, none paid yet (views are immutable: cached per terms)."""
+    return tuple(
+        InstallmentView(week, terms.due_date(week), terms.installment_cents(week), None, None)
+        for week in range(1, terms.term_weeks + 1)
+    )
 
 
 def terms_of(row) -> LoanTerms:
@@ -275,11 +285,15 @@ class BillingCore:
     def resolve_owner(self, user_id: str, loan_id: str) -> int:
         """The internal id of the user ``user_id`` (an operator naming a loan's owner).
 
-        Both fields are checked first, exactly as without an owner; an unknown
-        owner is then NotFound for the loan, as an unknown loan would be.
+        ``loan_id`` is checked first, exactly as without an owner. An unknown
+        owner is then NotFound for the loan, as an unknown loan would be (the
+        contract's word); text that cannot be a user id is unknown without a
+        query (PostgreSQL text cannot even hold a NUL to compare).
         """
         loan_id = fields.loan_id(loan_id)
-        row = User.select(User.id).where(User.user_id == fields.user_id(user_id)).first()
+        if not fields.is_user_id(user_id):
+            raise NotFound(f"loan {loan_id!r} not found")
+        row = User.select(User.id).where(User.user_id == user_id).first()
         if row is None:
             raise NotFound(f"loan {loan_id!r} not found")
         return row.id
@@ -323,23 +337,25 @@ class BillingCore:
         """
         loan = self.loan_row(owner, loan_id)
         terms = terms_of(loan)
-        payments = self._db.all(_PAYMENTS_IN_VALUE_ORDER, loan=loan.id) if loan.paid_cents else []
+        unpaid = unpaid_installments(terms)
+        if not loan.paid_weeks:
+            return ScheduleView(loan.loan_id, terms, list(unpaid))
+        payments = self._db.all(_PAYMENTS_IN_VALUE_ORDER, loan=loan.id)
         installments, index = [], 0
-        for week in range(1, terms.term_weeks + 1):
-            needed = standing.paid_through(terms, week)
+        for due in unpaid[: loan.paid_weeks]:
+            needed = standing.paid_through(terms, due.week)
             while index < len(payments) and payments[index].running_paid_cents < needed:
                 index += 1
-            completing = payments[index] if week <= loan.paid_weeks and index < len(payments) else None
+            if index == len(payments):  # the summary and the payments disagree: show only what is proven
+                break
+            completing = payments[index]
             installments.append(
-                InstallmentView(
-                    week=week,
-                    due_date=terms.due_date(week),
-                    due_cents=terms.installment_cents(week),
-                    payment_id=completing.payment_id if completing else None,
-                    payment_time_us=completing.payment_time_us if completing else None,
+                dataclasses.replace(
+                    due, payment_id=completing.payment_id, payment_time_us=completing.payment_time_us
                 )
             )
-        return ScheduleView(loan.loan_id, terms.total_cents, installments)
+        installments += unpaid[len(installments) :]
+        return ScheduleView(loan.loan_id, terms, installments)
 
     # -- payments ------------------------------------------------------------
 

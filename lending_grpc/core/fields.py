@@ -54,11 +54,9 @@ def payment_id(value: str, field: str = "payment_id") -> str:
     return value
 
 
-def user_id(value: str, field: str = "owner") -> str:
-    """A user's public id as the service issued it (a lower-case UUID)."""
-    if not USER_ID_RE.fullmatch(value):
-        raise InvalidArgument(field, f"{_short(value)} is not a user id (a UUID as the service issued it)")
-    return value
+def is_user_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a public user id as the service issues them (a lower-case UUID)."""
+    return USER_ID_RE.fullmatch(value) is not None
 
 
 def request_id(value: str, field: str = "request_id") -> str | None:

@@ -71,11 +71,19 @@ class InstallmentView:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ScheduleView:
-    """A loan's full schedule."""
+    """A loan's full schedule.
+
+    Every installment's week, due date and amount follow from ``terms``
+    alone; only which payment completed it changes as payments come.
+    """
 
     loan_id: str
-    total_cents: int
+    terms: LoanTerms
     installments: list[InstallmentView]
+
+    @property
+    def total_cents(self) -> int:
+        return self.terms.total_cents
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -46,16 +46,23 @@ class BillingServiceStub:
     strings in the service time zone (default Asia/Jakarta).
 
     Errors follow AIP-193: every error the service itself returns carries a
-    google.rpc.ErrorInfo detail
-    (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
-    NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
-    number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY, RATE_LIMITED, ACCOUNT_LOCKED.
-    INVALID_ARGUMENT also carries a
-    google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
-    the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
-    many calls in flight) are safe to retry with backoff; a retried MakePayment
-    must reuse its `request_id`.
+    google.rpc.ErrorInfo detail (domain `lending.v1`) whose `reason` tells
+    refusals apart:
+
+    - INVALID_ARGUMENT (also a google.rpc.BadRequest naming the field),
+    NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, PAYMENT_NOT_ACCEPTED
+    (status FAILED_PRECONDITION: the amount is not a whole number of the
+    next installments, or exceeds the balance), LOAN_PAID_OFF,
+    UNAUTHENTICATED, PERMISSION_DENIED: retrying the same request cannot help.
+    - RATE_LIMITED and ACCOUNT_LOCKED (status RESOURCE_EXHAUSTED, with a
+    google.rpc.RetryInfo saying when to try again).
+    - DATABASE_BUSY, DATABASE_UNREACHABLE and STORAGE_FULL (status
+    UNAVAILABLE; STORAGE_FULL's metadata `kind` says what ran out),
+    TRANSACTION_CONFLICT (status ABORTED) and DEADLINE_EXCEEDED (the
+    caller's deadline ran out while the call waited for the database):
+    nothing was written, and a retry with backoff is safe.
+
+    A retried MakePayment must reuse its `request_id`.
     """
 
     def __init__(self, channel):
@@ -147,16 +154,23 @@ class BillingServiceServicer:
     strings in the service time zone (default Asia/Jakarta).
 
     Errors follow AIP-193: every error the service itself returns carries a
-    google.rpc.ErrorInfo detail
-    (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
-    NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
-    number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY, RATE_LIMITED, ACCOUNT_LOCKED.
-    INVALID_ARGUMENT also carries a
-    google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
-    the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
-    many calls in flight) are safe to retry with backoff; a retried MakePayment
-    must reuse its `request_id`.
+    google.rpc.ErrorInfo detail (domain `lending.v1`) whose `reason` tells
+    refusals apart:
+
+    - INVALID_ARGUMENT (also a google.rpc.BadRequest naming the field),
+    NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, PAYMENT_NOT_ACCEPTED
+    (status FAILED_PRECONDITION: the amount is not a whole number of the
+    next installments, or exceeds the balance), LOAN_PAID_OFF,
+    UNAUTHENTICATED, PERMISSION_DENIED: retrying the same request cannot help.
+    - RATE_LIMITED and ACCOUNT_LOCKED (status RESOURCE_EXHAUSTED, with a
+    google.rpc.RetryInfo saying when to try again).
+    - DATABASE_BUSY, DATABASE_UNREACHABLE and STORAGE_FULL (status
+    UNAVAILABLE; STORAGE_FULL's metadata `kind` says what ran out),
+    TRANSACTION_CONFLICT (status ABORTED) and DEADLINE_EXCEEDED (the
+    caller's deadline ran out while the call waited for the database):
+    nothing was written, and a retry with backoff is safe.
+
+    A retried MakePayment must reuse its `request_id`.
     """
 
     def CreateLoan(self, request, context):
@@ -403,16 +417,23 @@ class BillingService:
     strings in the service time zone (default Asia/Jakarta).
 
     Errors follow AIP-193: every error the service itself returns carries a
-    google.rpc.ErrorInfo detail
-    (domain `lending.v1`) whose `reason` tells refusals apart: INVALID_ARGUMENT,
-    NOT_FOUND, ALREADY_EXISTS, PAYMENT_NOT_ACCEPTED (amount is not a whole
-    number of the next installments, or exceeds the balance), LOAN_PAID_OFF,
-    UNAUTHENTICATED, PERMISSION_DENIED, DATABASE_BUSY, RATE_LIMITED, ACCOUNT_LOCKED.
-    INVALID_ARGUMENT also carries a
-    google.rpc.BadRequest naming the field. UNAVAILABLE (database busy beyond
-    the server's own waiting) and RESOURCE_EXHAUSTED (message too large or too
-    many calls in flight) are safe to retry with backoff; a retried MakePayment
-    must reuse its `request_id`.
+    google.rpc.ErrorInfo detail (domain `lending.v1`) whose `reason` tells
+    refusals apart:
+
+    - INVALID_ARGUMENT (also a google.rpc.BadRequest naming the field),
+    NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, PAYMENT_NOT_ACCEPTED
+    (status FAILED_PRECONDITION: the amount is not a whole number of the
+    next installments, or exceeds the balance), LOAN_PAID_OFF,
+    UNAUTHENTICATED, PERMISSION_DENIED: retrying the same request cannot help.
+    - RATE_LIMITED and ACCOUNT_LOCKED (status RESOURCE_EXHAUSTED, with a
+    google.rpc.RetryInfo saying when to try again).
+    - DATABASE_BUSY, DATABASE_UNREACHABLE and STORAGE_FULL (status
+    UNAVAILABLE; STORAGE_FULL's metadata `kind` says what ran out),
+    TRANSACTION_CONFLICT (status ABORTED) and DEADLINE_EXCEEDED (the
+    caller's deadline ran out while the call waited for the database):
+    nothing was written, and a retry with backoff is safe.
+
+    A retried MakePayment must reuse its `request_id`.
     """
 
     @staticmethod

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import itertools
 from collections.abc import Callable
 from typing import Any
 
-from peewee import CharField, Field, ForeignKeyField, IntegerField, Model, Value
+from peewee import CharField, DateField, Field, ForeignKeyField, IntegerField, Model, Value
 
 _serial = itertools.count(1)
 
@@ -114,11 +115,28 @@ class Statement:
         return Built(sql, tuple(values), slots)
 
 
-def _needs_conversion(field: Field) -> bool:
-    """Whether Peewee's python_value changes what the driver returns (dates do; ints and strs do not)."""
+def _converter(field: Field) -> Callable[[Any], Any] | None:
+    """How to turn what the driver returns into what Peewee would give; None when it is the same.
+
+    Integers and strings come back as they are. Peewee parses a DATE column
+    that SQLite returns as text by trying strptime formats in turn (several
+    microseconds a value); the ISO form every date here is stored in parses
+    with ``date.fromisoformat`` instead, anything else still goes to Peewee.
+    """
     if isinstance(field, ForeignKeyField):
         field = field.rel_field
-    return not isinstance(field, (IntegerField, CharField))
+    if isinstance(field, (IntegerField, CharField)):
+        return None
+    if isinstance(field, DateField) and field.formats == DateField.formats:
+        peewee_value = field.python_value
+
+        def date_value(value: Any) -> Any:
+            if type(value) is str and len(value) == 10:
+                return dt.date.fromisoformat(value)
+            return peewee_value(value)
+
+        return date_value
+    return field.python_value
 
 
 class Select(Statement):
@@ -139,11 +157,21 @@ class Select(Statement):
             for field in columns
         ]
         self.row_type = collections.namedtuple(f"{model.__name__}Row", names)
-        self._converters = [field.python_value if _needs_conversion(field) else None for field in columns]
+        self._width = len(columns)
+        # Only the columns whose values change on the way in (most are ints and strings).
+        self._conversions = tuple(
+            (index, convert) for index, convert in enumerate(map(_converter, columns)) if convert is not None
+        )
 
     def row(self, values: tuple) -> tuple:
         """One driver row as this statement's named tuple, each value converted as Peewee would."""
-        return self.row_type._make(
-            value if convert is None or value is None else convert(value)
-            for convert, value in zip(self._converters, values, strict=True)
-        )
+        if len(values) != self._width:
+            raise ValueError(f"expected {self._width} columns, the driver returned {len(values)}")
+        if not self._conversions:
+            return self.row_type._make(values)
+        converted = list(values)
+        for index, convert in self._conversions:
+            value = converted[index]
+            if value is not None:
+                converted[index] = convert(value)
+        return self.row_type._make(converted)
