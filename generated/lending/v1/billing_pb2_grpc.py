@@ -258,7 +258,8 @@ class BillingServiceServicer:
 
     def GetDelinquencyStatus(self, request, context):
         """GetDelinquencyStatus tells whether a loan is delinquent as of a date: 2
-        or more installments due before that date are unpaid now.
+        or more installments due before that date were not covered by the
+        payments valued on or before it (reversed ones do not count).
 
         Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed `loan_id` or `as_of`.
         """
