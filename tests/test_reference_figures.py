@@ -613,12 +613,14 @@ class OracleLoan:
 
     def standing(self, day: dt.date) -> tuple:
         """(is_delinquent, missed, overdue, days past due, next due date) at the end of ``day``."""
-        k = self.covered(self.paid(day))
+        paid = self.paid(day)
+        k = self.covered(paid)
         missed = [w for w in range(k, self.term) if self.dues[w] < day]
+        part_paid = paid - self.prefix[k]  # of the first unpaid installment (a reversal leaves that)
         return (
             len(missed) >= 2,
             len(missed),
-            _money(sum(self.installments[w] for w in missed)),
+            _money(sum(self.installments[w] for w in missed) - part_paid if missed else 0),
             (day - self.dues[k]).days if missed else 0,
             self.dues[k].isoformat() if k < self.term else "",
         )

@@ -284,6 +284,33 @@ def test_reversing_the_payoff_reopens_the_loan_and_may_leave_an_unapplied_amount
     ]
 
 
+def test_the_overdue_amount_is_what_makes_the_loan_current_after_a_reversal_leaves_part_paid(api, people):
+    """Found by an outside client: status said 33.34 overdue while the balance was 33.33.
+
+    100.00 at rate 0 over 3 weeks: 33.33, 33.33, 33.34, all due 22 days after the start. 33.33
+    then 66.67 pay it off; reversing the 33.33 leaves 66.67: weeks 1-2 (66.66) and 0.01 of week 3.
+    """
+    borrower, _borrower_id, operator = people
+    create(api, borrower, principal="100", start=days_ago(22), term_weeks=3, interest_rate="0")
+    first = pay(api, borrower, "33.33")
+    pay(api, borrower, "66.67")
+    reverse(api, operator, first.payment_id)
+    assert (outstanding(api, borrower).outstanding_balance, outstanding(api, borrower).unapplied_amount) == (
+        "33.33",
+        "0.01",
+    )
+    status = api.billing.GetDelinquencyStatus(
+        billing_pb2.GetDelinquencyStatusRequest(loan_id="L1"), metadata=borrower
+    )
+    assert (status.missed_payments, status.overdue_amount, status.next_due_date) == (
+        1,
+        "33.33",
+        days_ago(1).isoformat(),
+    )
+    # What the status calls overdue is what the service accepts to make the loan current.
+    assert pay(api, borrower, status.overdue_amount).outstanding_balance == "0.00"
+
+
 def test_reversal_is_for_operators_and_unknown_or_malformed_payments_are_refused(api, people):
     borrower, _borrower_id, operator = people
     create(api, borrower, start=today())
@@ -293,10 +320,14 @@ def test_reversal_is_for_operators_and_unknown_or_malformed_payments_are_refused
     assert refused(reverse, api, operator, str(uuid.uuid4())).code() == grpc.StatusCode.NOT_FOUND
     assert_invalid(refused(reverse, api, operator, "not-a-payment"), "payment_id")
     assert_invalid(refused(reverse, api, operator, ""), "payment_id")
-    for reason in ("", "   ", "x" * 501, "bad\x00reason"):
+    for reason in ("", "   ", "x" * 501, "bad\x00reason", "two\nlines", "a\ttab", "bell\x07", "del\x7f"):
         assert_invalid(refused(reverse, api, operator, payment.payment_id, reason), "reason")
     assert outstanding(api, borrower).paid_amount == "110000.00"
-    assert reverse(api, operator, payment.payment_id, "x" * 500).reversed
+    # Text in any script is fine, joiners and direction marks included (format characters, not control).
+    reason = "\u200fتحويل مرتد 👨\u200d👩\u200d👧"
+    assert reverse(api, operator, payment.payment_id, reason).reversal_reason == reason
+    longest = pay(api, borrower, "110000.00")
+    assert reverse(api, operator, longest.payment_id, "x" * 500).reversed
 
 
 def test_a_reversal_rewrites_the_past_standing_and_the_history(api, people):

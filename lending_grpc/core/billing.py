@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import unicodedata
 import uuid
 from collections.abc import Callable
 
@@ -18,7 +19,6 @@ from lending_grpc.core.schedule import (
     MAX_TOTAL_CENTS,
     MIN_TERM_WEEKS,
     LoanTerms,
-    delinquency,
 )
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import Loan, Payment, User
@@ -36,6 +36,8 @@ from lending_grpc.core.views import (
 DEFAULT_TERM_WEEKS = 50
 DEFAULT_RATE_E4 = 1000  # 0.10
 MAX_REASON_CHARS = 500
+# Control characters, and lone surrogates (not text at all; PostgreSQL cannot store them).
+_NOT_TEXT = frozenset({"Cc", "Cs"})
 
 # LoanTerms' fields are named after the loan columns that store them: one mapping, both ways.
 _TERM_COLUMNS = tuple(field.name for field in dataclasses.fields(LoanTerms))
@@ -141,13 +143,19 @@ def payment_view(row, loan_id: str) -> PaymentView:
 
 
 def reason_text(value: str, field: str = "reason") -> str:
-    """A reversal reason: 1-500 characters, printable (spaces and line breaks allowed)."""
+    """A reversal reason: 1-500 characters, not blank, one line without control characters.
+
+    Control characters (Unicode category Cc: NUL, line breaks, tabs, escapes)
+    would break the one-line records the reason is shown in (listings, the
+    audit export, logs). Format characters such as the zero-width joiner of
+    an emoji or a right-to-left mark are text and pass.
+    """
     if not value.strip():
         raise InvalidArgument(field, "is required")
     if len(value) > MAX_REASON_CHARS:
         raise InvalidArgument(field, f"must be at most {MAX_REASON_CHARS} characters")
-    if not all(ch.isprintable() or ch in "\n\t" for ch in value):
-        raise InvalidArgument(field, "must not hold control characters")
+    if any(unicodedata.category(ch) in _NOT_TEXT for ch in value):
+        raise InvalidArgument(field, "must be one line without control characters")
     return value
 
 
@@ -681,8 +689,7 @@ class BillingCore:
         now_us: int,
         announced_before: dt.date | None,
     ) -> None:
-        paid = standing.installments_paid(terms, paid_cents)
-        status = DelinquencyView(loan_id, delinquency(terms, paid, effective), owner_user_id)
+        status = DelinquencyView(loan_id, standing.standing_of(terms, paid_cents, effective), owner_user_id)
         self._event(event_type, loan_pk, loan_id, owner, owner_user_id, effective, status, now_us)
         since = Loan.announced_delinquent_since.db_value(
             effective if event_type == event_log.DELINQUENCY_STARTED else None

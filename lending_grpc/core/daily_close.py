@@ -26,7 +26,6 @@ from peewee import fn
 from lending_grpc.core import event_log, standing
 from lending_grpc.core.billing import terms_of
 from lending_grpc.core.clock import Clock
-from lending_grpc.core.schedule import delinquency
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import DayClose, Loan, User
 from lending_grpc.core.views import DelinquencyView
@@ -100,7 +99,7 @@ def close_day(db: LendingDatabase, clock: Clock, day: dt.date) -> ClosedDay:
                 since = row.second_unpaid_due_date + standing.ONE_DAY
                 terms = terms_of(row)
                 status = DelinquencyView(
-                    row.loan_id, delinquency(terms, row.paid_weeks, since), row.owner.user_id
+                    row.loan_id, standing.standing_of(terms, row.paid_cents, since), row.owner.user_id
                 )
                 event_log.record(
                     db,

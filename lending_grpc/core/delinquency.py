@@ -18,7 +18,6 @@ from lending_grpc.core import fields, ledger, pagination, reporting, standing
 from lending_grpc.core.billing import BillingCore, terms_of
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.errors import InvalidArgument
-from lending_grpc.core.schedule import DAYS_PER_WEEK, DELINQUENT_AFTER_MISSED, delinquency
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import DelinquencySpan, Loan, User
 from lending_grpc.core.views import DelinquencyView, HistoryView, Page, PortfolioReportView
@@ -31,7 +30,7 @@ class _Candidate:
     second_unpaid: dt.date
     loan_pk: int
     row: object  # the loan row
-    installments_paid: int
+    paid_cents: int | None  # what counted as of the day; None: look it up (a finished span)
     owner_user_id: str
 
 
@@ -60,8 +59,7 @@ class DelinquencyCore:
         day = self._as_of(as_of)
         row = self._billing.loan_row(owner, loan_id)
         terms = terms_of(row)
-        paid = standing.installments_paid(terms, self._paid_as_of(row, day))
-        return DelinquencyView(row.loan_id, delinquency(terms, paid, day))
+        return DelinquencyView(row.loan_id, standing.standing_of(terms, self._paid_as_of(row, day), day))
 
     def get_history(self, owner: int, loan_id: str) -> HistoryView:
         """The periods in which the loan was delinquent, oldest first, that started by today."""
@@ -110,7 +108,13 @@ class DelinquencyCore:
             [
                 DelinquencyView(
                     c.row.loan_id,
-                    delinquency(terms_of(c.row), c.installments_paid, day),
+                    standing.standing_of(
+                        terms_of(c.row),
+                        # A finished span is the past: one index lookup for what counted then,
+                        # for the page's loans only.
+                        ledger.paid_as_of(self._db, c.loan_pk, day) if c.paid_cents is None else c.paid_cents,
+                        day,
+                    ),
                     c.owner_user_id if owner is None else "",
                 )
                 for c in page
@@ -142,7 +146,7 @@ class DelinquencyCore:
                 row.second_unpaid_due_date,
                 row.id,
                 row,
-                row.paid_weeks,
+                row.paid_cents,
                 row.owner.user_id if owner is None else "",
             )
             for row in rows
@@ -167,15 +171,7 @@ class DelinquencyCore:
         candidates = []
         for span in rows:
             loan = span.loan
-            # The second unpaid installment of the span is number paid + 2.
-            week = (span.second_unpaid_due_date - loan.start_date).days // DAYS_PER_WEEK
             candidates.append(
-                _Candidate(
-                    span.second_unpaid_due_date,
-                    loan.id,
-                    loan,
-                    week - DELINQUENT_AFTER_MISSED,
-                    span.owner.user_id,
-                )
+                _Candidate(span.second_unpaid_due_date, loan.id, loan, None, span.owner.user_id)
             )
         return candidates

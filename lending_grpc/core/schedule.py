@@ -149,15 +149,20 @@ class Delinquency:
         return self.missed_payments >= DELINQUENT_AFTER_MISSED
 
 
-def delinquency(terms: LoanTerms, paid_weeks: int, as_of: dt.date) -> Delinquency:
-    """Judge a loan as of ``as_of``: installments due before it and unpaid now are missed."""
+def delinquency(terms: LoanTerms, paid_weeks: int, as_of: dt.date, unapplied_cents: int = 0) -> Delinquency:
+    """Judge a loan as of ``as_of``: installments due before it and not paid in full are missed.
+
+    ``unapplied_cents`` is paid beyond the last whole installment (a reversal
+    can leave that): it is part of the first missed installment already, so
+    the overdue amount, what it takes to be current again, is net of it.
+    """
     missed = max(0, terms.weeks_due_before(as_of) - paid_weeks)
     first_unpaid = paid_weeks + 1
     next_due = terms.due_date(first_unpaid) if first_unpaid <= terms.term_weeks else None
     return Delinquency(
         as_of=as_of,
         missed_payments=missed,
-        overdue_cents=terms.cents_for_next(paid_weeks, missed) if missed else 0,
+        overdue_cents=terms.cents_for_next(paid_weeks, missed) - unapplied_cents if missed else 0,
         days_past_due=(as_of - next_due).days if missed else 0,
         next_due_date=next_due,
     )

@@ -121,9 +121,14 @@ def paid_as_of(timeline: Sequence[Step], day: dt.date) -> int:
     return paid
 
 
+def standing_of(terms: LoanTerms, paid_cents: int, day: dt.date) -> Delinquency:
+    """The standing on ``day`` with ``paid_cents`` counting (overdue net of a part-paid installment)."""
+    return delinquency(terms, installments_paid(terms, paid_cents), day, unapplied_cents(terms, paid_cents))
+
+
 def standing_as_of(terms: LoanTerms, timeline: Sequence[Step], day: dt.date) -> Delinquency:
     """The loan as it stood at the end of ``day``, as known now."""
-    return delinquency(terms, installments_paid(terms, paid_as_of(timeline, day)), day)
+    return standing_of(terms, paid_as_of(timeline, day), day)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -291,8 +291,9 @@ class BillingServiceServicer:
         returns it unchanged (no second effect). Audited.
 
         Errors: PERMISSION_DENIED for anyone but an operator; INVALID_ARGUMENT
-        for a malformed `payment_id` or a `reason` that is empty, longer than 500
-        characters or holds control characters; NOT_FOUND for an unknown payment.
+        for a malformed `payment_id` or a `reason` that is empty or blank, longer
+        than 500 characters or holds control characters (line breaks and tabs
+        included); NOT_FOUND for an unknown payment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
