@@ -47,6 +47,24 @@ def test_serve_reports_serving_lists_services_and_drains_on_sigterm(tmp_path):
     assert TEST_SECRET_KEY not in log and TEST_DATA_KEY not in log
 
 
+def test_reflection_answers_under_its_stable_v1_name_too(server):
+    """Clients that speak only grpc.reflection.v1 (v1alpha is deprecated) find the services."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="lending.v1.BillingService"),
+        ]
+        listed, described = list(info(iter(requests), timeout=10))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {"lending.v1.BillingService", "lending.v1.EventService"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # billing.proto and what it imports
+
+
 def test_health_turns_not_serving_when_draining(server):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from lending.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -223,9 +223,9 @@ def _start(
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(page_tokens), auth), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection_names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(reflection_names, server)
+    server.add_generic_rpc_handlers((_reflection_v1(reflection_names),))
     credentials = server_credentials(settings)
     try:
         if credentials is None:
@@ -276,6 +276,30 @@ def _start(
         keys=reloader,
         error_tracker=tracker,
         watchdog=watchdog,
+    )
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _reflection_v1(names: tuple[str, ...]) -> grpc.GenericRpcHandler:
+    """Server reflection under its stable name, for clients that ask only ``grpc.reflection.v1``.
+
+    grpcio-reflection serves ``v1alpha`` alone. The v1 service has the same
+    messages, field for field, in a new package, so the v1alpha servicer
+    answers v1 calls as they are; only the method path differs. (It is not
+    listed: its descriptor is not in the pool for ``describe``.)
+    """
+    servicer = reflection.ReflectionServicer(names)
+    return grpc.method_handlers_generic_handler(
+        REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
     )
 
 
