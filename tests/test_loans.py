@@ -310,6 +310,25 @@ def test_create_installment_below_a_cent(api, alice, principal, term, rate):
     assert list(api.billing.ListLoans(billing_pb2.ListLoansRequest(), metadata=alice).loans) == []
 
 
+def test_create_names_every_bad_field_at_once(api, alice):
+    """A form with five mistakes is fixed in one round trip, not five (AIP-193's BadRequest)."""
+    err = call_error(
+        api.billing.CreateLoan,
+        billing_pb2.CreateLoanRequest(
+            loan_id="bad id",
+            principal_amount="-5",
+            term_weeks=9999,
+            interest_rate="ten percent",
+            start_date="2026-02-30",
+        ),
+        metadata=alice,
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err) == ["loan_id", "principal_amount", "term_weeks", "interest_rate", "start_date"]
+    assert err.details().startswith("loan_id: ") and "; start_date: " in err.details()
+    assert list(api.billing.ListLoans(billing_pb2.ListLoansRequest(), metadata=alice).loans) == []
+
+
 # -- GetLoan -------------------------------------------------------------------
 
 

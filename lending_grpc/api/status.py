@@ -58,8 +58,11 @@ def to_status_proto(exc: errors.LendingError) -> status_pb2.Status:
     # What is particular to the error first (the field, when to retry), then ErrorInfo.
     details = []
     if isinstance(exc, errors.InvalidArgument):
-        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)
-        details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in exc.violations
+        ]
+        details.append(_packed(error_details_pb2.BadRequest(field_violations=violations)))
     if exc.retry_after_s is not None:
         # Whole milliseconds, rounded up: retrying at the advised moment must not be too early.
         millis = max(1, math.ceil(exc.retry_after_s * 1000))

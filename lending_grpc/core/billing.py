@@ -106,6 +106,14 @@ _ANNOUNCE_FROM_NONE = Statement(
 )
 
 
+def _check_term_weeks(term_weeks: int) -> None:
+    if not 0 <= term_weeks <= MAX_TERM_WEEKS:
+        raise InvalidArgument(
+            "term_weeks",
+            f"must be between {MIN_TERM_WEEKS} and {MAX_TERM_WEEKS} (0 means {DEFAULT_TERM_WEEKS})",
+        )
+
+
 @functools.lru_cache(maxsize=4096)
 def unpaid_installments(terms: LoanTerms) -> tuple[InstallmentView, ...]:
     """Every installment of ``terms``, none paid yet (views are immutable: cached per terms)."""
@@ -210,21 +218,25 @@ class BillingCore:
     ) -> LoanView:
         """Create a loan for the caller; the existing one when ``loan_id`` is reused with the same terms."""
         owner = actor.user.id
-        loan_id = fields.loan_id(loan_id)
-        principal = parse_money(principal_amount, "principal_amount", max_cents=MAX_PRINCIPAL_CENTS)
-        if not 0 <= term_weeks <= MAX_TERM_WEEKS:
-            raise InvalidArgument(
-                "term_weeks",
-                f"must be between {MIN_TERM_WEEKS} and {MAX_TERM_WEEKS} (0 means {DEFAULT_TERM_WEEKS})",
-            )
-        rate = parse_rate(interest_rate, "interest_rate") if interest_rate else None
+        checks = fields.FieldChecks()  # every bad field named at once: a form is fixed in one round trip
+        loan_id = checks.run(fields.loan_id, loan_id)
+        principal = checks.run(
+            parse_money, principal_amount, "principal_amount", max_cents=MAX_PRINCIPAL_CENTS
+        )
+        checks.run(_check_term_weeks, term_weeks)
+        rate = checks.run(parse_rate, interest_rate, "interest_rate") if interest_rate else None
         start = (
-            fields.calendar_date(
-                start_date, "start_date", low=fields.MIN_START_DATE, high=fields.MAX_START_DATE
+            checks.run(
+                fields.calendar_date,
+                start_date,
+                "start_date",
+                low=fields.MIN_START_DATE,
+                high=fields.MAX_START_DATE,
             )
             if start_date
             else None
         )
+        checks.raise_any()
 
         def create() -> LoanView:
             existing = self._db.first(_LOAN_BY_KEY, owner=owner, loan_id=loan_id)

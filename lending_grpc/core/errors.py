@@ -8,7 +8,7 @@ google.rpc.RetryInfo. Anything that is not a LendingError is a bug and is
 answered INTERNAL.
 
     LendingError
-    +-- InvalidArgument(field)        a request field is missing or malformed
+    +-- InvalidArgument(field)        request fields missing or malformed (violations: each one)
     +-- NotFound                      no such resource, or another user's
     +-- AlreadyExists                 a create or idempotency key collides
     +-- FailedPrecondition            the resource's state refuses the request
@@ -44,7 +44,12 @@ class LendingError(Exception):
 
 
 class InvalidArgument(LendingError):
-    """A request field is missing or malformed. `field` names it (proto field name)."""
+    """A request field is missing or malformed. `field` names it (proto field name).
+
+    ``violations`` lists every bad field of the request, ``(field,
+    description)``, the first being ``field``'s: `combined` gathers several
+    so that a client fixes a form in one round trip.
+    """
 
     reason = "INVALID_ARGUMENT"
 
@@ -52,6 +57,19 @@ class InvalidArgument(LendingError):
         super().__init__(f"{field}: {description}")
         self.field = field
         self.description = description
+        self.violations: tuple[tuple[str, str], ...] = ((field, description),)
+
+    @classmethod
+    def combined(cls, errors: list[InvalidArgument]) -> InvalidArgument:
+        """One refusal naming every field of ``errors`` (in request order)."""
+        first = errors[0]
+        if len(errors) == 1:
+            return first
+        merged = cls(first.field, first.description)
+        merged.violations = tuple(v for error in errors for v in error.violations)
+        merged.message = "; ".join(f"{field}: {description}" for field, description in merged.violations)
+        merged.args = (merged.message,)
+        return merged
 
 
 class NotFound(LendingError):

@@ -120,3 +120,29 @@ def email(value: str, field: str = "email") -> str:
     if len(value) > MAX_EMAIL_CHARS or len(local) > MAX_EMAIL_LOCAL_CHARS or not EMAIL_RE.fullmatch(value):
         raise InvalidArgument(field, "is not a well-formed email address")
     return value
+
+
+class FieldChecks:
+    """Collects the InvalidArgument of each field check, to refuse them all at once.
+
+        checks = fields.FieldChecks()
+        loan_id = checks.run(fields.loan_id, request.loan_id)
+        ...
+        checks.raise_any()
+    """
+
+    def __init__(self) -> None:
+        self._errors: list[InvalidArgument] = []
+
+    def run(self, check, *args, **kwargs):
+        """``check(*args, **kwargs)``, or None after noting the field it refused."""
+        try:
+            return check(*args, **kwargs)
+        except InvalidArgument as exc:
+            self._errors.append(exc)
+            return None
+
+    def raise_any(self) -> None:
+        """Raise one InvalidArgument naming every refused field, if any was."""
+        if self._errors:
+            raise InvalidArgument.combined(self._errors)
