@@ -409,8 +409,10 @@ def test_cli_events_one_line_each_and_json_lines(server, tmp_path: Path) -> None
         f"PAYMENT_ACCEPTED     {day}  L-1         550.00 for week 1, outstanding 550.00",
         "LOAN_CREATED         2026-01-05  L-2         2,000,000.00 over 50 weeks at 0.10, weekly 44,000.00",
     ]
-    assert lines[4][30:].startswith(f"DELINQUENCY_STARTED  {day}  L-2         ")
-    assert " installments missed, " in lines[4] and " days past due" in lines[4]
+    # Effective the day after the second installment (2026-01-19) fell due, and as of that day.
+    assert lines[4][30:] == (
+        "DELINQUENCY_STARTED  2026-01-20  L-2         2 installments missed, 88,000.00 overdue, 8 days past due"
+    )
 
     assert [line[:6].strip() for line in ada("events", "--after", "2").stdout.splitlines()[1:]] == ["3", "4"]
     assert [line[:6].strip() for line in ada("events", "--loan", "L-1").stdout.splitlines()[1:]] == ["1", "2"]

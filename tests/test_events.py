@@ -104,7 +104,9 @@ def test_every_change_writes_its_events_with_the_resource_as_it_was(api, people)
     events = list_all(stub, ada)
     assert kinds(events) == [
         ("LOAN_CREATED", "L1", days_ago(20)),
-        ("DELINQUENCY_STARTED", "L1", days_ago(0)),  # a back-dated start: delinquent from the outset
+        # A back-dated start: delinquent from the outset, effective since the day after the second
+        # installment fell due (day -6), as the daily close would have said then.
+        ("DELINQUENCY_STARTED", "L1", days_ago(5)),
         ("PAYMENT_ACCEPTED", "L1", days_ago(0)),
         ("DELINQUENCY_ENDED", "L1", days_ago(0)),  # one missed installment is not delinquent
         ("PAYMENT_ACCEPTED", "L1", days_ago(0)),
@@ -129,6 +131,34 @@ def test_every_change_writes_its_events_with_the_resource_as_it_was(api, people)
     pay(api, ada, "L1", "55.00", request_id="once")
     assert len(list_all(stub, ada, after=events[-1].sequence)) == 2  # accepted, paid off
 
+
+
+def test_delinquency_events_are_dated_the_day_the_standing_changed_by_value_dates(api, people):
+    """A start is dated the first delinquent day, a cure the value date of the curing payment.
+
+    5,000,000.00 from 30 days ago: 110,000.00 due on days -23, -16, -9 and -2; delinquent from
+    day -15, the day after the second fell due.
+    """
+    (_, ada_id, ada), _bob, (_, _, olga) = people
+    stub = events_stub(api)
+    create(api, ada, "L1", days_ago(30), principal="5000000", term_weeks=50)
+    collected = pay(api, olga, "L1", "440000.00", owner=ada_id, value_date=days_ago(3))
+    api.billing.ReversePayment(
+        billing_pb2.ReversePaymentRequest(payment_id=collected.payment_id, reason="bounced"), metadata=olga
+    )
+    # Collected before the loan ever became delinquent, but the start was announced from day -15:
+    # the end is not dated before the start it ends.
+    pay(api, olga, "L1", "440000.00", owner=ada_id, value_date=days_ago(20), request_id="early")
+    assert kinds(list_all(stub, ada)) == [
+        ("LOAN_CREATED", "L1", days_ago(30)),
+        ("DELINQUENCY_STARTED", "L1", days_ago(15)),
+        ("PAYMENT_ACCEPTED", "L1", days_ago(3)),
+        ("DELINQUENCY_ENDED", "L1", days_ago(3)),
+        ("PAYMENT_REVERSED", "L1", days_ago(3)),
+        ("DELINQUENCY_STARTED", "L1", days_ago(15)),  # the open period, by value dates, began then
+        ("PAYMENT_ACCEPTED", "L1", days_ago(20)),
+        ("DELINQUENCY_ENDED", "L1", days_ago(15)),
+    ]
 
 def test_owners_see_their_own_loans_events_and_operators_everyones(api, people):
     (_, ada_id, ada), (_, bob_id, bob), (_, _, olga) = people

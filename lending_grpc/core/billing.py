@@ -296,8 +296,13 @@ class BillingCore:
             self._event(
                 event_log.LOAN_CREATED, pk, loan_id, owner, owner_user_id, terms.start_date, view, now
             )
-            # A back-dated start may make the loan delinquent from the outset.
-            self._announce(pk, loan_id, owner, owner_user_id, terms, 0, None, today, now)
+            # A back-dated start may make the loan delinquent from the outset: since the day after
+            # its second installment fell due, as the daily close would have said then.
+            second_unpaid = standing.second_unpaid_due_date(terms, 0)
+            self._announce(
+                pk, loan_id, owner, owner_user_id, terms, 0, None, today, now,
+                started_on=second_unpaid + standing.ONE_DAY if second_unpaid is not None else None,
+            )  # fmt: skip
             return view
 
         return self._write(create)
@@ -517,6 +522,7 @@ class BillingCore:
                 announced,
                 today,
                 now,
+                ended_on=day,  # a cure takes effect on the value date of the payment that cured it
             )
             return payment
 
@@ -606,6 +612,7 @@ class BillingCore:
                 announced,
                 today,
                 now,
+                started_on=lambda: self._open_period_start(row.id, terms, today),
             )
             return view
 
@@ -674,19 +681,36 @@ class BillingCore:
         announced_since: dt.date | None,
         today: dt.date,
         now_us: int,
+        *,
+        started_on: dt.date | Callable[[], dt.date | None] | None = None,
+        ended_on: dt.date | None = None,
     ) -> None:
-        """Tell the event log when today's standing now differs from what it last announced."""
+        """Tell the event log when today's standing now differs from what it last announced.
+
+        The event's effective date is the day the standing changed as known
+        now: ``started_on`` (or a function giving it, called only when a
+        delinquency starts) and ``ended_on``, else today. An end is never
+        dated before the start it ends was announced from.
+        """
         delinquent = standing.is_delinquent_today(terms, paid_cents, today)
         if delinquent and announced_since is None:
+            since = started_on() if callable(started_on) else started_on
             self._delinquency_event(
                 event_log.DELINQUENCY_STARTED, loan_pk, loan_id, owner, owner_user_id, terms,
-                paid_cents, today, now_us, None,
+                paid_cents, since or today, now_us, None,
             )  # fmt: skip
         elif not delinquent and announced_since is not None:
             self._delinquency_event(
                 event_log.DELINQUENCY_ENDED, loan_pk, loan_id, owner, owner_user_id, terms,
-                paid_cents, today, now_us, announced_since,
+                paid_cents, max(ended_on or today, announced_since), now_us, announced_since,
             )  # fmt: skip
+
+    def _open_period_start(self, loan_pk: int, terms: LoanTerms, today: dt.date) -> dt.date | None:
+        """The first day of the delinquency still running today, by value dates (None if none runs)."""
+        periods = standing.delinquency_history(terms, ledger.timeline(self._db, loan_pk), today)
+        if periods and periods[-1].end is None:
+            return periods[-1].start
+        return None
 
     def _delinquency_event(
         self,
