@@ -247,7 +247,10 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPayments(self, request, context):
-        """ListPayments pages through a loan's payments, oldest first.
+        """ListPayments pages through a loan's payments in the order they were
+        recorded (oldest recorded first), reversed ones included. A back-dated
+        collection is listed where it was recorded; its `value_date` says when it
+        counts.
 
         Errors: NOT_FOUND; INVALID_ARGUMENT for a negative `page_size` or a
         foreign page token.
