@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from lending_grpc.addresses import AddressError, is_unix_socket, parse_host_port
 from lending_grpc.core.crypto import DataKeyError, Sealer, new_key_text
 from lending_grpc.core.storage.database import (
     DatabaseError,
@@ -264,9 +265,10 @@ def validate(settings: Settings) -> None:
     if not 1 <= settings.workers <= MAX_WORKER_PROCESSES:
         raise ConfigError(f"LENDING_WORKERS must be between 1 and {MAX_WORKER_PROCESSES}")
     _validate_rate_limits(settings)
-    _validate_transport(settings)
+    _check_address(settings.listen, "LENDING_LISTEN", unix_allowed=True)
     if settings.metrics_listen:
-        _split_host_port(settings.metrics_listen, "LENDING_METRICS_LISTEN")
+        _check_address(settings.metrics_listen, "LENDING_METRICS_LISTEN")
+    _validate_transport(settings)
     try:
         check_database_url(settings.database_url)
     except DatabaseError as exc:
@@ -468,16 +470,19 @@ def _validate_rate_limits(settings: Settings) -> None:
             )
 
 
-def _split_host_port(address: str, setting: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{setting} {address!r} must be host:port")
-    return host.strip("[]"), int(port)
+def _check_address(address: str, setting: str, *, unix_allowed: bool = False) -> None:
+    """ConfigError naming ``setting`` and the address unless it is HOST:PORT (port 0: any free port)."""
+    if unix_allowed and is_unix_socket(address):
+        return
+    try:
+        parse_host_port(address, allow_port_zero=True)
+    except AddressError as exc:
+        raise ConfigError(f"{setting} {address!r}: {exc}") from None
 
 
 def is_loopback(listen: str) -> bool:
     """Whether a listen address only accepts connections from this machine."""
-    if listen.startswith(("unix:", "unix-abstract:")):
+    if is_unix_socket(listen):
         return True
     host = listen.rpartition(":")[0].strip("[]")
     if host == "localhost":
@@ -493,9 +498,7 @@ def _validate_transport(settings: Settings) -> None:
         raise ConfigError("LENDING_TLS_CERT and LENDING_TLS_KEY must be set together")
     if settings.tls_client_ca and not settings.tls_cert:
         raise ConfigError("LENDING_TLS_CLIENT_CA (mTLS) needs LENDING_TLS_CERT and LENDING_TLS_KEY")
-    # An address without a port cannot be bound at all: the listen error says so at startup.
-    has_port = ":" in settings.listen
-    if has_port and not settings.tls_cert and not settings.insecure and not is_loopback(settings.listen):
+    if not settings.tls_cert and not settings.insecure and not is_loopback(settings.listen):
         raise ConfigError(
             f"refusing plaintext on the non-loopback address {settings.listen}: serve TLS with "
             "--tls-cert/--tls-key, or pass --insecure (LENDING_INSECURE=true) when a proxy or "
