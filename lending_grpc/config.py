@@ -8,6 +8,7 @@ import difflib
 import ipaddress
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -175,14 +176,31 @@ _KEY_PAIRS = (("secret_key", "secret_key_file"), ("data_key", "data_key_file"))
 _KEY_SETTINGS = tuple(name for pair in _KEY_PAIRS for name in pair)
 
 
+# What Kubernetes injects for a Service named "lending" unless the pod sets enableServiceLinks: false.
+_SERVICE_LINK = re.compile(
+    r"LENDING_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
+
+
+def known_names() -> list[str]:
+    """Every LENDING_* name something of ours reads: the server's settings and the clients' variables."""
+    return [Settings.env_name(field.name) for field in dataclasses.fields(Settings)] + list(CLIENT_ENV_NAMES)
+
+
 def _unknown_names(names, source: str) -> list[str]:
-    # The client commands' variables (LENDING_SERVER, ...) may live in the same .env.
-    known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)] + list(CLIENT_ENV_NAMES)
+    # The client commands' variables (LENDING_SERVER, ...) may live in the same .env or shell.
+    known = known_names()
     problems = []
-    for name in names:
+    for name in sorted(names):
         if name.startswith(ENV_PREFIX) and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            if _SERVICE_LINK.fullmatch(name):
+                hint = (
+                    " (Kubernetes sets it for a Service named 'lending': "
+                    "set enableServiceLinks: false in the pod spec)"
+                )
+            else:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
             problems.append(f"{source}: unknown setting {name}{hint}")
     return problems
 
@@ -196,18 +214,18 @@ def load_settings(
 
     The first source that sets a value wins. The inline key and the key file
     are one setting: the first source that sets either (non-empty) decides.
-    An unknown LENDING_* name in `.env` is an error, so a typo never silently
-    falls back to a default; in the environment it is only a warning, since
-    platforms inject names of their own there (Kubernetes adds LENDING_PORT
-    and LENDING_SERVICE_HOST for a Service called "lending").
+    An unknown LENDING_* name, in the environment or in `.env`, is an error
+    naming the nearest known one: a typo such as LENDING_SECRETKEY must not
+    start a financial service on a generated key. (Kubernetes injects
+    LENDING_PORT and friends for a Service named "lending"; the manifests
+    turn those service links off, and the message says how.)
     """
     flags = flags or {}
     environ = os.environ if environ is None else environ
     file_values = read_dotenv(dotenv) if dotenv else {}
-    for problem in _unknown_names(environ, "environment"):
-        log.warning("%s; ignored", problem)
-    for problem in _unknown_names(file_values, str(dotenv)):
-        raise ConfigError(problem)
+    problems = _unknown_names(environ, "environment") + _unknown_names(file_values, str(dotenv))
+    if problems:
+        raise ConfigError("; ".join(problems))
     chosen: dict[str, Any] = {}
     rank: dict[str, int] = {}
     for field in dataclasses.fields(Settings):

@@ -124,6 +124,27 @@ def test_a_malformed_listen_address_is_refused_before_anything_is_created(tmp_pa
     assert not (tmp_path / "data").exists()
 
 
+def test_an_unknown_setting_in_the_environment_stops_the_server(tmp_path):
+    """The typo LENDING_SECRETKEY would otherwise start the service on a generated key."""
+    url = f"sqlite:///{tmp_path / 'data' / 'l.db'}"
+    result = run_cli(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        url,
+        cwd=tmp_path,
+        LENDING_SECRET_KEY="",
+        LENDING_SECRETKEY=TEST_SECRET_KEY,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "lending-grpc: configuration error: environment: unknown setting LENDING_SECRETKEY "
+        "(did you mean LENDING_SECRET_KEY?)\n",
+    )
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_an_address_in_use_is_told_apart_and_nothing_is_created(tmp_path, workers):
     with socket.socket() as taken:
