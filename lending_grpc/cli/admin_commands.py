@@ -32,15 +32,15 @@ def add_commands(commands, add_setting_flags: Callable[[argparse.ArgumentParser,
     """Register `users` and `audit` on the top-level subparsers."""
     users = commands.add_parser("users", help="grant or revoke roles, erase a user's personal data")
     actions = users.add_subparsers(dest="users_action", required=True)
+    roles = ", ".join(ROLES)
     for name, text in (("grant", "grant a role"), ("revoke", "revoke a role")):
-        action = actions.add_parser(name, help=text)
-        action.add_argument("username")
-        action.add_argument("role", choices=ROLES)
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("username", help="the account, as it registered")
+        action.add_argument("role", choices=ROLES, help=f"the role: {roles}")
         add_setting_flags(action, _DB_FLAGS)
-    erase = actions.add_parser(
-        "erase", help="remove a user's personal data and block the account (loans, payments, audit stay)"
-    )
-    erase.add_argument("username")
+    erase_text = "remove a user's personal data and block the account (loans, payments, audit stay)"
+    erase = actions.add_parser("erase", help=erase_text, description=erase_text)
+    erase.add_argument("username", help="the account, as it registered")
     add_setting_flags(erase, _DB_FLAGS)
 
     audit_parser = commands.add_parser("audit", help="read the audit trail")
