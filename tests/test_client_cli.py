@@ -135,6 +135,15 @@ def test_worked_example_tables(cli: Cli) -> None:
     ]
 
 
+def test_counts_of_one_are_singular(cli: Cli) -> None:
+    cli.logged_in()
+    shown = cli("loan", "create", "L1", "1000", "--start-date", "2026-01-05", "--term-weeks", "1").stdout
+    assert "term            1 week from 2026-01-05 to 2026-01-12\n" in shown
+    assert "paid            0.00 (0 of 1 week)\n" in shown
+    assert cli("loan", "outstanding", "L1").stdout.splitlines()[-1] == "outstanding  1,100.00 (1 installment)"
+    assert cli("loan", "schedule", "L1").stdout.splitlines()[-1] == "1 installment, 0 paid; total 1,100.00"
+
+
 def test_json_output_keeps_exact_decimal_strings(cli: Cli) -> None:
     cli.logged_in()
     loan = json.loads(cli("loan", "create", "L1", "1000001", "--start-date", "2026-01-05", "--json").stdout)

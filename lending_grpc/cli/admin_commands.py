@@ -20,6 +20,7 @@ from lending_grpc.core import audit, daily_close
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.errors import LendingError
+from lending_grpc.core.plural import count
 from lending_grpc.core.storage.database import close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.views import ROLES, Actor
@@ -131,7 +132,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 report = admin.erase(actor, args.username)
                 print(
                     f"erased user {report.user_id}: username is now {report.tombstone}, "
-                    f"{report.sessions_revoked} session(s) revoked; loans, payments and audit rows kept"
+                    f"{count(report.sessions_revoked, 'session')} revoked; "
+                    "loans, payments and audit rows kept"
                 )
             else:
                 user_id = admin.set_role(actor, args.username, args.role, granted=action == "grant")

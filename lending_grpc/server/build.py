@@ -45,6 +45,7 @@ from lending_grpc.core.delinquency import DelinquencyCore
 from lending_grpc.core.event_hub import EventHub
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.plural import count
 from lending_grpc.core.portfolio_stats import funding_quality_figures, portfolio_figures
 from lending_grpc.core.storage.database import LendingDatabase, close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
@@ -127,7 +128,7 @@ def prepare_database(db: LendingDatabase, sealer: Sealer, time_zone: str) -> Non
     migrate(db, time_zone)
     sealed = seal_legacy_emails(db, sealer)
     if sealed:
-        log.info("sealed %d email(s): plaintext from schema version 1 or an older data key", sealed)
+        log.info("sealed %s: plaintext from schema version 1 or an older data key", count(sealed, "email"))
 
 
 def create_server(settings: Settings, *, reuse_port: bool = False, worker_index: int = 0) -> RunningServer:

@@ -242,12 +242,17 @@ def _loan_fields(loan) -> str:
             ("principal", output.money(loan.principal_amount)),
             ("interest rate", str(loan.interest_rate)),
             ("total", output.money(loan.total_amount)),
-            ("term", f"{loan.term_weeks} weeks from {loan.start_date} to {output.day(loan.maturity_date)}"),
+            (
+                "term",
+                f"{output.count(loan.term_weeks, 'week')} from {loan.start_date} "
+                f"to {output.day(loan.maturity_date)}",
+            ),
             ("weekly payment", output.money(loan.weekly_payment)),
             ("final payment", output.money(loan.final_payment)),
             (
                 "paid",
-                f"{output.money(loan.paid_amount)} ({loan.installments_paid} of {loan.term_weeks} weeks)",
+                f"{output.money(loan.paid_amount)} "
+                f"({loan.installments_paid} of {output.count(loan.term_weeks, 'week')})",
             ),
             ("outstanding", output.money(loan.outstanding_balance)),
         ]
