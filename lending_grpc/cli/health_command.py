@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -57,10 +58,12 @@ def run(args: argparse.Namespace) -> int:
         print("lending-grpc: --timeout must be positive", file=sys.stderr)
         return 2
     try:
+        deadline = time.monotonic() + args.timeout  # one budget for connecting and asking
         with _channel(args, server) as channel:
             wait_until_connected(channel, server, args.timeout)
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=max(deadline - time.monotonic(), 0.1),
             )
     except LendingError as exc:
         print(f"lending-grpc: {exc.message}", file=sys.stderr)
