@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -279,6 +281,28 @@ def test_health_says_not_serving_during_the_drain_delay(tmp_path):
             time.sleep(0.05)
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert server.proc.wait(20) == 0
+
+
+_SYS_TGKILL = 234  # x86-64 Linux: a signal to one thread of a process
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64" or sys.platform != "linux", reason="tgkill number")
+def test_a_sigterm_that_lands_on_any_thread_drains_the_server(tmp_path):
+    """The kernel may hand a process's signal to any of its threads (it does, when the main thread
+    has one pending already): the server must drain all the same, not sleep on in the main thread."""
+    server = ServerProcess(tmp_path / "t.db")
+    pid = server.proc.pid
+    others = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(_SYS_TGKILL, pid, others[-1], signal.SIGTERM) == 0
+    try:
+        assert server.proc.wait(20) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    log = "".join(server.log)
+    assert "received SIGTERM: draining" in log and "lending-grpc stopped" in log
 
 
 @pytest.mark.slow

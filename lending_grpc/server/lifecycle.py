@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from lending_grpc.config import Settings
 from lending_grpc.server.build import RunningServer
+from lending_grpc.server.signal_thread import handle_signals_on_a_thread
 
 log = logging.getLogger("lending_grpc.server")
 
@@ -70,34 +71,30 @@ def run_until_signalled(
     stop = threading.Event()
     hurry = threading.Event()
 
-    def request_stop(signum, _frame):
-        name = signal.Signals(signum).name
-        if not stop.is_set() and signum in signals:
-            stop.set()  # first: a signal arriving while this one is logged counts as a repeat
+    def on_signal(signum: signal.Signals) -> None:  # on the thread 'signals', one at a time
+        if signum == signal.SIGHUP:
+            if running.keys is not None:
+                running.keys.request()  # only wakes the reloader's thread
+        elif not stop.is_set() and signum in signals:
             log.info(
                 "received %s: draining (health NOT_SERVING for %.1fs, then grace %.0fs)",
-                name,
+                signum.name,
                 settings.drain_delay_seconds,
                 settings.shutdown_grace_seconds,
             )
+            stop.set()
         elif signum in stop_now_signals and not hurry.is_set():
             again = " again" if stop.is_set() else ""
-            log.info("received %s%s: stopping now, cancelling in-flight RPCs", name, again)
+            log.info("received %s%s: stopping now, cancelling in-flight RPCs", signum.name, again)
             hurry.set()
             stop.set()
             running.server.stop(0)
         else:
-            log.debug("received %s again: already draining", name)
+            log.debug("received %s again: already draining", signum.name)
 
-    def request_reload(_signum, _frame):
-        if running.keys is not None:
-            running.keys.request()  # only wakes the reloader's thread
-
-    for signum in {*signals, *stop_now_signals}:
-        signal.signal(signum, request_stop)
-    signal.signal(signal.SIGHUP, request_reload)
+    handle_signals_on_a_thread({*signals, *stop_now_signals, signal.SIGHUP}, on_signal)
     if held_reload is not None and held_reload.is_set():
-        request_reload(signal.SIGHUP, None)
+        on_signal(signal.SIGHUP)
     on_ready()
     stop.wait()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)
