@@ -38,7 +38,7 @@ EXPOSE 50051 9090
 # The server's own grpc.health.v1 service, asked over loopback (plaintext; pass --tls-ca and
 # friends in an override when the server itself serves TLS).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["lending-grpc", "health", "--address", "127.0.0.1:50051", "--timeout", "3"]
+    CMD ["lending-grpc", "health", "--server", "127.0.0.1:50051", "--timeout", "3"]
 ENTRYPOINT ["lending-grpc"]
 # Plaintext on 0.0.0.0 is refused unless TLS is configured (LENDING_TLS_CERT/KEY) or
 # LENDING_INSECURE=true says that a proxy or mesh in front terminates TLS.

@@ -2,7 +2,13 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# One virtualenv, two stamps: `make run` installs what the server needs, `make test` (and the other
+# developer targets) add the development tools on top.
+RUN_STAMP := $(VENV)/.run-installed
+DEV_STAMP := $(VENV)/.dev-installed
+# pip's own progress, not --quiet: a progress bar on a terminal, plain lines in logs and CI.
+PIP_INSTALL = $(BIN)/python -m pip install --disable-pip-version-check \
+	--progress-bar "$$(if [ -t 1 ]; then echo on; else echo off; fi)"
 BUF_VERSION := 1.75.0
 PROTOS := $(wildcard protos/lending/v1/*.proto)
 
@@ -27,25 +33,38 @@ help:
 	@echo "make bench-scale  1,000 vs 1,000,000 loans: per-call cost, portfolio pages, bytes per loan"
 	@echo "make clean        remove the virtualenv, caches, ./var and site/"
 
-setup: $(STAMP)
+setup: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "installing dependencies into $(VENV), first run only"
+	@$(PYTHON) -m venv $(VENV)
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	@if [ -e $@ ]; then echo "pyproject.toml changed: updating the dependencies in $(VENV)"; fi
+	@$(PIP_INSTALL) -e .
+	@touch $@
+
+# Everything `make run` needs is part of it, so its stamp is renewed too.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	@if [ -e $@ ]; then echo "pyproject.toml changed: updating the development tools in $(VENV)"; \
+	else echo "installing the development tools into $(VENV) (pytest, ruff, ...), first time only"; fi
+	@$(PIP_INSTALL) -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
+
+# A simple command, so make runs it without a shell in between: a Ctrl-C (SIGINT to the terminal's
+# process group) or a SIGTERM to make's process group reaches the server itself. make also passes a
+# SIGTERM it receives on to the server; the server treats a repeated SIGTERM as the same request.
+run: $(RUN_STAMP)
 	$(BIN)/lending-grpc serve
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	bash examples/demo.sh
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	rm -rf generated/lending
 	mkdir -p generated
 	$(BIN)/python -m grpc_tools.protoc -Iprotos \
@@ -63,7 +82,7 @@ proto-check: proto
 # NO_MKDOCS_2_WARNING: Material prints a banner about MkDocs 2 on every run otherwise.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
-docs-reference: $(STAMP)
+docs-reference: $(DEV_STAMP)
 	$(BIN)/python -m tools.api_reference
 
 docs: docs-reference
@@ -72,7 +91,7 @@ docs: docs-reference
 docs-serve: docs-reference
 	$(MKDOCS) serve --dev-addr 127.0.0.1:8000
 
-docs-check: $(STAMP)
+docs-check: $(DEV_STAMP)
 	$(BIN)/python -m tools.api_reference --check
 
 buf-lint:
@@ -86,24 +105,24 @@ buf-breaking:
 	npx --yes @bufbuild/buf@$(BUF_VERSION) breaking --against $(BUF_BASELINE)
 
 # JSON, pretty-printed, so a review sees what the new baseline contains.
-buf-baseline: $(STAMP)
+buf-baseline: $(RUN_STAMP)
 	npx --yes @bufbuild/buf@$(BUF_VERSION) build --exclude-source-info -o $(BUF_BASELINE)
 	$(BIN)/python -m json.tool --indent 1 $(BUF_BASELINE) $(BUF_BASELINE).tmp
 	mv $(BUF_BASELINE).tmp $(BUF_BASELINE)
 
-lint: $(STAMP) buf-lint
-	$(BIN)/ruff check lending_grpc tests tools
+lint: $(DEV_STAMP) buf-lint
+	$(BIN)/ruff check lending_grpc tests tools bench
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 # The alerting rules are written once, in deploy/prometheus; the Operator's copy is generated.
-prometheus-rule: $(STAMP)
+prometheus-rule: $(DEV_STAMP)
 	$(BIN)/python deploy/prometheus/render_prometheus_rule.py
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	@command -v h2load >/dev/null || { echo "make bench needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
 	$(BIN)/python bench/run.py
 
-bench-scale: $(STAMP)
+bench-scale: $(DEV_STAMP)
 	$(BIN)/python bench/scale.py
 
 clean:

@@ -8,6 +8,7 @@ import difflib
 import ipaddress
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from lending_grpc.addresses import AddressError, is_unix_socket, parse_host_port
 from lending_grpc.core.crypto import DataKeyError, Sealer, new_key_text
 from lending_grpc.core.storage.database import (
     DatabaseError,
@@ -174,14 +176,31 @@ _KEY_PAIRS = (("secret_key", "secret_key_file"), ("data_key", "data_key_file"))
 _KEY_SETTINGS = tuple(name for pair in _KEY_PAIRS for name in pair)
 
 
+# What Kubernetes injects for a Service named "lending" unless the pod sets enableServiceLinks: false.
+_SERVICE_LINK = re.compile(
+    r"LENDING_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
+
+
+def known_names() -> list[str]:
+    """Every LENDING_* name something of ours reads: the server's settings and the clients' variables."""
+    return [Settings.env_name(field.name) for field in dataclasses.fields(Settings)] + list(CLIENT_ENV_NAMES)
+
+
 def _unknown_names(names, source: str) -> list[str]:
-    # The client commands' variables (LENDING_SERVER, ...) may live in the same .env.
-    known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)] + list(CLIENT_ENV_NAMES)
+    # The client commands' variables (LENDING_SERVER, ...) may live in the same .env or shell.
+    known = known_names()
     problems = []
-    for name in names:
+    for name in sorted(names):
         if name.startswith(ENV_PREFIX) and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            if _SERVICE_LINK.fullmatch(name):
+                hint = (
+                    " (Kubernetes sets it for a Service named 'lending': "
+                    "set enableServiceLinks: false in the pod spec)"
+                )
+            else:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
             problems.append(f"{source}: unknown setting {name}{hint}")
     return problems
 
@@ -195,18 +214,18 @@ def load_settings(
 
     The first source that sets a value wins. The inline key and the key file
     are one setting: the first source that sets either (non-empty) decides.
-    An unknown LENDING_* name in `.env` is an error, so a typo never silently
-    falls back to a default; in the environment it is only a warning, since
-    platforms inject names of their own there (Kubernetes adds LENDING_PORT
-    and LENDING_SERVICE_HOST for a Service called "lending").
+    An unknown LENDING_* name, in the environment or in `.env`, is an error
+    naming the nearest known one: a typo such as LENDING_SECRETKEY must not
+    start a financial service on a generated key. (Kubernetes injects
+    LENDING_PORT and friends for a Service named "lending"; the manifests
+    turn those service links off, and the message says how.)
     """
     flags = flags or {}
     environ = os.environ if environ is None else environ
     file_values = read_dotenv(dotenv) if dotenv else {}
-    for problem in _unknown_names(environ, "environment"):
-        log.warning("%s; ignored", problem)
-    for problem in _unknown_names(file_values, str(dotenv)):
-        raise ConfigError(problem)
+    problems = _unknown_names(environ, "environment") + _unknown_names(file_values, str(dotenv))
+    if problems:
+        raise ConfigError("; ".join(problems))
     chosen: dict[str, Any] = {}
     rank: dict[str, int] = {}
     for field in dataclasses.fields(Settings):
@@ -264,9 +283,10 @@ def validate(settings: Settings) -> None:
     if not 1 <= settings.workers <= MAX_WORKER_PROCESSES:
         raise ConfigError(f"LENDING_WORKERS must be between 1 and {MAX_WORKER_PROCESSES}")
     _validate_rate_limits(settings)
-    _validate_transport(settings)
+    _check_address(settings.listen, "LENDING_LISTEN", unix_allowed=True)
     if settings.metrics_listen:
-        _split_host_port(settings.metrics_listen, "LENDING_METRICS_LISTEN")
+        _check_address(settings.metrics_listen, "LENDING_METRICS_LISTEN")
+    _validate_transport(settings)
     try:
         check_database_url(settings.database_url)
     except DatabaseError as exc:
@@ -468,16 +488,19 @@ def _validate_rate_limits(settings: Settings) -> None:
             )
 
 
-def _split_host_port(address: str, setting: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{setting} {address!r} must be host:port")
-    return host.strip("[]"), int(port)
+def _check_address(address: str, setting: str, *, unix_allowed: bool = False) -> None:
+    """ConfigError naming ``setting`` and the address unless it is HOST:PORT (port 0: any free port)."""
+    if unix_allowed and is_unix_socket(address):
+        return
+    try:
+        parse_host_port(address, allow_port_zero=True)
+    except AddressError as exc:
+        raise ConfigError(f"{setting} {address!r}: {exc}") from None
 
 
 def is_loopback(listen: str) -> bool:
     """Whether a listen address only accepts connections from this machine."""
-    if listen.startswith(("unix:", "unix-abstract:")):
+    if is_unix_socket(listen):
         return True
     host = listen.rpartition(":")[0].strip("[]")
     if host == "localhost":
@@ -493,9 +516,7 @@ def _validate_transport(settings: Settings) -> None:
         raise ConfigError("LENDING_TLS_CERT and LENDING_TLS_KEY must be set together")
     if settings.tls_client_ca and not settings.tls_cert:
         raise ConfigError("LENDING_TLS_CLIENT_CA (mTLS) needs LENDING_TLS_CERT and LENDING_TLS_KEY")
-    # An address without a port cannot be bound at all: the listen error says so at startup.
-    has_port = ":" in settings.listen
-    if has_port and not settings.tls_cert and not settings.insecure and not is_loopback(settings.listen):
+    if not settings.tls_cert and not settings.insecure and not is_loopback(settings.listen):
         raise ConfigError(
             f"refusing plaintext on the non-loopback address {settings.listen}: serve TLS with "
             "--tls-cert/--tls-key, or pass --insecure (LENDING_INSECURE=true) when a proxy or "

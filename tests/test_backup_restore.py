@@ -164,7 +164,7 @@ def test_sqlite_backup_under_load_restores_into_a_fresh_directory(tmp_path):
     assert made.returncode == 0, made.stderr
     lines = made.stdout.splitlines()
     assert lines[0].startswith(f"backed up {source_db} to {backup_file} in ")
-    assert f"schema version {LATEST_VERSION}, integrity ok; 1 users, 6 loans, " in lines[0]
+    assert f"schema version {LATEST_VERSION}, integrity ok; 1 user, 6 loans, " in lines[0]
     assert lines[1:] == [
         f"JWT signing key: generated, {source_db}.jwt-key; copied to {backup_file}.jwt-key",
         f"data encryption key: generated, {source_db}.data-key; copied to {backup_file}.data-key",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import stat
 from pathlib import Path
 
+import grpc
 import pytest
 from databases import sqlite_url
-from helpers import PASSWORD, Cli
+from helpers import PASSWORD, Cli, ServerProcess, bearer
+from lending.v1 import auth_pb2, auth_pb2_grpc
 
+from lending_grpc.cli.main import build_parser
 from lending_grpc.config import CLIENT_ENV_NAMES, Settings, load_settings
 
 
@@ -131,6 +135,15 @@ def test_worked_example_tables(cli: Cli) -> None:
     ]
 
 
+def test_counts_of_one_are_singular(cli: Cli) -> None:
+    cli.logged_in()
+    shown = cli("loan", "create", "L1", "1000", "--start-date", "2026-01-05", "--term-weeks", "1").stdout
+    assert "term            1 week from 2026-01-05 to 2026-01-12\n" in shown
+    assert "paid            0.00 (0 of 1 week)\n" in shown
+    assert cli("loan", "outstanding", "L1").stdout.splitlines()[-1] == "outstanding  1,100.00 (1 installment)"
+    assert cli("loan", "schedule", "L1").stdout.splitlines()[-1] == "1 installment, 0 paid; total 1,100.00"
+
+
 def test_json_output_keeps_exact_decimal_strings(cli: Cli) -> None:
     cli.logged_in()
     loan = json.loads(cli("loan", "create", "L1", "1000001", "--start-date", "2026-01-05", "--json").stdout)
@@ -218,16 +231,104 @@ def test_errors_are_one_line_with_exit_codes(cli: Cli) -> None:
     )
 
 
-def test_unreachable_server_is_exit_4(cli: Cli) -> None:
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        ("nonsense", "expected HOST:PORT, e.g. 127.0.0.1:50051"),
+        ("host:notaport", "the port must be a number from 1 to 65535"),
+        (":99999", "the port must be a number from 1 to 65535"),
+        (":50051", "the host is missing, e.g. 127.0.0.1:50051"),
+        ("127.0.0.1:0", "the port must be a number from 1 to 65535"),
+    ],
+)
+def test_a_malformed_server_address_is_a_usage_error(tmp_path: Path, server: str, problem: str) -> None:
+    person = Cli("127.0.0.1:1", tmp_path)
+    by_option = person("loan", "list", "--server", server, ok=False)
+    assert (by_option.returncode, by_option.stderr) == (
+        2,
+        f"lending-grpc: USAGE: --server {server!r}: {problem}\n",
+    )
+    by_env = person("login", "ada", "--password-stdin", stdin=PASSWORD, ok=False, LENDING_SERVER=server)
+    assert (by_env.returncode, by_env.stderr) == (
+        2,
+        f"lending-grpc: USAGE: LENDING_SERVER {server!r}: {problem}\n",
+    )
+
+
+def test_an_unreachable_server_is_exit_4_before_any_login_question(tmp_path: Path) -> None:
+    dead = "127.0.0.1:1"
+    person = Cli(dead, tmp_path)
+    unreachable = f"lending-grpc: UNAVAILABLE: cannot reach {dead} (connection refused)\n"
+    for command in (
+        ["loan", "list"],  # not logged in either: the unreachable server is the first problem
+        ["register", "ada", "--email", "ada@example.com", "--password-stdin"],
+        ["login", "ada", "--password-stdin"],
+    ):
+        result = person(*command, stdin=PASSWORD, ok=False)
+        assert (result.returncode, result.stderr) == (4, unreachable), command
+    result = person("loan", "show", "L1", "--json", ok=False)
+    assert result.returncode == 4 and json.loads(result.stderr) == {
+        "error": {
+            "code": "UNAVAILABLE",
+            "message": f"cannot reach {dead} (connection refused)",
+            "reason": "SERVER_UNREACHABLE",
+        }
+    }
+
+
+def test_unreachable_server_is_exit_4_when_logged_in_too(cli: Cli) -> None:
     cli.logged_in()
     with open(cli.token_file) as handle:
         cached = json.load(handle)["servers"][cli.server]
     dead = "127.0.0.1:1"
     cli.token_file.write_text(json.dumps({"servers": {dead: cached}}))
     result = cli("loan", "list", "--timeout", "3", ok=False, LENDING_SERVER=dead)
-    assert result.returncode == 4
-    assert result.stderr.startswith("lending-grpc: UNAVAILABLE: ")
-    assert result.stderr.endswith(f"(is the server running on {dead}?)\n")
+    assert (result.returncode, result.stderr) == (
+        4,
+        f"lending-grpc: UNAVAILABLE: cannot reach {dead} (connection refused)\n",
+    )
+
+
+def test_a_revoked_login_says_to_log_in_again(cli: Cli) -> None:
+    cli.logged_in()
+    tokens = json.loads(cli.token_file.read_text())["servers"][cli.server]["tokens"]
+    with grpc.insecure_channel(cli.server) as channel:  # logged out elsewhere, with the same session
+        auth_pb2_grpc.AuthServiceStub(channel).Logout(
+            auth_pb2.LogoutRequest(), metadata=bearer(tokens["access_token"])
+        )
+    result = cli("loan", "list", ok=False)
+    assert (result.returncode, result.stderr) == (
+        3,
+        "lending-grpc: UNAUTHENTICATED: the token's session was revoked (logout, reuse or erasure): "
+        "run `lending-grpc login ada` again\n",
+    )
+    cli.log_in("ada")
+    assert cli("loan", "list").returncode == 0
+
+
+@pytest.mark.slow
+def test_a_login_to_a_server_whose_key_changed_says_to_log_in_again(tmp_path: Path) -> None:
+    database = tmp_path / "k.db"
+    before = ServerProcess(database)
+    person = Cli(before.target, tmp_path / "home")
+    try:
+        person.logged_in()
+    finally:
+        before.terminate()
+    after = ServerProcess(database, env={"LENDING_SECRET_KEY": "another-secret-key-of-at-least-32-bytes"})
+    try:
+        # The login is cached per server address: carry it over to the restarted server's port.
+        cached = json.loads(person.token_file.read_text())["servers"][before.target]
+        person.token_file.write_text(json.dumps({"servers": {after.target: cached}}))
+        person.server = after.target
+        refused = person("loan", "list", ok=False)
+    finally:
+        after.terminate()
+    assert (refused.returncode, refused.stderr) == (
+        3,
+        "lending-grpc: UNAUTHENTICATED: the token was signed with a key this server does not accept: "
+        "run `lending-grpc login ada` again\n",
+    )
 
 
 def test_a_rejected_cached_token_is_renewed_and_saved(cli: Cli) -> None:
@@ -250,3 +351,29 @@ def test_client_variables_do_not_disturb_serve(tmp_path: Path) -> None:
         "LENDING_SERVER=127.0.0.1:50051\nLENDING_SERVER_CA_FILE=ca.pem\nLENDING_TIME_ZONE=UTC\n"
     )
     assert load_settings({}, environ={}, dotenv=dotenv).time_zone == "UTC"
+
+
+def _actions_without_help(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helped = {choice.dest for choice in action._choices_actions if choice.help}
+            for name, command in action.choices.items():
+                if name not in helped:
+                    missing.append(f"{path} {name}")
+                missing += _actions_without_help(command, f"{path} {name}")
+        elif not action.help:  # argparse.SUPPRESS (a hidden, deprecated alias) is a help of its own
+            missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_argument_and_option_of_every_command_has_help() -> None:
+    """Server, operator and client commands alike: `lending-grpc X --help` explains every part."""
+    assert _actions_without_help(build_parser(), "lending-grpc") == []
+
+
+def test_register_help_explains_the_username_and_the_email(tmp_path: Path) -> None:
+    shown = " ".join(Cli("127.0.0.1:1", tmp_path)("register", "--help").stdout.split())
+    assert "username 3-150 characters: letters, digits and @ . + - _ (e.g. ada or ada.l@example.com)" in shown
+    assert "--email ADDRESS required: the account's email address, e.g. ada@example.com" in shown
+    assert "password (at least 8 characters)" in shown

@@ -100,19 +100,41 @@ def test_every_start_on_a_generated_key_warns(tmp_path, caplog):
     assert "using the generated JWT signing key" in caplog.text
 
 
-def test_unknown_names_are_errors_in_dotenv_and_warnings_in_the_environment(tmp_path, caplog):
-    dotenv = tmp_path / ".env"
-    dotenv.write_text("LENDING_SECRETKEY=" + "k" * 40 + "\n")
-    with pytest.raises(
-        ConfigError, match=r"unknown setting LENDING_SECRETKEY \(did you mean LENDING_SECRET_KEY\?\)"
-    ):
-        load_settings({}, {}, dotenv)
-    # Kubernetes injects these for a Service named "lending": they must not stop the service.
-    settings = load_settings(
-        {}, {"LENDING_PORT": "tcp://10.0.0.5:50051", "LENDING_SERVICE_HOST": "10.0.0.5"}, None
+def test_unknown_names_are_errors_in_the_environment_and_in_dotenv(tmp_path):
+    """A typo in a secret's name must not start the service on a generated key."""
+    key = "k" * 40
+    with pytest.raises(ConfigError) as refused:
+        load_settings({}, {"LENDING_SECRETKEY": key}, None)
+    assert (
+        str(refused.value)
+        == "environment: unknown setting LENDING_SECRETKEY (did you mean LENDING_SECRET_KEY?)"
     )
-    assert settings == Settings()
-    assert "unknown setting LENDING_PORT" in caplog.text and "ignored" in caplog.text
+    assert key not in str(refused.value)
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"LENDING_SECRETKEY={key}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings({}, {"LENDING_LISTN": "127.0.0.1:1"}, dotenv)
+    assert str(refused.value) == (
+        "environment: unknown setting LENDING_LISTN (did you mean LENDING_LISTEN?); "
+        f"{dotenv}: unknown setting LENDING_SECRETKEY (did you mean LENDING_SECRET_KEY?)"
+    )
+    # Kubernetes' service links for a Service named "lending": refused too, saying how to turn them off.
+    with pytest.raises(
+        ConfigError, match=r"unknown setting LENDING_PORT \(Kubernetes sets it .*enableServiceLinks"
+    ):
+        load_settings({}, {"LENDING_PORT": "tcp://10.0.0.5:50051"}, None)
+
+
+def test_the_clients_variables_are_known_names():
+    """LENDING_SERVER & co. may be exported in the shell (or .env) that starts the server."""
+    client = {
+        "LENDING_SERVER": "127.0.0.1:50051",
+        "LENDING_SERVER_TLS": "true",
+        "LENDING_SERVER_CA_FILE": "ca.pem",
+        "LENDING_CLIENT_CERT_FILE": "client.pem",
+        "LENDING_CLIENT_KEY_FILE": "client.key",
+    }
+    assert load_settings({}, client, None) == Settings()
 
 
 def test_an_empty_key_does_not_hide_a_key_from_a_later_source(tmp_path):

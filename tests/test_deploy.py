@@ -10,6 +10,7 @@ server.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import subprocess
 import sys
@@ -18,12 +19,25 @@ from pathlib import Path
 import yaml
 from helpers import require_tool, run_cli, running_api
 
-from lending_grpc.config import Settings
+from lending_grpc.cli.main import build_parser
+from lending_grpc.config import Settings, known_names
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes" / "base"
 BIN = Path(sys.executable).parent
 KNOWN_ENV = {Settings.env_name(field.name) for field in dataclasses.fields(Settings)}
+# Every place the repository sets LENDING_* variables for a process it starts: the server refuses
+# an unknown name (a typo must not start it on a generated key), so none may set one.
+_SETS_VARIABLES = {
+    "Dockerfile": r"\b(LENDING_[A-Z0-9_]+)=",
+    "Makefile": r"\b(LENDING_[A-Z0-9_]+)=",
+    ".ci/run": r"\b(LENDING_[A-Z0-9_]+)=",
+    ".github/workflows/ci.yml": r"\b(LENDING_[A-Z0-9_]+)\s*[:=]",
+    "deploy/**/*.yaml": r"name:\s*[\"']?(LENDING_[A-Z0-9_]+)",
+    "examples/**/*.sh": r"\b(LENDING_[A-Z0-9_]+)=",
+    "bench/*.py": r"\b(LENDING_[A-Z0-9_]+)=",
+    "tests/*.py": r"\b(LENDING_[A-Z0-9_]+)=",
+}
 
 
 def _tool(name: str) -> str:
@@ -59,6 +73,7 @@ def test_dockerfile_runs_unprivileged_from_a_slim_base_with_the_health_service_a
     healthcheck = next(arg for op, arg in final_stage if op == "HEALTHCHECK")
     command = yaml.safe_load(healthcheck.split("CMD", 1)[1])  # the exec-form JSON array
     assert command[:2] == ["lending-grpc", "health"]
+    assert build_parser().parse_args(command[1:]).server == "127.0.0.1:50051"
     entrypoint = yaml.safe_load(next(arg for op, arg in final_stage if op == "ENTRYPOINT"))
     cmd = yaml.safe_load(next(arg for op, arg in final_stage if op == "CMD"))
     assert entrypoint + cmd == ["lending-grpc", "serve"]
@@ -118,22 +133,48 @@ def test_deployment_probes_secrets_and_hardening():
     assert docs["Secret/lending-keys"]["stringData"]["jwt-key"].startswith("REPLACE")
 
 
+def test_no_set_up_in_the_repository_sets_an_unknown_setting():
+    known = set(known_names())
+    typos = {"LENDING_SECRETKEY", "LENDING_LISTN", "LENDING_PORT"}  # the tests' deliberate mistakes
+    found: dict[str, set[str]] = {}
+    for pattern, assignment in _SETS_VARIABLES.items():
+        for path in ROOT.glob(pattern):
+            for match in re.finditer(assignment, path.read_text(encoding="utf-8")):
+                found.setdefault(match.group(1), set()).add(str(path.relative_to(ROOT)))
+    assert "LENDING_LISTEN" in found and "LENDING_SERVER" in found  # the patterns do find assignments
+    unknown = {name: sorted(paths) for name, paths in found.items() if name not in known | typos}
+    assert not unknown, unknown
+
+
 def test_health_command_reports_serving_then_failure(tmp_path):
     with running_api(tmp_path) as api:
         running = api.server
-        ok = run_cli("health", "--address", f"127.0.0.1:{running.port}", cwd=tmp_path)
-        assert (ok.returncode, ok.stdout) == (0, "SERVING\n")
+        address = f"127.0.0.1:{running.port}"
+        ok = run_cli("health", "--server", address, cwd=tmp_path)
+        assert (ok.returncode, ok.stdout, ok.stderr) == (0, "SERVING\n", "")
+        by_env = run_cli("health", cwd=tmp_path, LENDING_SERVER=address)  # as the client commands
+        assert (by_env.returncode, by_env.stdout) == (0, "SERVING\n")
+        # The option's old name, for health checks written before --server (hidden from --help).
+        old = run_cli("health", "--address", address, cwd=tmp_path)
+        assert (old.returncode, old.stdout) == (0, "SERVING\n")
+        assert "--address" not in run_cli("health", "--help", cwd=tmp_path).stdout
         billing = run_cli(
-            "health",
-            "--address",
-            f"127.0.0.1:{running.port}",
-            "--service",
-            "lending.v1.BillingService",
-            cwd=tmp_path,
+            "health", "--server", address, "--service", "lending.v1.BillingService", cwd=tmp_path
         )
         assert (billing.returncode, billing.stdout) == (0, "SERVING\n")
         running.health.enter_graceful_shutdown()
-        draining = run_cli("health", "--address", f"127.0.0.1:{running.port}", cwd=tmp_path)
+        draining = run_cli("health", "--server", address, cwd=tmp_path)
         assert (draining.returncode, draining.stdout) == (1, "NOT_SERVING\n")
-    gone = run_cli("health", "--address", f"127.0.0.1:{running.port}", "--timeout", "2", cwd=tmp_path)
-    assert gone.returncode == 1 and "UNAVAILABLE" in gone.stderr
+    gone = run_cli("health", "--server", address, "--timeout", "2", cwd=tmp_path)
+    assert (gone.returncode, gone.stdout, gone.stderr) == (
+        1,
+        "",
+        f"lending-grpc: cannot reach {address} (connection refused)\n",
+    )
+    # A malformed address is a usage error (exit 2); Docker keeps exit 2 of a health check for itself,
+    # but that is a broken HEALTHCHECK line, not an unhealthy server.
+    malformed = run_cli("health", "--server", "nonsense", cwd=tmp_path)
+    assert (malformed.returncode, malformed.stderr) == (
+        2,
+        "lending-grpc: --server 'nonsense': expected HOST:PORT, e.g. 127.0.0.1:50051\n",
+    )

@@ -529,7 +529,7 @@ def test_refusal_names_overdue_amount_when_any(five_million):
         weeks_paid_by(five_million, 0, 5_000_000, days(15))
     message = info.value.message
     assert "one installment is 110000.00" in message
-    assert "all 2 overdue installment(s) are 220000.00" in message
+    assert "all 2 overdue installments are 220000.00" in message
     assert "the full payoff is 5500000.00" in message
 
 
@@ -538,7 +538,7 @@ def test_refusal_after_some_paid_names_remaining_payoff(odd):
         weeks_paid_by(odd, 48, 1, days(365))
     message = info.value.message
     assert "one installment is 22000.02" in message
-    assert "all 2 overdue installment(s) are 44000.14" in message
+    assert "all 2 overdue installments are 44000.14" in message
     assert "the full payoff is 44000.14" in message
 
 
@@ -786,7 +786,10 @@ def test_payment_sequences_keep_outstanding_plus_paid_equal_total(terms, steps, 
             missed = sum(1 for w in range(paid_weeks + 1, terms.term_weeks + 1) if terms.due_date(w) < today)
             if missed:
                 overdue = format_cents(sum(installments[paid_weeks : paid_weeks + missed]))
-                assert f"all {missed} overdue installment(s) are {overdue}" in message
+                if missed == 1:
+                    assert f"the 1 overdue installment is {overdue}" in message
+                else:
+                    assert f"all {missed} overdue installments are {overdue}" in message
             else:
                 assert "overdue" not in message
             assert terms.outstanding_cents(paid_weeks) == before

@@ -249,6 +249,16 @@ def test_partial_payment_message_names_overdue_amount(api, alice):
     assert "5500000.00" in message
 
 
+def test_one_overdue_installment_is_named_in_the_singular(api, alice):
+    create(api, alice, start_date=(today() - dt.timedelta(days=8)).isoformat())  # week 1 overdue
+    err = pay_error(api, alice, "50000")
+    assert err.details() == (
+        "50000.00 is not a whole number of installments; accepted: one installment is 110000.00, "
+        "the 1 overdue installment is 110000.00, the full payoff is 5500000.00, "
+        "or k x 110000.00 for any k below 50"
+    )
+
+
 def test_partial_payment_message_after_payments(api, alice):
     create(api, alice, principal="1000001", start_date=today().isoformat())
     pay(api, alice, "1078000.98")
@@ -629,7 +639,7 @@ def test_refused_payment_names_accepted_amounts(database_url):
             e.billing.make_payment(actor_of(o), "L1", "50000")
         message = info.value.message
         assert "one installment is 110000.00" in message
-        assert "all 2 overdue installment(s) are 220000.00" in message
+        assert "all 2 overdue installments are 220000.00" in message
         assert "the full payoff is 5500000.00" in message
     finally:
         close_database(e.db)

@@ -144,7 +144,7 @@ def test_erasure_removes_personal_data_blocks_the_account_and_keeps_the_books(tm
         result = run_cli("users", "erase", "ada", "--database-url", database_url, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert result.stdout == (
-            f"erased user {ada}: username is now erased-{ada}, 1 session(s) revoked; "
+            f"erased user {ada}: username is now erased-{ada}, 1 session revoked; "
             "loans, payments and audit rows kept\n"
         )
         # Personal data gone, the account blocked.

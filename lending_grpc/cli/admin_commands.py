@@ -20,6 +20,7 @@ from lending_grpc.core import audit, daily_close
 from lending_grpc.core.admin import AccountAdmin
 from lending_grpc.core.clock import Clock
 from lending_grpc.core.errors import LendingError
+from lending_grpc.core.plural import count
 from lending_grpc.core.storage.database import close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.views import ROLES, Actor
@@ -32,15 +33,15 @@ def add_commands(commands, add_setting_flags: Callable[[argparse.ArgumentParser,
     """Register `users` and `audit` on the top-level subparsers."""
     users = commands.add_parser("users", help="grant or revoke roles, erase a user's personal data")
     actions = users.add_subparsers(dest="users_action", required=True)
+    roles = ", ".join(ROLES)
     for name, text in (("grant", "grant a role"), ("revoke", "revoke a role")):
-        action = actions.add_parser(name, help=text)
-        action.add_argument("username")
-        action.add_argument("role", choices=ROLES)
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("username", help="the account, as it registered")
+        action.add_argument("role", choices=ROLES, help=f"the role: {roles}")
         add_setting_flags(action, _DB_FLAGS)
-    erase = actions.add_parser(
-        "erase", help="remove a user's personal data and block the account (loans, payments, audit stay)"
-    )
-    erase.add_argument("username")
+    erase_text = "remove a user's personal data and block the account (loans, payments, audit stay)"
+    erase = actions.add_parser("erase", help=erase_text, description=erase_text)
+    erase.add_argument("username", help="the account, as it registered")
     add_setting_flags(erase, _DB_FLAGS)
 
     audit_parser = commands.add_parser("audit", help="read the audit trail")
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 report = admin.erase(actor, args.username)
                 print(
                     f"erased user {report.user_id}: username is now {report.tombstone}, "
-                    f"{report.sessions_revoked} session(s) revoked; loans, payments and audit rows kept"
+                    f"{count(report.sessions_revoked, 'session')} revoked; "
+                    "loans, payments and audit rows kept"
                 )
             else:
                 user_id = admin.set_role(actor, args.username, args.role, granted=action == "grant")

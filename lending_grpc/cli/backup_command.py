@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lending_grpc.config import Settings, resolve_data_key
 from lending_grpc.core.crypto import UnsealError
+from lending_grpc.core.plural import count
 from lending_grpc.core.storage.backup import (
     BackupError,
     backup_sqlite,
@@ -155,7 +156,8 @@ def _check_emails(settings: Settings, database: Path) -> int:
         return 0
     has_key = _key_source(settings, "data_key") or database.with_name(database.name + ".data-key").is_file()
     if not has_key:
-        print(f"emails: NOT readable: no data key for {len(sample)} sealed email(s) checked", file=sys.stderr)
+        checked = count(len(sample), "sealed email")
+        print(f"emails: NOT readable: no data key for the {checked} checked", file=sys.stderr)
         return 1
     sealer = resolve_data_key(settings)
     try:

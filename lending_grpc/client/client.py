@@ -13,6 +13,7 @@ from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc, e
 from lending_grpc.client import exceptions, from_messages
 from lending_grpc.client.connection import TlsConfig, open_channel
 from lending_grpc.client.from_messages import DateLike, DecimalLike
+from lending_grpc.client.reachability import wait_until_connected
 from lending_grpc.client.session import Session
 from lending_grpc.client.types import (
     DelinquencyHistory,
@@ -89,6 +90,16 @@ class LendingClient:
             on_tokens=on_tokens,
             clock=clock,
         )
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Connect now instead of on the first call (which then uses this connection).
+
+        Raises `Unavailable` ("cannot reach HOST:PORT (connection refused)", reason
+        SERVER_UNREACHABLE) when the server cannot be reached within ``timeout``
+        seconds (default: the client's timeout), so a program can tell an absent
+        server from one that answers UNAVAILABLE itself.
+        """
+        wait_until_connected(self._channel, self.target, timeout or self.timeout)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -26,13 +26,14 @@ from lending_grpc.core.errors import (
     Unauthenticated,
 )
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.plural import count
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import TokenFamily, User
 from lending_grpc.core.tokens import ACCESS, REFRESH, TokenSigner
 from lending_grpc.core.views import Actor, Principal, TokenPair, UserView
 
 BAD_CREDENTIALS = "invalid username or password"
-LOCKED = "too many failed sign-ins: this account is locked for {seconds} more seconds"
+LOCKED = "too many failed sign-ins: this account is locked for {seconds}"
 _MAX_CACHED_FAMILIES = 100_000
 _REFRESH_REFUSALS = {
     "unknown": "the refresh token's session does not exist",
@@ -43,7 +44,7 @@ _REFRESH_REFUSALS = {
 
 
 def _locked(seconds: float) -> AccountLocked:
-    return AccountLocked(LOCKED.format(seconds=max(1, round(seconds))), seconds)
+    return AccountLocked(LOCKED.format(seconds=count(max(1, round(seconds)), "more second")), seconds)
 
 
 class AuthCore:

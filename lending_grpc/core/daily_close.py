@@ -26,6 +26,7 @@ from peewee import fn
 from lending_grpc.core import event_log, standing
 from lending_grpc.core.billing import terms_of
 from lending_grpc.core.clock import Clock
+from lending_grpc.core.plural import count
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import DayClose, Loan, User
 from lending_grpc.core.views import DelinquencyView
@@ -124,5 +125,5 @@ def close_day(db: LendingDatabase, clock: Clock, day: dt.date) -> ClosedDay:
             return ClosedDay(day, 0, already_closed=started == 0)
         started += done
         if done < BATCH:
-            log.info("closed %s: %d delinquencies started", day.isoformat(), started)
+            log.info("closed %s: %s started", day.isoformat(), count(started, "delinquency", "delinquencies"))
             return ClosedDay(day, started)

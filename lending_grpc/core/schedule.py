@@ -12,6 +12,7 @@ import datetime as dt
 
 from lending_grpc.core.errors import InvalidArgument, LoanPaidOff, PaymentNotAccepted
 from lending_grpc.core.money import RATE_SCALE, format_cents, round_half_up_div
+from lending_grpc.core.plural import count
 
 DAYS_PER_WEEK = 7
 MIN_TERM_WEEKS = 1
@@ -46,7 +47,7 @@ class LoanTerms:
         if weekly < 1 or final < 1:
             raise InvalidArgument(
                 "principal_amount",
-                f"a total of {format_cents(total)} over {term_weeks} weeks gives an installment "
+                f"a total of {format_cents(total)} over {count(term_weeks, 'week')} gives an installment "
                 "below 0.01; lend more or choose fewer weeks",
             )
         return cls(principal_cents, rate_e4, term_weeks, start_date, total, weekly, final)
@@ -120,13 +121,20 @@ def weeks_paid_by(terms: LoanTerms, paid_weeks: int, amount_cents: int, today: d
     )
 
 
+def overdue_installments(missed: int, amount: str) -> str:
+    """'the 1 overdue installment is 110000.00', 'all 2 overdue installments are 220000.00'."""
+    if missed == 1:
+        return f"the {count(missed, 'overdue installment')} is {amount}"
+    return f"all {count(missed, 'overdue installment')} are {amount}"
+
+
 def acceptable_amounts_hint(terms: LoanTerms, paid_weeks: int, today: dt.date) -> str:
     """Name the amounts the next payment could be: one installment, the overdue ones, full payoff."""
     parts = [f"one installment is {format_cents(terms.installment_cents(paid_weeks + 1))}"]
     missed = max(0, terms.weeks_due_before(today) - paid_weeks)
     if missed:
         overdue = format_cents(terms.cents_for_next(paid_weeks, missed))
-        parts.append(f"all {missed} overdue installment(s) are {overdue}")
+        parts.append(overdue_installments(missed, overdue))
     parts.append(f"the full payoff is {format_cents(terms.outstanding_cents(paid_weeks))}")
     remaining = terms.term_weeks - paid_weeks
     if remaining > 2:

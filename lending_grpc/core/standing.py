@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from lending_grpc.core.errors import LoanPaidOff, PaymentNotAccepted
 from lending_grpc.core.money import format_cents
-from lending_grpc.core.schedule import Delinquency, LoanTerms, delinquency
+from lending_grpc.core.schedule import Delinquency, LoanTerms, delinquency, overdue_installments
 
 ONE_DAY = dt.timedelta(days=1)
 
@@ -84,7 +84,7 @@ def acceptable_amounts_hint(terms: LoanTerms, paid_cents: int, today: dt.date) -
     missed = max(0, terms.weeks_due_before(today) - paid)
     if missed:
         overdue = format_cents(paid_through(terms, paid + missed) - paid_cents)
-        parts.append(f"all {missed} overdue installment(s) are {overdue}")
+        parts.append(overdue_installments(missed, overdue))
     parts.append(f"the full payoff is {format_cents(terms.total_cents - paid_cents)}")
     remaining = terms.term_weeks - paid
     if remaining > 2 and paid_through(terms, paid) == paid_cents:

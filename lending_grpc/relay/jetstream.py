@@ -88,6 +88,7 @@ from lending_grpc.api import messages
 from lending_grpc.core import event_log
 from lending_grpc.core.errors import LendingError
 from lending_grpc.core.event_log import EventView
+from lending_grpc.core.plural import count
 from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.relay.options import RelayError, RelayOptions, subject_for
 
@@ -335,12 +336,12 @@ class JetStreamRelay:
             )
         if first:
             log.info(
-                "relay: stream %s: %s storage, duplicate window %s s, max age %s, %d message(s)",
+                "relay: stream %s: %s storage, duplicate window %s s, max age %s, %s",
                 name,
                 _text(config.storage) or "file",
                 f"{config.duplicate_window:g}" if config.duplicate_window else "default",
                 f"{config.max_age:g} s" if config.max_age else "unlimited",
-                info.state.messages,
+                count(info.state.messages, "message"),
             )
 
     async def _create_stream(self):
@@ -491,9 +492,9 @@ class JetStreamRelay:
             return
         if self._summary_count or final:
             log.info(
-                "relay: %s%d event(s) published in %.0f s (%.0f/s); the stream holds events up to %d",
+                "relay: %s%s published in %.0f s (%.0f/s); the stream holds events up to %d",
                 "stopping: " if final else "",
-                self._summary_count,
+                count(self._summary_count, "event"),
                 elapsed,
                 self._summary_count / elapsed if elapsed > 0 else 0.0,
                 self.last_published_sequence,

@@ -45,11 +45,13 @@ from lending_grpc.core.delinquency import DelinquencyCore
 from lending_grpc.core.event_hub import EventHub
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
+from lending_grpc.core.plural import count
 from lending_grpc.core.portfolio_stats import funding_quality_figures, portfolio_figures
 from lending_grpc.core.storage.database import LendingDatabase, close_database, open_database
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.throttle import LoginPolicy
 from lending_grpc.core.tokens import TokenSigner
+from lending_grpc.server.bind_check import ListenError, bind_problem
 from lending_grpc.server.daily_close_scheduler import DailyCloseScheduler
 from lending_grpc.server.keys import KeyReloader, describe_data_keys, describe_jwt_keys
 from lending_grpc.server.transport import server_credentials, server_options
@@ -116,10 +118,6 @@ class RunningServer:
         close_database(self.database)
 
 
-class ListenError(OSError):
-    """The listen address is malformed or already in use."""
-
-
 def prepare_database(db: LendingDatabase, sealer: Sealer, time_zone: str) -> None:
     """Apply pending migrations, then seal emails left in plaintext or under an older data key.
 
@@ -130,7 +128,7 @@ def prepare_database(db: LendingDatabase, sealer: Sealer, time_zone: str) -> Non
     migrate(db, time_zone)
     sealed = seal_legacy_emails(db, sealer)
     if sealed:
-        log.info("sealed %d email(s): plaintext from schema version 1 or an older data key", sealed)
+        log.info("sealed %s: plaintext from schema version 1 or an older data key", count(sealed, "email"))
 
 
 def create_server(settings: Settings, *, reuse_port: bool = False, worker_index: int = 0) -> RunningServer:
@@ -233,9 +231,9 @@ def _start(
         else:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError:
-        raise ListenError(
-            f"cannot listen on {settings.listen}: malformed address or already in use"
-        ) from None
+        # Checked before start-up (bind_check.py), but another process may have taken it since.
+        problem = bind_problem(settings.listen) or "gRPC refused it (GRPC_VERBOSITY=debug says why)"
+        raise ListenError(f"cannot listen on {settings.listen}: {problem}") from None
     metrics_server = None
     if settings.metrics_listen:
         if worker_index == 0:  # portfolio counts once, not once per worker process
@@ -249,7 +247,8 @@ def _start(
         try:
             metrics_server = MetricsServer(address, registry)
         except OSError as exc:
-            raise ListenError(f"cannot serve metrics on {address}: {exc.strerror}") from None
+            problem = bind_problem(address) or exc.strerror
+            raise ListenError(f"cannot serve metrics on {address}: {problem}") from None
     events.start()
     scheduler = DailyCloseScheduler(db, clock) if settings.daily_close else None
     if scheduler is not None:

@@ -170,7 +170,8 @@ class KeyReloader:
             dropped = set(before) - set(sealer.versions)
             if dropped and emails_sealed_with(self._db, dropped):
                 raise ConfigError(
-                    f"it drops data key version(s) {' '.join(map(str, sorted(dropped)))}, which stored "
+                    f"it drops data key {'version' if len(dropped) == 1 else 'versions'} "
+                    f"{' '.join(map(str, sorted(dropped)))}, which stored "
                     "emails are still sealed with; keep them listed until a restart has re-sealed "
                     "every email under the first key"
                 )

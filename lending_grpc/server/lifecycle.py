@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from lending_grpc.config import Settings
 from lending_grpc.server.build import RunningServer
+from lending_grpc.server.signal_thread import handle_signals_on_a_thread
 
 log = logging.getLogger("lending_grpc.server")
 
@@ -54,40 +55,46 @@ def run_until_signalled(
     signals: tuple[signal.Signals, ...],
     on_ready: Callable[[], None],
     held_reload: threading.Event | None = None,
+    stop_now_signals: tuple[signal.Signals, ...] = (signal.SIGINT,),
 ) -> None:
-    """Wait for one of ``signals``, then drain and stop; a second signal stops at once.
+    """Wait for one of ``signals``, then drain and stop.
 
-    SIGHUP re-reads the key files (``keys.py``), also one ``held_reload``
-    noted before. ``on_ready`` runs once the handlers are installed: whoever
-    it tells that we are serving may stop us at once.
+    While draining, a signal of ``stop_now_signals`` (a second Ctrl-C) stops at
+    once, cancelling in-flight RPCs; one that is not also in ``signals`` does so
+    even when it comes first. Asking again with SIGTERM changes nothing: `make
+    run`, like other supervisors, forwards the SIGTERM its process group has
+    already delivered, and orchestrators follow SIGTERM with SIGKILL, not a
+    second SIGTERM. SIGHUP re-reads the key files (``keys.py``), also one
+    ``held_reload`` noted before. ``on_ready`` runs once the handlers are
+    installed: whoever it tells that we are serving may stop us at once.
     """
     stop = threading.Event()
     hurry = threading.Event()
 
-    def request_stop(signum, _frame):
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            log.info("received %s again: stopping now, cancelling in-flight RPCs", name)
+    def on_signal(signum: signal.Signals) -> None:  # on the thread 'signals', one at a time
+        if signum == signal.SIGHUP:
+            if running.keys is not None:
+                running.keys.request()  # only wakes the reloader's thread
+        elif not stop.is_set() and signum in signals:
+            log.info(
+                "received %s: draining (health NOT_SERVING for %.1fs, then grace %.0fs)",
+                signum.name,
+                settings.drain_delay_seconds,
+                settings.shutdown_grace_seconds,
+            )
+            stop.set()
+        elif signum in stop_now_signals and not hurry.is_set():
+            again = " again" if stop.is_set() else ""
+            log.info("received %s%s: stopping now, cancelling in-flight RPCs", signum.name, again)
             hurry.set()
+            stop.set()
             running.server.stop(0)
-            return
-        log.info(
-            "received %s: draining (health NOT_SERVING for %.1fs, then grace %.0fs)",
-            name,
-            settings.drain_delay_seconds,
-            settings.shutdown_grace_seconds,
-        )
-        stop.set()
+        else:
+            log.debug("received %s again: already draining", signum.name)
 
-    def request_reload(_signum, _frame):
-        if running.keys is not None:
-            running.keys.request()  # only wakes the reloader's thread
-
-    for signum in signals:
-        signal.signal(signum, request_stop)
-    signal.signal(signal.SIGHUP, request_reload)
+    handle_signals_on_a_thread({*signals, *stop_now_signals, signal.SIGHUP}, on_signal)
     if held_reload is not None and held_reload.is_set():
-        request_reload(signal.SIGHUP, None)
+        on_signal(signal.SIGHUP)
     on_ready()
     stop.wait()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds, hurry)

@@ -6,6 +6,7 @@ import logging
 import signal
 
 from lending_grpc.config import Settings
+from lending_grpc.server.bind_check import check_server_addresses
 from lending_grpc.server.build import create_server
 from lending_grpc.server.lifecycle import (
     database_kind,
@@ -23,7 +24,9 @@ def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully; ``settings.workers`` > 1 forks processes.
 
     SIGHUP re-reads the key files without a restart (a supervisor passes it on to its workers).
+    An address that cannot be bound is refused (ListenError) before any file is created.
     """
+    check_server_addresses(settings)
     if settings.workers > 1:
         serve_workers(settings)
         return

@@ -22,9 +22,12 @@ import sys
 import threading
 import time
 
+from lending_grpc.addresses import is_unix_socket, parse_host_port
 from lending_grpc.config import Settings, resolve_data_key, resolve_secret_key
+from lending_grpc.core.plural import count
 from lending_grpc.core.storage.database import close_database, open_database
-from lending_grpc.server.build import ListenError, create_server, prepare_database
+from lending_grpc.server.bind_check import ListenError, bind_problem
+from lending_grpc.server.build import create_server, prepare_database
 from lending_grpc.server.lifecycle import (
     database_kind,
     hold_reload_signal,
@@ -41,6 +44,9 @@ READY_TIMEOUT_S = 60.0
 CRASH_LOOP_WINDOW_S = 10.0
 CRASH_LOOP_LIMIT = 5
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# What the supervisor sends its workers on a second Ctrl-C. A second SIGTERM would not do: a SIGTERM
+# to the process group reaches every worker twice (directly, and forwarded), and means drain once.
+STOP_NOW = signal.SIGUSR1
 
 
 def reserve_port(listen: str) -> tuple[socket.socket, str, int]:
@@ -49,20 +55,21 @@ def reserve_port(listen: str) -> tuple[socket.socket, str, int]:
     Holding it keeps the port ours while workers come and go, and port 0
     becomes one concrete port that every worker then binds.
     """
-    host, _, port_text = listen.rpartition(":")
-    bare_host = host.strip("[]")
+    if is_unix_socket(listen):
+        raise ListenError(f"cannot listen on {listen} with several workers: they share a TCP port")
+    target = parse_host_port(listen, allow_port_zero=True)
+    host = listen.rpartition(":")[0]
     try:
-        port = int(port_text)
-        family = socket.getaddrinfo(bare_host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except (ValueError, OSError):
-        raise ListenError(f"cannot listen on {listen}: malformed address") from None
+        family = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror:
+        raise ListenError(f"cannot listen on {listen}: cannot resolve the host {target.host!r}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((bare_host, port))
-    except OSError:
+        sock.bind((target.host, target.port))
+    except OSError as exc:
         sock.close()
-        raise ListenError(f"cannot listen on {listen}: already in use") from None
+        raise ListenError(f"cannot listen on {listen}: {bind_problem(listen) or exc.strerror}") from None
     return sock, host, sock.getsockname()[1]
 
 
@@ -101,7 +108,14 @@ def _worker_main(settings: Settings, ready_w: int, index: int, held_reload: thre
         os.write(ready_w, b"R")
         os.close(ready_w)
 
-    run_until_signalled(running, settings, (signal.SIGTERM,), on_ready=ready, held_reload=held_reload)
+    run_until_signalled(
+        running,
+        settings,
+        (signal.SIGTERM,),
+        on_ready=ready,
+        held_reload=held_reload,
+        stop_now_signals=(STOP_NOW,),
+    )
     return 0
 
 
@@ -184,15 +198,19 @@ class _Supervisor:
         self.quick_deaths = 0
 
     def on_signal(self, signum, _frame) -> None:
-        """SIGTERM/SIGINT: stop every worker (a second signal makes them stop at once)."""
+        """SIGTERM/SIGINT: every worker drains and stops; a second SIGINT (Ctrl-C) makes them stop at once."""
         if not self.stopping:
-            log.info("received %s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
-        self.stopping = True
-        self._signal_workers(signal.SIGTERM)
+            self.stopping = True
+            workers = count(len(self.workers), "worker")
+            log.info("received %s: stopping %s", signal.Signals(signum).name, workers)
+            self._signal_workers(signal.SIGTERM)
+        elif signum == signal.SIGINT:
+            log.info("received SIGINT again: workers stop now, cancelling in-flight RPCs")
+            self._signal_workers(STOP_NOW)
 
     def on_reload_signal(self, _signum, _frame) -> None:
         """SIGHUP: every worker re-reads the key files (a worker still starting reads them anyway)."""
-        log.info("received SIGHUP: %d workers re-read their key files", len(self.workers))
+        log.info("received SIGHUP: %s re-read their key files", count(len(self.workers), "worker"))
         self._signal_workers(signal.SIGHUP)
 
     def _signal_workers(self, signum: int) -> None:
@@ -283,8 +301,12 @@ def serve_workers(settings: Settings) -> None:
     """
     # A SIGHUP before the workers exist changes nothing: they read the key files as they start.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _prepare(settings)
-    sock, host, port = reserve_port(settings.listen)
+    sock, host, port = reserve_port(settings.listen)  # before _prepare creates files: a busy port fails first
+    try:
+        _prepare(settings)
+    except BaseException:
+        sock.close()
+        raise
     worker_settings = dataclasses.replace(settings, listen=f"{host}:{port}", workers=1)
     supervisor = _Supervisor(worker_settings, settings.workers, sock)
     for signum in _STOP_SIGNALS:

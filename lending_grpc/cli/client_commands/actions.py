@@ -20,6 +20,7 @@ import grpc
 
 from lending_grpc.cli.client_commands import output
 from lending_grpc.cli.client_commands.token_cache import CachedLogin, TokenCache, TokenCacheError
+from lending_grpc.cli.server_option import ServerAddressError, server_address
 from lending_grpc.client import (
     DelinquencyStatus,
     Event,
@@ -58,8 +59,16 @@ class Context:
         self.args = args
         self.environ = environ
         self.stdout = stdout
-        self.server = args.server or environ.get(ClientEnv.SERVER) or "127.0.0.1:50051"
+        self.server = ""  # set by `check_server`
         self.cache = TokenCache()
+        self.login: CachedLogin | None = None  # the cached login a command runs with
+
+    def check_server(self) -> None:
+        """Take the server's address from --server or LENDING_SERVER; UsageError if it is malformed."""
+        try:
+            self.server = server_address(self.args.server, self.environ)
+        except ServerAddressError as exc:
+            raise UsageError(str(exc)) from None
 
     def tls(self) -> TlsConfig | None:
         ca = self.args.ca_file or self.environ.get(ClientEnv.SERVER_CA_FILE)
@@ -76,23 +85,31 @@ class Context:
             raise UsageError(str(exc)) from None
 
     def client(self, *, logged_in: bool = True) -> LendingClient:
-        """A client for the server; with ``logged_in`` it resumes the cached login and saves renewals."""
+        """A client connected to the server; with ``logged_in`` it resumes the cached login and saves
+        renewals. An unreachable server is reported before a missing login: it is the first problem."""
         if self.args.timeout <= 0:
             raise UsageError("--timeout must be positive")
         cached = self.cache.load(self.server) if logged_in else None
-        if logged_in and cached is None:
-            raise NotLoggedIn(f"not logged in to {self.server}: run `lending-grpc login USERNAME`")
 
         def save(tokens) -> None:
             self.cache.save(self.server, CachedLogin(cached.username, tokens))
 
-        return LendingClient(
+        client = LendingClient(
             self.server,
             tls=self.tls(),
             tokens=cached.tokens if cached else None,
             on_tokens=save if cached else None,
             timeout=self.args.timeout,
         )
+        try:
+            client.connect()
+            if logged_in and cached is None:
+                raise NotLoggedIn(f"not logged in to {self.server}: run `lending-grpc login USERNAME`")
+        except BaseException:
+            client.close()
+            raise
+        self.login = cached
+        return client
 
     def emit(self, human: str, data: Any) -> None:
         """Print ``human`` text, or ``data`` as JSON with --json."""
@@ -107,10 +124,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen client command; every failure becomes one line on stderr and an exit code."""
     ctx = Context(args)
     try:
+        ctx.check_server()
         args.client_command(ctx)
         return 0
     except LendingError as exc:
-        return _fail(ctx, exc.code.name, exc.message, _exit_code(exc), reason=exc.reason, field=exc.field)
+        message = _login_again(ctx, exc) if isinstance(exc, Unauthenticated) else exc.message
+        return _fail(ctx, exc.code.name, message, _exit_code(exc), reason=exc.reason, field=exc.field)
     except (UsageError, TokenCacheError) as exc:
         return _fail(ctx, "USAGE", str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
@@ -118,6 +137,15 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `lending-grpc loan schedule X | head`: not an error
         sys.stderr.close()
         return 0
+
+
+def _login_again(ctx: Context, exc: Unauthenticated) -> str:
+    """The server refused the cached login (expired, revoked, signed with a key it no longer has):
+    say so, and what to do. Other refusals (a wrong password at `login`) keep their message."""
+    if ctx.login is None:
+        return exc.message
+    why = "the session has expired" if isinstance(exc, NotLoggedIn) else exc.message
+    return f"{why}: run `lending-grpc login {ctx.login.username}` again"
 
 
 def _exit_code(exc: LendingError) -> int:
@@ -131,10 +159,7 @@ def _fail(ctx: Context, code: str, message: str, exit_code: int, **extra: Any) -
         error = {"code": code, "message": message, **{k: v for k, v in extra.items() if v}}
         print(json.dumps({"error": error}), file=sys.stderr)
     else:
-        hint = ""
-        if code == "UNAVAILABLE":
-            hint = f" (is the server running on {ctx.server}?)"
-        print(f"lending-grpc: {code}: {message}{hint}", file=sys.stderr)
+        print(f"lending-grpc: {code}: {message}", file=sys.stderr)
     return exit_code
 
 
@@ -217,12 +242,17 @@ def _loan_fields(loan) -> str:
             ("principal", output.money(loan.principal_amount)),
             ("interest rate", str(loan.interest_rate)),
             ("total", output.money(loan.total_amount)),
-            ("term", f"{loan.term_weeks} weeks from {loan.start_date} to {output.day(loan.maturity_date)}"),
+            (
+                "term",
+                f"{output.count(loan.term_weeks, 'week')} from {loan.start_date} "
+                f"to {output.day(loan.maturity_date)}",
+            ),
             ("weekly payment", output.money(loan.weekly_payment)),
             ("final payment", output.money(loan.final_payment)),
             (
                 "paid",
-                f"{output.money(loan.paid_amount)} ({loan.installments_paid} of {loan.term_weeks} weeks)",
+                f"{output.money(loan.paid_amount)} "
+                f"({loan.installments_paid} of {output.count(loan.term_weeks, 'week')})",
             ),
             ("outstanding", output.money(loan.outstanding_balance)),
         ]

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+from lending_grpc.core import plural
+
 
 def money(value: Decimal) -> str:
     """110000.00 -> '110,000.00' (exact: Decimal formatting, never float)."""
     return f"{value:,.2f}"
 
 
-def count(number: int, noun: str) -> str:
-    """'1 installment', '2 installments', '0 loans'."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+count = plural.count  # '1 installment', '2 installments', '0 loans'
 
 
 def instant(value: dt.datetime | None) -> str:

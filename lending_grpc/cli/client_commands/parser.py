@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from lending_grpc.cli.client_commands import actions
+from lending_grpc.cli.server_option import add_server_option
 from lending_grpc.config import ClientEnv
-
-DEFAULT_SERVER = "127.0.0.1:50051"
 
 run_client_command = actions.run  # cli.py's one entry into the client commands
 
@@ -16,11 +15,7 @@ def _connection_options() -> argparse.ArgumentParser:
     """Options every client command takes (after the subcommand: `lending-grpc loan list --json`)."""
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection and output")
-    group.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        help=f"server address (env {ClientEnv.SERVER}, default {DEFAULT_SERVER})",
-    )
+    add_server_option(group)
     group.add_argument("--json", action="store_true", help="print JSON for programs instead of tables")
     group.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)"
@@ -85,9 +80,23 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         parser.set_defaults(client_command=run)
         return parser
 
-    register = command(commands, "register", actions.register, "create an account")
-    register.add_argument("username", help="3-150 letters, digits and @.+-_")
-    register.add_argument("--email", required=True, help="the account's email address")
+    register = command(
+        commands,
+        "register",
+        actions.register,
+        "create an account; asks for its password (at least 8 characters) twice",
+    )
+    register.add_argument(
+        "username",
+        help="3-150 characters: letters, digits and @ . + - _ (e.g. ada or ada.l@example.com); "
+        "unique on the server, whatever the case of its letters",
+    )
+    register.add_argument(
+        "--email",
+        required=True,
+        metavar="ADDRESS",
+        help="required: the account's email address, e.g. ada@example.com (the server stores it encrypted)",
+    )
     _password_option(register)
 
     login = command(commands, "login", actions.login, "log in and cache the tokens (mode 0600)")

@@ -19,10 +19,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+from lending_grpc.core.plural import count
 from lending_grpc.core.storage.migrations import LATEST_VERSION
 
 # What a backup's summary counts: enough to compare with what the service reported.
-_COUNTED = (("users", "user"), ("loans", "loan"), ("payments", "payment"), ("audit events", "audit_event"))
+_COUNTED = (("user", "user"), ("loan", "loan"), ("payment", "payment"), ("audit event", "audit_event"))
 
 
 class BackupError(RuntimeError):
@@ -41,7 +42,7 @@ class BackupSummary:
 
     def describe(self) -> str:
         """One line for operators: size, schema, integrity and the row counts."""
-        counts = ", ".join(f"{count} {name}" for name, count in self.counts.items())
+        counts = ", ".join(count(number, name) for name, number in self.counts.items())
         return (
             f"{self.size_bytes / 1024 / 1024:.1f} MiB, schema version {self.schema_version}, "
             f"integrity ok; {counts}"
