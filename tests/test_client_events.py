@@ -411,7 +411,8 @@ def test_cli_events_one_line_each_and_json_lines(server, tmp_path: Path) -> None
     ]
     # Effective the day after the second installment (2026-01-19) fell due, and as of that day.
     assert lines[4][30:] == (
-        "DELINQUENCY_STARTED  2026-01-20  L-2         2 installments missed, 88,000.00 overdue, 8 days past due"
+        "DELINQUENCY_STARTED  2026-01-20  L-2         "
+        "2 installments missed, 88,000.00 overdue, 8 days past due"
     )
 
     assert [line[:6].strip() for line in ada("events", "--after", "2").stdout.splitlines()[1:]] == ["3", "4"]

@@ -324,7 +324,13 @@ def test_create_names_every_bad_field_at_once(api, alice):
         metadata=alice,
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violated_fields(err) == ["loan_id", "principal_amount", "term_weeks", "interest_rate", "start_date"]
+    assert violated_fields(err) == [
+        "loan_id",
+        "principal_amount",
+        "term_weeks",
+        "interest_rate",
+        "start_date",
+    ]
     assert err.details().startswith("loan_id: ") and "; start_date: " in err.details()
     assert list(api.billing.ListLoans(billing_pb2.ListLoansRequest(), metadata=alice).loans) == []
 
