@@ -41,11 +41,38 @@ def test_register_login_caches_tokens_privately(cli: Cli) -> None:
         "no loans yet: create one with `lending-grpc loan create LOAN_ID PRINCIPAL`\n"
     )
     assert cli("logout").stdout == f"logged out of {cli.server}\n"
+    # The session ended on the server: its access token is refused there, not only forgotten here.
+    with grpc.insecure_channel(cli.server) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            auth_pb2_grpc.AuthServiceStub(channel).Logout(
+                auth_pb2.LogoutRequest(), metadata=bearer(cached["tokens"]["access_token"]), timeout=10
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert cli("logout").stdout == f"not logged in to {cli.server}\n"
     result = cli("loan", "list", ok=False)
     assert result.returncode == 3
     assert result.stderr == (
         f"lending-grpc: UNAUTHENTICATED: not logged in to {cli.server}: run `lending-grpc login USERNAME`\n"
     )
+
+
+def test_logout_with_the_server_away_forgets_the_tokens_and_says_the_session_lives_on(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "away.db")
+    cli = Cli(server.target, tmp_path)
+    try:
+        cli.logged_in()
+    finally:
+        assert server.terminate() == 0
+    result = cli("logout", ok=False)
+    assert result.returncode == 4
+    assert result.stderr == (
+        f"lending-grpc: UNAVAILABLE: cannot reach {cli.server} (connection refused); the tokens are "
+        "forgotten here, but the server was not told: the session stays valid on it until its refresh "
+        "token expires\n"
+    )
+    assert cli.server not in json.loads(cli.token_file.read_text()).get("servers", {})
 
 
 def test_worked_example_tables(cli: Cli) -> None:

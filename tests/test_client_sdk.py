@@ -253,6 +253,22 @@ def test_expired_refresh_token_logs_in_again_only_with_the_password(target) -> N
         assert c.tokens is not None and c.tokens.access_token != tokens.access_token
 
 
+def test_logout_ends_the_session_on_the_server_and_forgets_it_here(target) -> None:
+    tokens = _tokens_of(target)
+    with LendingClient(target, tokens=tokens) as c:
+        c.list_loans()
+        c.logout()
+        assert c.tokens is None
+        with pytest.raises(NotLoggedIn):
+            c.list_loans()
+    # Both tokens of the session stop working at once, for anyone holding them.
+    with LendingClient(target, tokens=tokens) as stolen:
+        with pytest.raises(Unauthenticated):
+            stolen.refresh_token()
+    with LendingClient(target, tokens=tokens) as again, pytest.raises(Unauthenticated):
+        again.logout()  # already ended
+
+
 def test_sdk_imports_no_server_code() -> None:
     """Other teams vendor the SDK: it must load without the core, api, server or config modules."""
     code = (

@@ -131,6 +131,17 @@ class LendingClient:
         """Swap the refresh token for a new pair now (the client also does this by itself)."""
         return self._session.refresh(timeout)
 
+    def logout(self, *, timeout: float | None = None) -> None:
+        """End the session on the server (its access and refresh tokens stop working at once), then
+        forget the tokens here. A session the server had already ended (revoked, or its refresh
+        token expired) raises Unauthenticated, and is forgotten here too."""
+        try:
+            self._authorized_call(self._auth.Logout, auth_pb2.LogoutRequest(), timeout)
+        except exceptions.Unauthenticated:
+            self._session.forget()
+            raise
+        self._session.forget()
+
     # -- BillingService --
 
     def create_loan(

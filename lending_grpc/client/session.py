@@ -64,6 +64,12 @@ class Session:
         with self._lock:
             return self._refresh(timeout)
 
+    def forget(self) -> None:
+        """Drop the tokens and the credentials: the session cannot renew itself any more."""
+        with self._lock:
+            self._tokens = None
+            self._username = self._password = None
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The `authorization` metadata with a fresh access token, renewing it first if needed."""
         with self._lock:

@@ -210,9 +210,28 @@ def login(ctx: Context) -> None:
 
 
 def logout(ctx: Context) -> None:
-    forgot = ctx.cache.forget(ctx.server)
-    message = f"logged out of {ctx.server}" if forgot else f"not logged in to {ctx.server}"
-    ctx.emit(message, {"server": ctx.server, "logged_out": forgot})
+    """End the session on the server, then forget its tokens here (also when the server is away)."""
+    if ctx.cache.load(ctx.server) is None:
+        ctx.emit(f"not logged in to {ctx.server}", {"server": ctx.server, "logged_out": False})
+        return
+    try:
+        with ctx.client() as client:
+            client.logout()
+        ended = True
+    except Unauthenticated:  # revoked or expired already: nothing left to end on the server
+        ended = False
+    except LendingError as exc:
+        ctx.cache.forget(ctx.server)
+        exc.message += (
+            "; the tokens are forgotten here, but the server was not told: the session stays valid "
+            "on it until its refresh token expires"
+        )
+        raise
+    ctx.cache.forget(ctx.server)
+    ctx.emit(
+        f"logged out of {ctx.server}" + ("" if ended else " (the server had already ended the session)"),
+        {"server": ctx.server, "logged_out": True, "session_ended_now": ended},
+    )
 
 
 def loan_create(ctx: Context) -> None:

@@ -103,7 +103,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     login.add_argument("username", help="the account to log in as")
     _password_option(login)
 
-    command(commands, "logout", actions.logout, "forget the cached tokens of the server")
+    command(commands, "logout", actions.logout, "end the session on the server and forget its tokens here")
 
     loan = commands.add_parser(
         "loan", help="create and inspect loans", description="create and inspect loans"
