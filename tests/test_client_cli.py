@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -404,3 +407,23 @@ def test_register_help_explains_the_username_and_the_email(tmp_path: Path) -> No
     assert "username 3-150 characters: letters, digits and @ . + - _ (e.g. ada or ada.l@example.com)" in shown
     assert "--email ADDRESS required: the account's email address, e.g. ada@example.com" in shown
     assert "password (at least 8 characters)" in shown
+
+
+def test_a_reader_that_goes_away_stops_the_output_quietly(tmp_path: Path) -> None:
+    """`lending-grpc audit export | head`: no "[Errno 32] Broken pipe", the exit status a shell expects."""
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first line is written
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "lending_grpc", "migrate", "--database-url", sqlite_url(tmp_path / "m")],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 141
+    assert "applied schema migration 4" in result.stderr  # it did its work, then stopped quietly
+    assert "Broken pipe" not in result.stderr and "Traceback" not in result.stderr

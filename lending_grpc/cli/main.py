@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from lending_grpc.cli import admin_commands, backup_command, health_command, relay_command
@@ -65,8 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a shell reports for a process killed by SIGPIPE (128 + 13): `set -o pipefail` sees it as usual.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lending-grpc` console script."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader went away (`lending-grpc audit export | head`): stop quietly, as `cat` would.
+        # Python would otherwise complain again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "health":  # a client: the server's settings do not apply
         return health_command.run(args)
@@ -94,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataKeyError) as exc:
         print(f"lending-grpc: configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise
     except (DatabaseError, OSError) as exc:
         print(f"lending-grpc: {exc}", file=sys.stderr)
         return 1
