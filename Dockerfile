@@ -14,8 +14,9 @@ COPY pyproject.toml README.md ./
 COPY lending_grpc ./lending_grpc
 COPY generated ./generated
 # The postgres extra brings psycopg with its bundled libpq; SQLite needs nothing more. The sentry
-# extra is loaded only when LENDING_SENTRY_DSN is set.
-RUN /opt/lending/bin/pip install --no-compile '.[postgres,sentry]'
+# extra is loaded only when LENDING_SENTRY_DSN is set; the nats extra only by `lending-grpc relay`,
+# which runs from this same image (docs/events.md).
+RUN /opt/lending/bin/pip install --no-compile '.[postgres,sentry,nats]'
 
 FROM python:3.12-slim-bookworm
 ENV PATH=/opt/lending/bin:$PATH \
