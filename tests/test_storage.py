@@ -114,8 +114,9 @@ def loan(env):
         # the loan, then (paid since 2026-03-01) its running total on that day
         (lambda e, o: e.delinquency.get_delinquency(o, "Q1", "2026-03-01"), 2),
         (lambda e, o: e.billing.list_loans(o), 1),
-        # loans whose row holds their standing that day, and the stored spans covering it
-        (lambda e, o: e.delinquency.list_delinquent(o, "2026-03-01"), 2),
+        # loans whose row holds their standing that day, the stored spans covering it, and (one
+        # query for the page) what the spans' loans had paid that day
+        (lambda e, o: e.delinquency.list_delinquent(o, "2026-03-01"), 3),
         (lambda e, o: e.billing.list_payments(o, "Q1"), 2),
         (lambda e, o: e.billing.get_schedule(o, "Q1"), 2),
         # idempotency lookup, loan, insert payment, guarded update of the summary, audit row, event

@@ -104,16 +104,14 @@ class DelinquencyCore:
             token = self._page_tokens.encode(
                 scope, {"as_of": day.isoformat(), "due": last.second_unpaid.isoformat(), "id": last.loan_pk}
             )
+        # A finished span is the past: what its loans had paid that day, for the page's loans only.
+        paid_then = ledger.paid_as_of_many([c.loan_pk for c in page if c.paid_cents is None], day)
         return Page(
             [
                 DelinquencyView(
                     c.row.loan_id,
                     standing.standing_of(
-                        terms_of(c.row),
-                        # A finished span is the past: one index lookup for what counted then,
-                        # for the page's loans only.
-                        ledger.paid_as_of(self._db, c.loan_pk, day) if c.paid_cents is None else c.paid_cents,
-                        day,
+                        terms_of(c.row), paid_then[c.loan_pk] if c.paid_cents is None else c.paid_cents, day
                     ),
                     c.owner_user_id if owner is None else "",
                 )

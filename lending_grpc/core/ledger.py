@@ -114,6 +114,21 @@ def paid_as_of(db: LendingDatabase, loan_pk: int, day: dt.date) -> int:
     return 0 if row is None else row.running_paid_cents
 
 
+def paid_as_of_many(loan_pks: list[int], day: dt.date) -> dict[int, int]:
+    """`paid_as_of` for several loans in one query (one index lookup per loan inside it)."""
+    if not loan_pks:
+        return {}
+    latest = Payment.alias()
+    running = (
+        latest.select(latest.running_paid_cents)
+        .where((latest.loan == Loan.id) & latest.reverse_time_us.is_null() & (latest.value_date <= day))
+        .order_by(latest.value_date.desc(), latest.id.desc())
+        .limit(1)
+    )
+    rows = Loan.select(Loan.id, running.alias("paid")).where(Loan.id.in_(loan_pks)).tuples()
+    return {pk: paid or 0 for pk, paid in rows}
+
+
 def _month(day: dt.date) -> dt.date:
     return day.replace(day=1)
 
