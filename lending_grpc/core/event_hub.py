@@ -9,7 +9,9 @@ shared by several processes, a missed notification). Whatever the number of
 watchers, an idle process costs one small query per poll interval.
 
 The hub also keeps the most recent events in memory, so that many watchers
-following the head of the log share one read instead of one each.
+following the head of the log share one read instead of one each; while
+nobody watches it only tracks the newest sequence. Under a burst of writes it
+refreshes at most every few milliseconds, one read for many commits.
 
 On PostgreSQL it runs the numberer (``event_log.assign_sequences``) after
 each local commit and on every tick, so events are numbered within
@@ -39,6 +41,11 @@ RECENT_EVENTS = 4096  # kept in memory for watchers at the head of the log
 _FETCH = 1000
 _COMPLAINT_EVERY_S = 10.0
 _LISTEN_RETRY_S = 5.0
+# Under a burst of writes every commit wakes the hub: refreshing at most this often lets one read
+# serve the commits of a few milliseconds, at no more than that in a watcher's latency.
+_MIN_REFRESH_INTERVAL_S = 0.005
+# How long after a watcher last asked the hub keeps recent events in memory for watchers.
+_INTEREST_S = 5.0
 
 
 def first_line(exc: BaseException) -> str:
@@ -68,6 +75,8 @@ class EventHub:
         self._listener = None
         self._last_complaint = float("-inf")
         self._listen_again_at = float("inf")  # after a lost LISTEN: when to try again
+        # Recent events are read into memory only while someone watches (monotonic deadline).
+        self._wanted_until = float("-inf")
 
     # -- lifecycle
 
@@ -127,6 +136,7 @@ class EventHub:
     def wait_beyond(self, sequence: int, timeout: float) -> int:
         """Block until the log holds an event after ``sequence``, the timeout passes or the hub stops."""
         deadline = time.monotonic() + timeout
+        self._wanted_until = deadline + _INTEREST_S
         with self._changed:
             while self._latest <= sequence and not self._stopping.is_set():
                 remaining = deadline - time.monotonic()
@@ -137,6 +147,7 @@ class EventHub:
 
     def recent_after(self, sequence: int) -> tuple[int, list[EventView]] | None:
         """(latest, every event after ``sequence`` up to it) from memory; None when memory lacks some."""
+        self._wanted_until = time.monotonic() + _INTEREST_S
         with self._changed:
             if sequence < self._floor:
                 return None
@@ -206,6 +217,7 @@ class EventHub:
                 return
             try:
                 self._refresh()
+                self._stopping.wait(_MIN_REFRESH_INTERVAL_S)
             except Exception as exc:
                 # The database may be away for a while: watchers wait, nothing is lost. That is
                 # weather, worth a line now and then; anything else is a bug, worth its traceback.
@@ -225,7 +237,8 @@ class EventHub:
             if latest <= self._latest:
                 return
             fetched: list[EventView] | None = []
-            if latest - self._latest <= RECENT_EVENTS:
+            # Nobody watching: keep only the number (a watcher that comes reads the database once).
+            if latest - self._latest <= RECENT_EVENTS and time.monotonic() < self._wanted_until:
                 known = self._latest
                 while known < latest:
                     batch = event_log.read(self._db, known, _FETCH)

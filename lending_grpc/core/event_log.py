@@ -227,11 +227,16 @@ def assign_sequences(db: LendingDatabase, batch: int = 5000) -> int:
             return total
 
 
+# The hub asks these after every local commit and on every tick: prepared, not rebuilt each time.
+_ANY_UNNUMBERED = Statement(lambda p: Event.select(Event.id).where(Event.sequence.is_null()).limit(1))
+_LATEST = Statement(lambda p: Event.select(fn.MAX(Event.sequence)))
+
+
 def has_unnumbered(db: LendingDatabase) -> bool:
     """Whether events wait for a number (one index probe; always False on SQLite)."""
     if db.kind == "sqlite":
         return False
-    return Event.select(Event.id).where(Event.sequence.is_null()).limit(1).exists()
+    return db.run(_ANY_UNNUMBERED).fetchone() is not None
 
 
 def number_pending(db: LendingDatabase) -> None:
@@ -317,4 +322,5 @@ def read(
 
 def latest_sequence(db: LendingDatabase) -> int:
     """The highest sequence given so far (0 before the first event)."""
-    return Event.select(fn.MAX(Event.sequence)).scalar() or 0
+    row = db.run(_LATEST).fetchone()
+    return (row[0] if row is not None else None) or 0
