@@ -75,7 +75,7 @@ def write_cost(url: str) -> dict:
             owner = User.get(User.username == "bench").id
             actor = Actor(principal=Principal(owner, "00000000-0000-4000-8000-000000000001"), name="bench")
             billing = BillingCore(db, Clock(), pagination.PageTokens(b"k" * 32))
-            loans = BLOCKS * CALLS // 500 + 2
+            loans = BLOCKS * 2 * CALLS // 500 + 2  # both halves of the blocks pay, 500 payments a loan
             for n in range(loans):
                 billing.create_loan(actor, f"W{n}", "5000000", term_weeks=520)
         rates: dict[str, list[float]] = {"with events": [], "without events": []}

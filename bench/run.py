@@ -462,6 +462,7 @@ def write_report(
     started: float,
     relay_rows: list[dict],
     pipeline: dict | None = None,
+    events: dict | None = None,
 ) -> str:
     lines = [
         "# lending-grpc benchmark",
@@ -521,6 +522,7 @@ def write_report(
                 f"{r['p99_ms']:.2f} | {r['cpu_us']:.0f} us | {r['errors'] or ''} |"
             )
     lines += relay_bench.report_lines(relay_rows)
+    lines += event_lines(events)
     if pipeline:
         lines += [
             "",
@@ -531,8 +533,13 @@ def write_report(
             f" {pipeline['pipeline_us']:.1f} us,"
             f" **the pipeline's cost {pipeline['cost_us']:.1f} us per call**.",
         ]
-    lines += ["", "Targets (issue 9, item 7):", ""]
+    lines += ["", "Targets (issue 9, item 7; issue 11):", ""]
     lines += targets(results)
+    for backend, cost in (events or {}).get("write_cost", {}).items():
+        mark = "MET" if cost["ratio"] >= 0.90 else "MISSED"
+        lines.append(
+            f"- {mark}: MakePayment with the event log >= 90% of without, {backend} ({cost['ratio']:.0%})"
+        )
     lines += ["", f"Total run time {time.monotonic() - started:.0f}s."]
     return "\n".join(lines) + "\n"
 
@@ -569,6 +576,47 @@ def targets(results: dict) -> list[str]:
 
 
 LOAD_AT_START = os.getloadavg()[0]
+
+
+def event_figures(pg_url: str | None) -> dict | None:
+    """`bench/events.py` (the outbox's write cost, watcher latency) in a process of its own."""
+    env = dict(os.environ)
+    if pg_url:
+        env["BENCH_PG_URL"] = pg_url
+    else:
+        env["BENCH_PG_URL"] = "postgresql://nobody@127.0.0.1:1/none"  # skipped, and said so
+    out = subprocess.run(
+        [PYTHON, "-m", "bench.events"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800
+    )
+    if out.returncode != 0:
+        print(f"event figures failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def event_lines(figures: dict | None) -> list[str]:
+    """The event log's section of the report (issue 11's figures)."""
+    if not figures:
+        return ["", "Event log figures: not measured (see the run's stderr)."]
+    lines = [
+        "",
+        "The event log (`python -m bench.events`). Write cost: MakePayment through the core in blocks"
+        " alternating the real outbox with one that writes nothing (same process, database and fsyncs),"
+        " payments/s, median of the blocks. Latency: MakePayment's reply to the PAYMENT_ACCEPTED event"
+        " arriving on a WatchEvents stream of a real server.",
+        "",
+        "| database | with events | without | ratio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for backend, cost in figures["write_cost"].items():
+        with_, without = cost["with_per_s"], cost["without_per_s"]
+        lines.append(f"| {backend} | {with_:.0f}/s | {without:.0f}/s | {cost['ratio']:.2f} |")
+    lines += ["", "| server | events | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |"]
+    for server, lat in figures["latency"].items():
+        lines.append(f"| {server} | {lat['events']} | {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} |")
+    if "postgresql_skipped" in figures:
+        lines.append(f"\nPostgreSQL skipped: {figures['postgresql_skipped']}")
+    return lines
 
 
 def pipeline_cost() -> dict | None:
@@ -653,7 +701,9 @@ def main() -> int:
     relay_rows, relay_notes = relay_bench.run_all(work, pg_relay)
     notes += relay_notes
     pipeline = pipeline_cost()
-    report = write_report(results, wanted, notes, started, relay_rows, pipeline)
+    pg_events = PG_URL.rsplit("/", 1)[0] + "/lending_bench_events" if "postgres-2w" in wanted else None
+    events = event_figures(pg_events)
+    report = write_report(results, wanted, notes, started, relay_rows, pipeline, events)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(report)
     # The same figures as JSON beside the table; the chart is drawn from them (python -m bench.charts).
