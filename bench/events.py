@@ -13,7 +13,7 @@
    connections, so either worker may serve either.
 
 Prints one JSON object; knobs: BENCH_EVENTS_CALLS (payments per block,
-200), BENCH_EVENTS_BLOCKS (6), BENCH_EVENTS_LATENCY_CALLS (200),
+200), BENCH_EVENTS_BLOCKS (8), BENCH_EVENTS_LATENCY_CALLS (200),
 BENCH_PG_URL (as make bench).
 """
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "generated"))
 
 CALLS = int(os.environ.get("BENCH_EVENTS_CALLS", "200"))
-BLOCKS = int(os.environ.get("BENCH_EVENTS_BLOCKS", "6"))
+BLOCKS = int(os.environ.get("BENCH_EVENTS_BLOCKS", "8"))
 LATENCY_CALLS = int(os.environ.get("BENCH_EVENTS_LATENCY_CALLS", "200"))
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/lending_bench")
 SECRET = "bench-secret-key-of-at-least-32-bytes-0000000"

@@ -73,7 +73,7 @@ def record(
     summary: dict[str, Any] | None = None,
 ) -> None:
     """Append one audit row for what ``actor`` did; call it inside the transaction of the change."""
-    db.run(
+    db.append(
         _INSERT_EVENT,
         time_us=time.time_ns() // 1000,
         event=event,

@@ -181,7 +181,7 @@ def record(
     resource: Resource,
 ) -> None:
     """Append one event; call it inside the transaction of the change it describes."""
-    db.run(
+    db.append(
         _INSERT_NUMBERED if db.kind == "sqlite" else _INSERT_UNNUMBERED,
         type=event_type,
         loan=loan_pk,

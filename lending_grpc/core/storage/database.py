@@ -60,6 +60,7 @@ from lending_grpc.core.storage.models import ALL_MODELS
 from lending_grpc.core.storage.prepared import Built, Select, Statement
 
 log = logging.getLogger(__name__)
+_statements_log = logging.getLogger("peewee")  # where Peewee logs each statement it runs
 
 SQLITE_PREFIX = "sqlite:///"
 SQLITE_MMAP_BYTES = 1 << 30  # address space only: the OS decides what stays in memory
@@ -469,6 +470,16 @@ class LendingDatabase:
                     )
         return built
 
+    def append(self, statement: Statement, **values: Any) -> None:
+        """Run an INSERT whose result nothing reads before the commit (an audit row, an outbox event).
+
+        Where the database is across a network (PostgreSQL) and a transaction
+        is open, it goes with the transaction's other appends and its COMMIT
+        in one round trip; otherwise it runs at once. Either way it commits or
+        rolls back with the transaction.
+        """
+        self.run(statement, **values)
+
     def run(self, statement: Statement, **values: Any):
         """Execute a prepared statement with ``values`` for its parameters; returns the cursor."""
         built = self._built_for(statement)
@@ -554,6 +565,7 @@ class LendingPostgresqlDatabase(LendingDatabase, PooledPostgresqlDatabase):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_lending()
+        self._appends = threading.local()  # .pending: this thread's transaction's appends
 
     def lock_rows(self, query):
         return query.for_update()
@@ -561,6 +573,48 @@ class LendingPostgresqlDatabase(LendingDatabase, PooledPostgresqlDatabase):
     def _busy_timeout_s(self) -> float:
         # The pool's wait for a free connection; lock_timeout is the same setting.
         return self._wait_timeout
+
+    # -- appends travel with the COMMIT (psycopg's pipeline mode)
+
+    def append(self, statement: Statement, **values: Any) -> None:
+        if not self.in_transaction():
+            super().append(statement, **values)
+            return
+        built = self._built_for(statement)
+        self._pending_appends().append((built.sql, built.parameters(values)))
+
+    def _pending_appends(self) -> list[tuple[str, Any]]:
+        pending = getattr(self._appends, "pending", None)
+        if pending is None:
+            pending = self._appends.pending = []
+        return pending
+
+    def _take_appends(self) -> list[tuple[str, Any]]:
+        pending = getattr(self._appends, "pending", None) or []
+        self._appends.pending = []
+        return pending
+
+    def commit(self) -> None:
+        """COMMIT; with the transaction's appends sent ahead of it in the same round trip.
+
+        A failing append fails the commit: the transaction rolls back whole,
+        as if the INSERT had run where it was asked for.
+        """
+        pending = self._take_appends()
+        if not pending:
+            super().commit()
+            return
+        conn = self.connection()
+        with __exception_wrapper__, conn.pipeline():
+            cursor = conn.cursor()
+            for sql, parameters in pending:
+                _statements_log.debug((sql, parameters))
+                cursor.execute(sql, parameters)
+            conn.commit()
+
+    def rollback(self) -> None:
+        self._take_appends()  # they never reached the server
+        super().rollback()
 
     def begin(self, isolation_level=None) -> None:
         """BEGIN; with the call's deadline as the transaction's lock and statement timeout when sooner.
@@ -598,6 +652,7 @@ class LendingPostgresqlDatabase(LendingDatabase, PooledPostgresqlDatabase):
                     self._pool_available.wait(timeout=min(left, 1.0))
 
     def release_connection(self) -> None:
+        self._take_appends()  # none outlive their transaction, whatever ended it
         if not self.is_closed():
             self.close()
 
