@@ -22,6 +22,7 @@ from helpers import (
     user_on,
 )
 from lending.v1 import billing_pb2
+from peewee import IntegrityError
 
 from lending_grpc.core.storage.models import Loan, Payment
 from lending_grpc.core.storage.prepared import Select, Statement
@@ -44,6 +45,34 @@ def test_rows_equal_what_peewee_returns(env):
         assert row._asdict() == expected.__data__  # dates come back as dates, ids as ints
     assert env.db.first(BY_KEY, owner=owner, loan_id="missing") is None
     assert env.db.all(BY_KEY, owner=owner + 1, loan_id="A-1") == []
+
+
+def test_an_append_commits_and_rolls_back_with_its_transaction(env):
+    """Appends (audit rows, events) may wait for the COMMIT (PostgreSQL): never apart from their work."""
+    from lending_grpc.core.storage.models import AuditEvent
+
+    owner = env.new_owner()
+    env.billing.create_loan(actor_of(owner), "T-1", "1000", start_date="2026-01-05")
+    columns = [f for f in AuditEvent._meta.sorted_fields if f.name != "id"]
+    insert = Statement(lambda p: AuditEvent.insert({f: getattr(p, f.name) for f in columns}))
+    row = {f.name: "x" for f in columns} | {"time_us": 1, "summary": "{}"}
+    before = AuditEvent.select().count()
+
+    def work(weeks, event):
+        Loan.update(paid_weeks=weeks).where((Loan.owner == owner) & (Loan.loan_id == "T-1")).execute()
+        env.db.append(insert, **(row | {"event": event}))
+
+    with env.db.unit_of_work():
+        env.db.write_transaction(lambda: work(1, "test.append"))
+    assert AuditEvent.select().count() == before + 1
+    # A failing append (NOT NULL) fails the commit, and the change made before it rolls back too.
+    with pytest.raises(IntegrityError), env.db.unit_of_work():
+        env.db.write_transaction(lambda: work(2, None), attempts=1)
+    assert AuditEvent.select().count() == before + 1
+    assert Loan.get((Loan.owner == owner) & (Loan.loan_id == "T-1")).paid_weeks == 1
+    # Outside a transaction an append runs at once.
+    env.db.append(insert, **(row | {"event": "test.alone"}))
+    assert AuditEvent.select().where(AuditEvent.event == "test.alone").count() == 1
 
 
 def test_joined_columns_become_model_prefixed_attributes(env):
