@@ -12,7 +12,15 @@ the sizes block by block:
 - GetLoan, GetOutstanding, GetDelinquencyStatus (today and 90 days ago):
   the core call and protobuf conversion for random loans of one user;
 - MakePayment (one installment) and ReversePayment (a random payment of a
-  random loan): writes with fsync, whose cost must not grow with the book;
+  random loan): writes with fsync, whose cost must not grow with the book.
+  An operator makes them, each on a different loan of any owner that the
+  bench has not touched before, so both books' loans are in the state the
+  seeder left them in. The small book is restored from a copy taken after
+  seeding before each of its blocks: it has too few loans to spare, and a
+  loan paid a dozen times (the 1,000-loan book's 100 loans of one user, in
+  4 blocks of 300 calls, before this rule) is ahead of schedule and skips the
+  delinquency bookkeeping a payment on a seeded loan does, which made the
+  small book look cheaper than any book is on a loan's first payment;
 - ListDelinquentLoans: a 100-row page as of today and as of 90 days ago,
   for one owner and for the whole book (operators' all_owners);
 - GetPortfolioReport for the whole book as of today and 90 days ago
@@ -89,7 +97,8 @@ def seed_database(backend: str, loans: int) -> dict:
     """Seed (or reuse) the database of ``loans`` loans on ``backend``; return its URL and figures."""
     marker = _marker(backend, loans)
     url = database_url(backend, loans)
-    if marker.exists() and not os.environ.get("BENCH_SCALE_RESEED"):
+    reusable = marker.exists() and (loans != SIZES[0] or _has_pristine(backend, loans))
+    if reusable and not os.environ.get("BENCH_SCALE_RESEED"):
         return json.loads(marker.read_text())
     VAR.mkdir(parents=True, exist_ok=True)
     if backend == "sqlite":
@@ -115,8 +124,59 @@ def seed_database(backend: str, loans: int) -> dict:
         "seconds": time.perf_counter() - started,
         "report": out.stdout.strip(),
     }
+    if loans == SIZES[0]:
+        _keep_pristine(backend, loans)
     marker.write_text(json.dumps(info))
     return info
+
+
+def _pristine(backend: str, loans: int) -> str:
+    """Where the copy of the freshly seeded book is kept: a file or a database name."""
+    if backend == "sqlite":
+        return str(VAR / f"scale-{loans}.seeded.db")
+    return f"lending_bench_scale_{loans}_seeded"
+
+
+def _psql(sql: str) -> str:
+    return subprocess.run(
+        ["psql", f"{PG_SERVER}/postgres", "-Atqc", sql], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _has_pristine(backend: str, loans: int) -> bool:
+    if backend == "sqlite":
+        return Path(_pristine(backend, loans)).exists()
+    return _psql(f"SELECT 1 FROM pg_database WHERE datname = '{_pristine(backend, loans)}'") == "1"
+
+
+def _keep_pristine(backend: str, loans: int) -> None:
+    """Copy the freshly seeded book aside, for `restore_database`."""
+    copy = _pristine(backend, loans)
+    if backend == "sqlite":
+        import sqlite3
+
+        Path(copy).unlink(missing_ok=True)
+        with sqlite3.connect(VAR / f"scale-{loans}.db") as source, sqlite3.connect(copy) as target:
+            source.backup(target)
+        return
+    name = database_url(backend, loans).rsplit("/", 1)[1]
+    _psql(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+    _psql(f'CREATE DATABASE "{copy}" TEMPLATE "{name}" STRATEGY FILE_COPY')
+
+
+def restore_database(backend: str, loans: int) -> None:
+    """Put the book back as the seeder left it (the small book, before each of its blocks)."""
+    copy = _pristine(backend, loans)
+    if backend == "sqlite":
+        import shutil
+
+        for stale in VAR.glob(f"scale-{loans}.db*"):
+            stale.unlink()
+        shutil.copyfile(copy, VAR / f"scale-{loans}.db")
+        return
+    name = database_url(backend, loans).rsplit("/", 1)[1]
+    _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _psql(f'CREATE DATABASE "{name}" TEMPLATE "{copy}" STRATEGY FILE_COPY')
 
 
 # -- one measurement block, in a child process (a process serves one database) ----
@@ -130,9 +190,8 @@ def measure_block(url: str, loans: int, calls: int, block: int) -> dict:
     from lending_grpc.core.billing import BillingCore
     from lending_grpc.core.clock import Clock
     from lending_grpc.core.delinquency import DelinquencyCore
-    from lending_grpc.core.money import format_cents
     from lending_grpc.core.storage.database import close_database, open_database
-    from lending_grpc.core.storage.models import Loan, Payment, User
+    from lending_grpc.core.storage.models import User
     from lending_grpc.core.views import Actor, Principal
 
     db = open_database(url)
@@ -141,7 +200,6 @@ def measure_block(url: str, loans: int, calls: int, block: int) -> dict:
     delinquency = DelinquencyCore(db, clock, tokens, billing)
     seed0 = User.get(User.username == "seed-0")
     owner = seed0.id
-    actor = Actor(principal=Principal(owner, seed0.user_id), name="bench")
     operator = Actor(principal=Principal(owner, seed0.user_id, "operator"), name="bench-operator")
     rng = random.Random(block * 7919 + loans)
     # seed-0 owns the loans whose row id is a multiple of USERS (round-robin seeding)
@@ -168,37 +226,18 @@ def measure_block(url: str, loans: int, calls: int, block: int) -> dict:
                 ),
                 ids,
             )
-        # MakePayment: one installment of loans with two or more left, found before the clock starts.
-        payable, left = [], {}
-        for loan_id in ids:
-            view = billing.get_loan(owner, loan_id)
-            if loan_id not in left:
-                left[loan_id] = view.terms.term_weeks - view.paid_weeks
-                # A reversal (an earlier run's, or the seeder's) can leave part of an installment
-                # paid: the first payment tops it up to whole installments, as the rules want.
-                due = view.terms.weekly_cents * (view.paid_weeks + 1) - view.paid_cents
-            else:
-                due = view.terms.weekly_cents
-            if left[loan_id] >= 2:
-                left[loan_id] -= 1
-                payable.append((loan_id, format_cents(due)))
+        # The writes' loans, found before the clock starts: distinct loans of any owner, in random
+        # order, that no earlier block or run has paid or reversed (see the module's docstring).
+        payable, reversible = _write_samples(billing, rng, loans, calls)
         timed(
             "MakePayment",
             lambda item: messages.payment(
-                billing.make_payment(actor, item[0], item[1], f"scale-{block}-{item[0]}-{time.time_ns()}")
+                billing.make_payment(
+                    operator, item[1], item[2], f"scale-{block}-{item[1]}-{time.time_ns()}", owner=item[0]
+                )
             ),
             payable,
         )
-        # ReversePayment: a random counting payment of each loan that has one.
-        reversible = []
-        for loan_id in dict.fromkeys(ids):
-            choices = list(
-                Payment.select(Payment.payment_id)
-                .join(Loan)
-                .where((Loan.owner == owner) & (Loan.loan_id == loan_id) & Payment.reverse_time_us.is_null())
-            )
-            if choices:
-                reversible.append(rng.choice(choices).payment_id)
         timed(
             "ReversePayment",
             lambda payment_id: messages.payment(billing.reverse_payment(operator, payment_id, "bench")),
@@ -225,6 +264,57 @@ def measure_block(url: str, loans: int, calls: int, block: int) -> dict:
             timings[name] = statistics.median(runs[1:])
     close_database(db)
     return timings
+
+
+def _write_samples(billing, rng: random.Random, loans: int, calls: int) -> tuple[list, list]:
+    """``calls`` loans to pay one installment on and ``calls`` other loans' payments to reverse.
+
+    Loans are drawn at random from the whole book, each used once, skipping
+    those the bench has written to before (its payments' request ids start
+    with "scale-", its reversals' reason is "bench"). A loan with two or more
+    installments left is paid; of the others, and once enough are paid, one
+    with a counting payment has a random one reversed.
+    """
+    from lending_grpc.core.money import format_cents
+    from lending_grpc.core.storage.models import Loan, Payment
+
+    payable: list[tuple[int, str, str]] = []
+    reversible: list[str] = []
+    order = list(range(1, loans + 1))
+    rng.shuffle(order)
+    for start in range(0, len(order), 500):
+        if len(payable) >= calls and len(reversible) >= calls:
+            break
+        rows = {row.id: row for row in Loan.select(Loan.id, Loan.owner, Loan.loan_id).where(
+            Loan.id.in_(order[start : start + 500])
+        )}  # fmt: skip
+        touched = {
+            p.loan_id
+            for p in Payment.select(Payment.loan).where(
+                Payment.loan.in_(list(rows))
+                & (Payment.request_id.startswith("scale-") | (Payment.reversal_reason == "bench"))
+            )
+        }
+        for pk in order[start : start + 500]:
+            row = rows.get(pk)
+            if row is None or pk in touched:
+                continue
+            # Loans alternate between the two lists, so each gets the same mix of loans.
+            if len(payable) < calls and (len(payable) <= len(reversible) or len(reversible) >= calls):
+                view = billing.get_loan(row.owner_id, row.loan_id)
+                if view.terms.term_weeks - view.paid_weeks >= 2:
+                    # A seeded reversal can leave part of an installment paid: the payment tops it up.
+                    due = view.terms.weekly_cents * (view.paid_weeks + 1) - view.paid_cents
+                    payable.append((row.owner_id, row.loan_id, format_cents(due)))
+            elif len(reversible) < calls:
+                counting = list(
+                    Payment.select(Payment.payment_id).where(
+                        (Payment.loan == pk) & Payment.reverse_time_us.is_null()
+                    )
+                )
+                if counting:
+                    reversible.append(rng.choice(counting).payment_id)
+    return payable, reversible
 
 
 def measure_reports(url: str) -> dict:
@@ -314,6 +404,8 @@ def main() -> int:
             for block in range(BLOCKS):
                 for loans in SIZES:  # interleaved: both sizes see the same disk and the same neighbours
                     url = seeded[backend][loans]["url"]
+                    if loans == small:
+                        restore_database(backend, loans)
                     blocks[loans].append(_child("--block", url, str(loans), str(block)))
                     bar.write(
                         f"{backend} block {block} {loans:>9} loans: {blocks[loans][-1]}", file=sys.stderr
@@ -338,8 +430,10 @@ def main() -> int:
         f" {os.getloadavg()[0]:.1f} at the end (other work shares the machine); in-process core call +"
         f' protobuf conversion, below gRPC. Today is {TODAY}; "90 days ago" is {PAST}.',
         f"- {BLOCKS} blocks of {CALLS} calls per size, sizes interleaved; median of the blocks' means (in"
-        " brackets: the lowest and highest block). Calls hit random loans of one user (100,000 loans at the"
-        " largest size) spread over the whole table; pages are the mean of a first and a next page.",
+        " brackets: the lowest and highest block). Reads hit random loans of one user (100,000 loans at the"
+        " largest size) spread over the whole table; writes are an operator's, each on a different loan"
+        " of any owner in the state the seeder left it (the small book is restored before each block);"
+        " pages are the mean of a first and a next page.",
         "",
     ]
     targets = []
