@@ -265,3 +265,55 @@ def test_the_postgresql_pool_is_bounded_and_shared_by_more_threads(postgres, tmp
         done.set()
         running.stop(0)
         postgres.drop(url)
+
+
+def test_a_pooled_connection_is_pinged_only_after_sitting_idle(postgres, monkeypatch):
+    """A connection given back within ALIVE_BYPASS_S is reused without `SELECT 1`; an older one is checked.
+
+    The price, a dead connection handed out inside the window, is one call
+    that fails UNAVAILABLE with nothing written; the next gets a new one.
+    """
+    import psycopg
+
+    from lending_grpc.core.errors import DatabaseUnreachable
+    from lending_grpc.core.storage import database
+
+    url = postgres.create()
+    db = database.open_database(url, pool_size=2)
+    pings = []
+    check = db._adapter.is_connection_closed
+    monkeypatch.setattr(db._adapter, "is_connection_closed", lambda conn: pings.append(conn) or check(conn))
+
+    def backend() -> int:
+        with db.unit_of_work():
+            return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+
+    def end_session(pid: int) -> None:
+        with psycopg.connect(url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+
+    try:
+        first = backend()
+        assert [backend() for _ in range(5)] == [first] * 5
+        assert pings == []  # each call took the connection the one before gave back
+        monkeypatch.setattr(database, "ALIVE_BYPASS_S", 0.05)
+        time.sleep(0.1)
+        assert backend() == first
+        assert len(pings) == 1  # idle longer than the window: asked the server first
+
+        # Ended by the server inside the window: that call fails retryably, the next reconnects.
+        monkeypatch.setattr(database, "ALIVE_BYPASS_S", 60)
+        end_session(first)
+        with pytest.raises(DatabaseUnreachable):
+            backend()
+        second = backend()
+        assert second != first
+
+        # Ended while idle past the window: the check notices and the call never sees it.
+        monkeypatch.setattr(database, "ALIVE_BYPASS_S", 0.05)
+        end_session(second)
+        time.sleep(0.1)
+        assert backend() not in (first, second)
+    finally:
+        database.close_database(db)
+        postgres.drop(url)
