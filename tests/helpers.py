@@ -185,6 +185,7 @@ def detail(err: grpc.RpcError, kind):
 
 
 def reason(err: grpc.RpcError) -> str:
+    """The ErrorInfo reason of an error ('' when it has none)."""
     info = detail(err, error_details_pb2.ErrorInfo)
     return info.reason if info else ""
 
@@ -693,23 +694,6 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if match and ",".join(sorted((match.group(1) or "").split(","))).strip(",") == wanted:
             return float(match.group(2))
     return 0.0
-
-
-def error_detail(err: grpc.RpcError, kind):
-    """The detail of type ``kind`` in an error's google.rpc.Status, else None."""
-    status = rpc_status.from_call(err)
-    for packed in status.details if status else ():
-        if packed.Is(kind.DESCRIPTOR):
-            message = kind()
-            packed.Unpack(message)
-            return message
-    return None
-
-
-def reason_of(err: grpc.RpcError) -> str:
-    """The ErrorInfo reason of an error ('' when it has none)."""
-    info = error_detail(err, error_details_pb2.ErrorInfo)
-    return info.reason if info else ""
 
 
 class CuttableProxy:

@@ -15,11 +15,11 @@ import pytest
 from google.rpc import error_details_pb2
 from helpers import (
     Api,
-    error_detail,
+    detail,
     make_settings,
     metric_value,
     on_every_rpc_thread,
-    reason_of,
+    reason,
     scrape,
     wait_until,
 )
@@ -139,13 +139,13 @@ def test_a_full_sqlite_database_refuses_writes_as_unavailable_and_recovers_witho
         )
         assert {code for codes in answers.values() for code in codes} == {"OK", grpc.StatusCode.UNAVAILABLE}
         for err in refusals:
-            assert reason_of(err) == "STORAGE_FULL", err.details()
+            assert reason(err) == "STORAGE_FULL", err.details()
             assert err.details() == (
                 "the database storage is full: the request was not carried out and nothing was "
                 "written; retry later"
             )
-            assert error_detail(err, error_details_pb2.RetryInfo).retry_delay.seconds == 5
-            assert dict(error_detail(err, error_details_pb2.ErrorInfo).metadata) == {"kind": "disk_full"}
+            assert detail(err, error_details_pb2.RetryInfo).retry_delay.seconds == 5
+            assert dict(detail(err, error_details_pb2.ErrorInfo).metadata) == {"kind": "disk_full"}
         print(
             f"\nfull after {n} rounds; refusals {len(refusals)}; "
             + ", ".join(f"{name} {codes.count('OK')} ok" for name, codes in answers.items())
@@ -325,10 +325,10 @@ def test_postgresql_out_of_connection_slots_is_storage_full_then_recovers(postgr
         with pytest.raises(grpc.RpcError) as info:
             api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id="held"), metadata=me)
         err = info.value
-        assert err.code() == grpc.StatusCode.UNAVAILABLE and reason_of(err) == "STORAGE_FULL"
-        assert dict(error_detail(err, error_details_pb2.ErrorInfo).metadata) == {"kind": "out_of_connections"}
+        assert err.code() == grpc.StatusCode.UNAVAILABLE and reason(err) == "STORAGE_FULL"
+        assert dict(detail(err, error_details_pb2.ErrorInfo).metadata) == {"kind": "out_of_connections"}
         assert err.details().startswith("the database server has no free connection slot")
-        assert error_detail(err, error_details_pb2.RetryInfo).retry_delay.seconds == 1
+        assert detail(err, error_details_pb2.RetryInfo).retry_delay.seconds == 1
 
         holder.rollback()  # the payments go through, one after the other, on the connections they hold
         assert sorted(call.result(10).first_week for call in blocked) == list(range(1, slots + 1))
