@@ -256,41 +256,27 @@ _PAGE_COLUMNS = (
     Event.effective_date,
     Event.payload,
 )
-_PAGE = Select(
-    Event,
-    lambda p: Event.select().where(Event.sequence > p.after).order_by(Event.sequence).limit(p.limit),
-    columns=_PAGE_COLUMNS,
-)
-_PAGE_OF_OWNER = Select(
-    Event,
-    lambda p: (
-        Event.select()
-        .where((Event.owner == p.owner) & (Event.sequence > p.after))
-        .order_by(Event.sequence)
-        .limit(p.limit)
-    ),
-    columns=_PAGE_COLUMNS,
-)
-_PAGE_OF_LOAN = Select(
-    Event,
-    lambda p: (
-        Event.select()
-        .where((Event.loan_id == p.loan_id) & (Event.sequence > p.after))
-        .order_by(Event.sequence)
-        .limit(p.limit)
-    ),
-    columns=_PAGE_COLUMNS,
-)
-_PAGE_OF_OWNERS_LOAN = Select(
-    Event,
-    lambda p: (
-        Event.select()
-        .where((Event.loan_id == p.loan_id) & (Event.owner == p.owner) & (Event.sequence > p.after))
-        .order_by(Event.sequence)
-        .limit(p.limit)
-    ),
-    columns=_PAGE_COLUMNS,
-)
+
+
+def _page(only=None) -> Select:
+    """A page of numbered events after ``p.after``, oldest first; ``only(p)`` narrows it."""
+
+    def query(p):
+        after = Event.sequence > p.after
+        return (
+            Event.select()
+            .where(after if only is None else only(p) & after)
+            .order_by(Event.sequence)
+            .limit(p.limit)
+        )
+
+    return Select(Event, query, columns=_PAGE_COLUMNS)
+
+
+_PAGE = _page()
+_PAGE_OF_OWNER = _page(lambda p: Event.owner == p.owner)
+_PAGE_OF_LOAN = _page(lambda p: Event.loan_id == p.loan_id)
+_PAGE_OF_OWNERS_LOAN = _page(lambda p: (Event.loan_id == p.loan_id) & (Event.owner == p.owner))
 
 
 def _view(row) -> EventView:
