@@ -18,6 +18,7 @@ import re
 import selectors
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ from lending_grpc.core.crypto import Sealer, new_key_text
 from lending_grpc.core.delinquency import DelinquencyCore
 from lending_grpc.core.pagination import PageTokens
 from lending_grpc.core.passwords import Passwords
-from lending_grpc.core.storage.database import open_database
+from lending_grpc.core.storage.database import open_database, sqlite_path
 from lending_grpc.core.storage.migrations import migrate
 from lending_grpc.core.storage.models import AuditEvent
 from lending_grpc.core.tokens import TokenSigner
@@ -905,3 +906,20 @@ def require_tool(name: str, how_to_get_it: str) -> str:
             pytest.fail(f"{name} is missing: {how_to_get_it}", pytrace=False)
         pytest.skip(f"{name} is not installed ({how_to_get_it})")
     return path
+
+
+def hold_payment_lock(database_url: str) -> Callable[[], object]:
+    """Hold what a payment on loan 'held' needs (the SQLite write lock, or the loan's row lock).
+
+    Returns the release.
+    """
+    path = sqlite_path(database_url)
+    if path is not None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        return lambda: (conn.execute("ROLLBACK"), conn.close())
+    import psycopg
+
+    conn = psycopg.connect(database_url)
+    conn.execute("SELECT id FROM loan WHERE loan_id = 'held' FOR UPDATE")
+    return lambda: (conn.rollback(), conn.close())

@@ -3,7 +3,6 @@ database lock contention: every installment paid exactly once, retries never pay
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from helpers import (
     cents,
     create,
     create_on,
+    hold_payment_lock,
     list_loans,
     pay,
     pay_on_own_channel,
@@ -30,7 +30,7 @@ from lending.v1 import billing_pb2, billing_pb2_grpc
 from peewee import IntegrityError, OperationalError
 
 from lending_grpc.core.errors import Aborted
-from lending_grpc.core.storage.database import LendingDatabase, sqlite_path
+from lending_grpc.core.storage.database import LendingDatabase
 
 # == on one server: concurrent calls to one loan =========================================
 
@@ -366,27 +366,13 @@ class _NoTransactionDb(LendingDatabase):
         return contextlib.nullcontext()
 
 
-def _hold_lock(database_url: str):
-    """Hold what a payment needs (the SQLite write lock, or the loan's row lock); returns the release."""
-    path = sqlite_path(database_url)
-    if path is not None:
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        return lambda: (conn.execute("ROLLBACK"), conn.close())
-    import psycopg
-
-    conn = psycopg.connect(database_url)
-    conn.execute("SELECT id FROM loan WHERE loan_id = 'held' FOR UPDATE")
-    return lambda: (conn.rollback(), conn.close())
-
-
 def test_a_payment_blocked_past_the_busy_timeout_is_unavailable_and_writes_nothing(tmp_path, database_url):
     with running_api(tmp_path, database_url, db_busy_timeout_ms=300) as api:
         metadata, _, _ = api.register_and_login()
         api.billing.CreateLoan(
             billing_pb2.CreateLoanRequest(loan_id="held", principal_amount="5000000"), metadata=metadata
         )
-        release = _hold_lock(database_url)
+        release = hold_payment_lock(database_url)
         try:
             with pytest.raises(grpc.RpcError) as info:
                 api.billing.MakePayment(

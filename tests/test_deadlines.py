@@ -5,37 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from helpers import metric_value, running_api, scrape, wait_until
+from helpers import hold_payment_lock, metric_value, running_api, scrape, wait_until
 from lending.v1 import billing_pb2
 
 from lending_grpc.core.errors import DeadlineExceeded
-from lending_grpc.core.storage.database import LendingDatabase, sqlite_path
+from lending_grpc.core.storage.database import LendingDatabase
 
 DEADLINE_S = 0.5
 CALLS = 8  # twice the server's RPC threads: half of them wait for a thread first
 # The machine this runs on has 2 cores shared with the whole suite: a server
 # answer may come a little after the deadline, never a busy-timeout (10 s) later.
 TOLERANCE_S = 0.4
-
-
-def _hold_lock(database_url: str):
-    """Hold what a payment needs (the SQLite write lock, or the loan's row lock); returns the release."""
-    path = sqlite_path(database_url)
-    if path is not None:
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        return lambda: (conn.execute("ROLLBACK"), conn.close())
-    import psycopg
-
-    conn = psycopg.connect(database_url)
-    conn.execute("SELECT id FROM loan WHERE loan_id = 'held' FOR UPDATE")
-    return lambda: (conn.rollback(), conn.close())
 
 
 def test_calls_blocked_by_a_lock_end_at_their_deadline_and_free_their_threads(tmp_path, database_url, caplog):
@@ -47,7 +32,7 @@ def test_calls_blocked_by_a_lock_end_at_their_deadline_and_free_their_threads(tm
             billing_pb2.CreateLoanRequest(loan_id="held", principal_amount="5000000"), metadata=metadata
         )
         caplog.set_level(logging.INFO, logger="lending_grpc.access")
-        release = _hold_lock(database_url)
+        release = hold_payment_lock(database_url)
         try:
 
             def pay(n: int):
