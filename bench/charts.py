@@ -94,6 +94,15 @@ def _heading(fig, title: str, subtitle: str, handles: list, labels: list) -> flo
     return legend_top - 0.3 * inch
 
 
+def _save(plt, fig, path: Path, top: float) -> Path:
+    """Lay the panels out below ``top`` (from `_heading`), write the PNG and free the figure."""
+    fig.tight_layout(rect=(0, 0, 1, top))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _label_bar(ax, bar, value: float | None, colour: str | None) -> None:
     """The share in figures, at the foot of the bar, where no target mark can cover it."""
     x = bar.get_x() + bar.get_width() / 2
@@ -181,11 +190,7 @@ def throughput_chart(data: dict, path: Path) -> Path:
         handles,
         labels,
     )
-    fig.tight_layout(rect=(0, 0, 1, top))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, top)
 
 
 def scale_chart(data: dict, path: Path) -> Path:
@@ -279,11 +284,7 @@ def scale_chart(data: dict, path: Path) -> Path:
         handles,
         labels,
     )
-    fig.tight_layout(rect=(0, 0, 1, top))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, top)
 
 
 def draw(results: Path = RESULTS) -> list[Path]:
