@@ -69,14 +69,8 @@ _PAYMENT_BY_ID = Select(
     ),
     columns=(*Payment._meta.sorted_fields, Loan.loan_id, User.user_id),
 )
-_PAYMENTS_IN_VALUE_ORDER = Select(
-    Payment,
-    lambda p: (
-        Payment.select()
-        .where((Payment.loan == p.loan) & Payment.reverse_time_us.is_null())
-        .order_by(Payment.value_date, Payment.id)
-    ),
-    columns=(Payment.payment_id, Payment.payment_time_us, Payment.running_paid_cents),
+_PAYMENTS_IN_VALUE_ORDER = ledger.counting_payments_in_value_order(
+    Payment.payment_id, Payment.payment_time_us, Payment.running_paid_cents
 )
 _USER_ID = Select(User, lambda p: User.select().where(User.id == p.user), columns=(User.user_id,))
 _LOAN_COLUMNS = tuple(field for field in Loan._meta.sorted_fields if field.name != "id")

@@ -29,15 +29,21 @@ from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.core.storage.models import DelinquencySpan, Loan, Payment
 from lending_grpc.core.storage.prepared import Select, Statement
 
-_TIMELINE = Select(
-    Payment,
-    lambda p: (
-        Payment.select()
-        .where((Payment.loan == p.loan) & Payment.reverse_time_us.is_null())
-        .order_by(Payment.value_date, Payment.id)
-    ),
-    columns=(Payment.value_date, Payment.running_paid_cents),
-)
+
+def counting_payments_in_value_order(*columns) -> Select:
+    """A loan's (``p.loan``) payments that count, not reversed, in value order: ``columns`` of each."""
+    return Select(
+        Payment,
+        lambda p: (
+            Payment.select()
+            .where((Payment.loan == p.loan) & Payment.reverse_time_us.is_null())
+            .order_by(Payment.value_date, Payment.id)
+        ),
+        columns=columns,
+    )
+
+
+_TIMELINE = counting_payments_in_value_order(Payment.value_date, Payment.running_paid_cents)
 _RUNNING_AT = Select(
     Payment,
     lambda p: (
