@@ -20,6 +20,7 @@ from helpers import (
     metric_value,
     on_every_rpc_thread,
     reason,
+    running_api,
     scrape,
     wait_until,
 )
@@ -28,7 +29,7 @@ from peewee import OperationalError
 from playhouse.pool import MaxConnectionsExceeded
 
 from lending_grpc.core.errors import DatabaseUnreachable, StorageFull, Unavailable
-from lending_grpc.core.storage.database import LendingDatabase, sqlite_path
+from lending_grpc.core.storage.database import LendingDatabase
 from lending_grpc.server import create_server
 
 PASSWORD = "correct horse battery"
@@ -91,23 +92,15 @@ def _set_max_pages(running, pages: int) -> None:
 
 
 def test_a_full_sqlite_database_refuses_writes_as_unavailable_and_recovers_without_restart(tmp_path, caplog):
-    settings = make_settings(
+    with running_api(
         tmp_path,
         max_workers=4,
         metrics_listen="127.0.0.1:0",
         rate_limit_user_per_second=0,
         rate_limit_peer_per_second=0,
-    )
-    running = create_server(settings)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        api = Api(
-            channel,
-            auth_pb2_grpc.AuthServiceStub(channel),
-            billing_pb2_grpc.BillingServiceStub(channel),
-            running,
-            audit_pb2_grpc.AuditServiceStub(channel),
-        )
+    ) as api:
+        running = api.server
+        path = running.database.database
         api.auth.Register(auth_pb2.RegisterRequest(username="filler", password=PASSWORD, email="f@e.com"))
         writer = _Writer(api)
         writer.call("MakePayment", 0)
@@ -199,10 +192,7 @@ def test_a_full_sqlite_database_refuses_writes_as_unavailable_and_recovers_witho
         assert retried.first_week == len(writer.payments) + 1  # new: the refused attempt left nothing
         loan = api.billing.GetLoan(billing_pb2.GetLoanRequest(loan_id="long"), metadata=me)
         assert loan.installments_paid == len(writer.payments) + 1
-    finally:
-        channel.close()
-        running.stop(0)
-    with sqlite3.connect(sqlite_path(settings.database_url)) as conn:
+    with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
