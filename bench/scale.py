@@ -83,14 +83,40 @@ PAGES = (
 REPORTS = ("GetPortfolioReport, whole book, today", "GetPortfolioReport, whole book, 90 days ago")
 
 
+def _sqlite_file(loans: int) -> Path:
+    return VAR / f"scale-{loans}.db"
+
+
+def _pg_name(loans: int) -> str:
+    return f"lending_bench_scale_{loans}"
+
+
 def database_url(backend: str, loans: int) -> str:
     if backend == "sqlite":
-        return f"sqlite:///{VAR / f'scale-{loans}.db'}"
-    return f"{PG_SERVER}/lending_bench_scale_{loans}"
+        return f"sqlite:///{_sqlite_file(loans)}"
+    return f"{PG_SERVER}/{_pg_name(loans)}"
 
 
 def _marker(backend: str, loans: int) -> Path:
     return VAR / f"scale-{backend}-{loans}.json"
+
+
+def _psql(sql: str) -> str:
+    return subprocess.run(
+        ["psql", f"{PG_SERVER}/postgres", "-Atqc", sql], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _recreate_pg(name: str, template: str | None = None) -> None:
+    """Drop the PostgreSQL database ``name`` and create it anew, empty or a copy of ``template``."""
+    _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    copy = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+    _psql(f'CREATE DATABASE "{name}"{copy}')
+
+
+def _remove_sqlite(loans: int) -> None:
+    for stale in VAR.glob(f"{_sqlite_file(loans).name}*"):  # with its -wal and -shm
+        stale.unlink()
 
 
 def seed_database(backend: str, loans: int) -> dict:
@@ -102,12 +128,9 @@ def seed_database(backend: str, loans: int) -> dict:
         return json.loads(marker.read_text())
     VAR.mkdir(parents=True, exist_ok=True)
     if backend == "sqlite":
-        for stale in VAR.glob(f"scale-{loans}.db*"):
-            stale.unlink()
+        _remove_sqlite(loans)
     else:
-        name = url.rsplit("/", 1)[1]
-        for sql in (f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'):
-            subprocess.run(["psql", f"{PG_SERVER}/postgres", "-qc", sql], check=True, capture_output=True)
+        _recreate_pg(_pg_name(loans))
     started = time.perf_counter()
     print(f"seeding {loans:,} loans on {backend} ({url})", file=sys.stderr)
     # The seeder's stderr is ours: its bar shows on a terminal (it stays quiet elsewhere).
@@ -134,13 +157,7 @@ def _pristine(backend: str, loans: int) -> str:
     """Where the copy of the freshly seeded book is kept: a file or a database name."""
     if backend == "sqlite":
         return str(VAR / f"scale-{loans}.seeded.db")
-    return f"lending_bench_scale_{loans}_seeded"
-
-
-def _psql(sql: str) -> str:
-    return subprocess.run(
-        ["psql", f"{PG_SERVER}/postgres", "-Atqc", sql], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return f"{_pg_name(loans)}_seeded"
 
 
 def _has_pristine(backend: str, loans: int) -> bool:
@@ -152,31 +169,26 @@ def _has_pristine(backend: str, loans: int) -> bool:
 def _keep_pristine(backend: str, loans: int) -> None:
     """Copy the freshly seeded book aside, for `restore_database`."""
     copy = _pristine(backend, loans)
-    if backend == "sqlite":
-        import sqlite3
-
-        Path(copy).unlink(missing_ok=True)
-        with sqlite3.connect(VAR / f"scale-{loans}.db") as source, sqlite3.connect(copy) as target:
-            source.backup(target)
+    if backend == "postgresql":
+        _recreate_pg(copy, template=_pg_name(loans))
         return
-    name = database_url(backend, loans).rsplit("/", 1)[1]
-    _psql(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
-    _psql(f'CREATE DATABASE "{copy}" TEMPLATE "{name}" STRATEGY FILE_COPY')
+    import sqlite3
+
+    Path(copy).unlink(missing_ok=True)
+    with sqlite3.connect(_sqlite_file(loans)) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
 
 
 def restore_database(backend: str, loans: int) -> None:
     """Put the book back as the seeder left it (the small book, before each of its blocks)."""
     copy = _pristine(backend, loans)
-    if backend == "sqlite":
-        import shutil
-
-        for stale in VAR.glob(f"scale-{loans}.db*"):
-            stale.unlink()
-        shutil.copyfile(copy, VAR / f"scale-{loans}.db")
+    if backend == "postgresql":
+        _recreate_pg(_pg_name(loans), template=copy)
         return
-    name = database_url(backend, loans).rsplit("/", 1)[1]
-    _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    _psql(f'CREATE DATABASE "{name}" TEMPLATE "{copy}" STRATEGY FILE_COPY')
+    import shutil
+
+    _remove_sqlite(loans)
+    shutil.copyfile(copy, _sqlite_file(loans))
 
 
 # -- one measurement block, in a child process (a process serves one database) ----
