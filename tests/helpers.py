@@ -923,3 +923,33 @@ def hold_payment_lock(database_url: str) -> Callable[[], object]:
     conn = psycopg.connect(database_url)
     conn.execute("SELECT id FROM loan WHERE loan_id = 'held' FOR UPDATE")
     return lambda: (conn.rollback(), conn.close())
+
+
+class PayingThreads:
+    """Client threads, one per loan ``loan-<n>``, each running ``_run(n)`` until `stop`.
+
+    A subclass writes ``_run`` (checking ``self._stop``) and keeps what its
+    threads see under ``self._lock``; `start` returns the load, started.
+    """
+
+    join_s = 30.0
+
+    def __init__(self, target: str, metadata, threads: int) -> None:
+        self.target = target
+        self.metadata = metadata
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
+
+    def start(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.join_s)
+
+    def _run(self, n: int) -> None:
+        raise NotImplementedError

@@ -10,13 +10,12 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import threading
 import time
 import uuid
 
 import grpc
 import pytest
-from helpers import ServerProcess, run_cli, wait_until
+from helpers import PayingThreads, ServerProcess, run_cli, wait_until
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 
 from lending_grpc.core.storage.migrations import LATEST_VERSION
@@ -31,22 +30,12 @@ GENERATED_KEYS = {"LENDING_SECRET_KEY": "", "LENDING_DATA_KEY": ""}
 NO_LIMITS = {"LENDING_RATE_LIMIT_USER_PER_SECOND": "0", "LENDING_RATE_LIMIT_PEER_PER_SECOND": "0"}
 
 
-class _Payments:
+class _Payments(PayingThreads):
     """THREADS threads paying their own loan until stopped; every acknowledgement is timed."""
 
     def __init__(self, target: str, metadata) -> None:
-        self.target, self.metadata = target, metadata
+        super().__init__(target, metadata, THREADS)
         self.acknowledged: list[tuple[float, billing_pb2.Payment]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(THREADS)]
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
 
     def count(self) -> int:
         with self._lock:
@@ -87,7 +76,7 @@ def _while_paying(server: ServerProcess, metadata, backup) -> tuple[dict, dict, 
     Returns the payments acknowledged before it started and all acknowledged
     ones (payment_id -> Payment), and how long the backup took.
     """
-    burst = _Payments(server.target, metadata)
+    burst = _Payments(server.target, metadata).start()
     try:
         assert wait_until(lambda: burst.count() >= 100, 30) is not None
         started = time.monotonic()

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import CuttableProxy, ServerProcess, child_env, metric_value, wait_until
+from helpers import CuttableProxy, PayingThreads, ServerProcess, child_env, metric_value, wait_until
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -57,31 +57,18 @@ def _scrape(port: int) -> str:
         return reply.read().decode()
 
 
-class _Burst:
+class _Burst(PayingThreads):
     """THREADS threads paying their own loan, each call on a channel of its own, until stopped."""
 
     def __init__(self, target: str, metadata) -> None:
-        self.target = target
-        self.metadata = metadata
+        super().__init__(target, metadata, THREADS)
         self.calls: list[tuple[float, float, object, str, str]] = []  # start, end, outcome, request, loan
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._pay, args=(n,)) for n in range(THREADS)]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
 
     def acknowledged(self) -> int:
         with self._lock:
             return sum(isinstance(outcome, billing_pb2.Payment) for _, _, outcome, _, _ in self.calls)
 
-    def _pay(self, n: int) -> None:
+    def _run(self, n: int) -> None:
         loan_id = f"loan-{n}"
         count = 0
         while not self._stop.is_set():

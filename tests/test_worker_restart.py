@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
 
 import grpc
 import pytest
-from helpers import ServerProcess, wait_until
+from helpers import PayingThreads, ServerProcess, wait_until
 from lending.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -38,24 +37,15 @@ def _user(target: str):
     return metadata
 
 
-class _RetryingClients:
+class _RetryingClients(PayingThreads):
     """THREADS clients paying their own loan, retrying a failed payment with its request_id until paid."""
 
+    join_s = 60.0
+
     def __init__(self, target: str, metadata) -> None:
-        self.target = target
-        self.metadata = metadata
+        super().__init__(target, metadata, THREADS)
         self.attempts: list[tuple[float, float, object]] = []  # start, end, Payment or code
         self.paid: dict[str, billing_pb2.Payment] = {}  # request_id -> the payment its retries ended with
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(THREADS)]
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
 
     def _run(self, n: int) -> None:
         count = 0
@@ -93,7 +83,7 @@ def test_a_killed_worker_is_replaced_within_a_second_and_retrying_clients_lose_n
     )
     try:
         victim, survivor = _pids(server)
-        clients = _RetryingClients(server.target, _user(server.target))
+        clients = _RetryingClients(server.target, _user(server.target)).start()
         try:
             assert wait_until(lambda: len(clients.paid) >= 100, 30) is not None
             killed_at = time.monotonic()
