@@ -18,8 +18,8 @@ from lending_grpc.core.schedule import (
     MAX_TOTAL_CENTS,
     LoanTerms,
     delinquency,
-    weeks_paid_by,
 )
+from lending_grpc.core.standing import accept_payment, paid_through
 
 # == money and rates: parsing, formatting and half-up rounding ===========================
 
@@ -468,6 +468,11 @@ def test_cents_for_next_and_outstanding(odd):
 
 
 # -- payments -------------------------------------------------------------------
+
+
+def weeks_paid_by(terms: LoanTerms, paid_weeks: int, amount_cents: int, today) -> int:
+    """How many installments a payment pays after ``paid_weeks`` whole ones, by the core's rule."""
+    return accept_payment(terms, paid_through(terms, paid_weeks), amount_cents, today) - paid_weeks
 
 
 def test_pay_one_installment(five_million):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from lending_grpc.core.errors import InvalidArgument, LoanPaidOff, PaymentNotAccepted
+from lending_grpc.core.errors import InvalidArgument
 from lending_grpc.core.money import RATE_SCALE, format_cents, round_half_up_div
 from lending_grpc.core.plural import count
 
@@ -95,51 +95,11 @@ class LoanTerms:
         return self.due_date(week) if week <= self.term_weeks else None
 
 
-def weeks_paid_by(terms: LoanTerms, paid_weeks: int, amount_cents: int, today: dt.date) -> int:
-    """How many installments ``amount_cents`` pays, or PaymentNotAccepted naming what would be.
-
-    A payment must equal the sum of the next k >= 1 unpaid installments.
-    ``today`` only shapes the hint (which installments are overdue).
-    """
-    remaining = terms.term_weeks - paid_weeks
-    if remaining <= 0:
-        raise LoanPaidOff("the loan is paid off and accepts no more payments")
-    outstanding = terms.outstanding_cents(paid_weeks)
-    if amount_cents == outstanding:
-        return remaining
-    if amount_cents > outstanding:
-        raise PaymentNotAccepted(
-            f"{format_cents(amount_cents)} exceeds the outstanding balance "
-            f"{format_cents(outstanding)}; {acceptable_amounts_hint(terms, paid_weeks, today)}"
-        )
-    count, rest = divmod(amount_cents, terms.weekly_cents)
-    if rest == 0 and 1 <= count < remaining:
-        return count
-    raise PaymentNotAccepted(
-        f"{format_cents(amount_cents)} is not a whole number of installments; "
-        f"{acceptable_amounts_hint(terms, paid_weeks, today)}"
-    )
-
-
 def overdue_installments(missed: int, amount: str) -> str:
     """'the 1 overdue installment is 110000.00', 'all 2 overdue installments are 220000.00'."""
     if missed == 1:
         return f"the {count(missed, 'overdue installment')} is {amount}"
     return f"all {count(missed, 'overdue installment')} are {amount}"
-
-
-def acceptable_amounts_hint(terms: LoanTerms, paid_weeks: int, today: dt.date) -> str:
-    """Name the amounts the next payment could be: one installment, the overdue ones, full payoff."""
-    parts = [f"one installment is {format_cents(terms.installment_cents(paid_weeks + 1))}"]
-    missed = max(0, terms.weeks_due_before(today) - paid_weeks)
-    if missed:
-        overdue = format_cents(terms.cents_for_next(paid_weeks, missed))
-        parts.append(overdue_installments(missed, overdue))
-    parts.append(f"the full payoff is {format_cents(terms.outstanding_cents(paid_weeks))}")
-    remaining = terms.term_weeks - paid_weeks
-    if remaining > 2:
-        parts.append(f"or k x {format_cents(terms.weekly_cents)} for any k below {remaining}")
-    return "accepted: " + ", ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
