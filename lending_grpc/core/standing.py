@@ -111,24 +111,9 @@ def steps(payments: Iterable[tuple[dt.date, int]]) -> list[Step]:
     return collapsed
 
 
-def paid_as_of(timeline: Sequence[Step], day: dt.date) -> int:
-    """The running total at the end of ``day``: the last step valued on or before it."""
-    paid = 0
-    for step in timeline:
-        if step.value_date > day:
-            break
-        paid = step.paid_cents
-    return paid
-
-
 def standing_of(terms: LoanTerms, paid_cents: int, day: dt.date) -> Delinquency:
     """The standing on ``day`` with ``paid_cents`` counting (overdue net of a part-paid installment)."""
     return delinquency(terms, installments_paid(terms, paid_cents), day, unapplied_cents(terms, paid_cents))
-
-
-def standing_as_of(terms: LoanTerms, timeline: Sequence[Step], day: dt.date) -> Delinquency:
-    """The loan as it stood at the end of ``day``, as known now."""
-    return standing_of(terms, paid_as_of(timeline, day), day)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
